@@ -1,0 +1,89 @@
+"""One typed settings object, built from flags and environment in `cli`, passed everywhere."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class ConfigError(ValueError):
+    """A setting is missing or invalid; the message names it."""
+
+
+@dataclass(frozen=True)
+class FleetSettings:
+    heartbeat_interval_seconds: float = 30.0
+    heartbeat_timeout_seconds: float = 60.0
+    error_after_offline_seconds: float = 300.0
+    max_agents: int = 50_000
+    registrations_per_second: float = 200.0
+    registration_burst: int = 500
+
+    def __post_init__(self) -> None:
+        if self.heartbeat_interval_seconds <= 0:
+            raise ConfigError("heartbeat interval must be > 0 seconds")
+        if self.heartbeat_timeout_seconds <= self.heartbeat_interval_seconds:
+            raise ConfigError(
+                f"heartbeat timeout ({self.heartbeat_timeout_seconds}s) must exceed the "
+                f"heartbeat interval ({self.heartbeat_interval_seconds}s)"
+            )
+        if self.error_after_offline_seconds <= 0:
+            raise ConfigError("error-after-offline threshold must be > 0 seconds")
+        if self.max_agents < 1 or self.registrations_per_second <= 0:
+            raise ConfigError("max agents and registrations per second must be positive")
+
+
+@dataclass(frozen=True)
+class ListenerSettings:
+    host: str = "0.0.0.0"
+    port: int = 4320
+    path: str = "/v1/opamp"
+    max_message_bytes: int = 4 * 1024 * 1024
+    handshake_timeout_seconds: float = 10.0
+    ping_interval_seconds: float = 20.0
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tls_client_ca_file: Path | None = None
+    agent_tokens: frozenset[str] = frozenset()
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert_file is not None
+
+
+@dataclass(frozen=True)
+class StoreSettings:
+    dsn: str | None = None
+    migrate_on_start: bool = True
+    flush_interval_seconds: float = 1.0
+    queue_size: int = 200_000
+    pool_min_size: int = 1
+    pool_max_size: int = 5
+
+
+@dataclass(frozen=True)
+class KubeSettings:
+    namespace: str = "opamp-system"
+    kubeconfig: Path | None = None
+    last_seen_refresh_seconds: float = 60.0
+    writes_per_second: float = 20.0
+    write_queue_size: int = 50_000
+    gc_ttl_seconds: float | None = None
+    replica_id: str = "local"
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    host: str = "0.0.0.0"
+    port: int = 8080
+    auth_enabled: bool = True
+    auth_cache_seconds: float = 10.0
+
+
+@dataclass(frozen=True)
+class Settings:
+    fleet: FleetSettings = field(default_factory=FleetSettings)
+    listener: ListenerSettings = field(default_factory=ListenerSettings)
+    store: StoreSettings = field(default_factory=StoreSettings)
+    kube: KubeSettings = field(default_factory=KubeSettings)
+    api: ApiSettings = field(default_factory=ApiSettings)

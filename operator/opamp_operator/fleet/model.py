@@ -1,0 +1,88 @@
+"""Plain data about agents: phases, reasons, sessions and read-only snapshots."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+
+class AgentPhase(StrEnum):
+    ONLINE = "Online"
+    OFFLINE = "Offline"
+    ERROR = "Error"
+
+
+class Reason(StrEnum):
+    """Why a phase changed or a session ended; stable strings stored in history and CRs."""
+
+    CONNECTED = "connected"
+    HEARTBEAT_RESUMED = "heartbeat_resumed"
+    HEARTBEAT_TIMEOUT = "heartbeat_timeout"
+    CONNECTION_CLOSED = "connection_closed"
+    AGENT_DISCONNECT = "agent_disconnect"
+    OPERATOR_SHUTDOWN = "operator_shutdown"
+    OPERATOR_RESTART = "operator_restart"
+    OFFLINE_TOO_LONG = "offline_too_long"
+    SUPERSEDED = "superseded"
+    RECONNECT_REQUESTED = "reconnect_requested"
+    PROTOCOL_ERROR = "protocol_error"
+    POD_DELETED = "pod_deleted"
+
+
+class Transport(StrEnum):
+    WEBSOCKET = "websocket"
+    HTTP = "http"
+
+
+@dataclass(frozen=True, slots=True)
+class SessionInfo:
+    session_id: str
+    transport: Transport
+    remote_addr: str
+    connected_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class AgentSnapshot:
+    """What the rest of the operator may know about an agent, at one moment."""
+
+    agent_id: str
+    phase: AgentPhase
+    phase_reason: str
+    phase_since: datetime
+    first_seen_at: datetime
+    last_seen_at: datetime
+    last_connected_at: datetime | None
+    last_disconnected_at: datetime | None
+    disconnect_reason: str | None
+    session: SessionInfo | None
+    identifying_attributes: dict[str, Any] = field(default_factory=dict)
+    non_identifying_attributes: dict[str, Any] = field(default_factory=dict)
+    capabilities: list[str] = field(default_factory=list)
+    health: dict[str, Any] | None = None
+    effective_config_hash: str | None = None
+    remote_config_status: dict[str, Any] | None = None
+    sequence_num: int = 0
+
+    @property
+    def connected(self) -> bool:
+        return self.session is not None
+
+    @property
+    def service_name(self) -> str | None:
+        return _str_or_none(self.identifying_attributes.get("service.name"))
+
+    @property
+    def service_version(self) -> str | None:
+        return _str_or_none(self.identifying_attributes.get("service.version"))
+
+    @property
+    def host_name(self) -> str | None:
+        value = self.non_identifying_attributes.get("host.name")
+        return _str_or_none(value or self.identifying_attributes.get("host.name"))
+
+
+def _str_or_none(value: object) -> str | None:
+    return None if value is None else str(value)

@@ -1,0 +1,96 @@
+"""The mutable per-agent record the registry keeps, and how a report updates it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from opamp_operator.opamp.messages import AgentDescriptionView, AgentToServer, capability_names
+
+from .channel import Channel
+from .model import AgentPhase, AgentSnapshot, SessionInfo
+from .reports import effective_config_hash, health_to_dict, remote_config_status_to_dict
+
+
+@dataclass(slots=True)
+class LiveSession:
+    info: SessionInfo
+    channel: Channel
+
+
+@dataclass(slots=True)
+class AgentRecord:
+    agent_id: str
+    uid_bytes: bytes
+    phase: AgentPhase | None  # None until the first message has been applied
+    phase_reason: str
+    phase_since: datetime
+    first_seen_at: datetime
+    last_seen_at: datetime
+    last_connected_at: datetime | None = None
+    last_disconnected_at: datetime | None = None
+    disconnect_reason: str | None = None
+    session: LiveSession | None = None
+    description: AgentDescriptionView | None = None
+    capabilities: int = 0
+    health: dict[str, Any] | None = None
+    effective_config_hash: str | None = None
+    remote_config_status: dict[str, Any] | None = None
+    sequence_num: int | None = None
+    # Things to tell the agent in the next reply (HTTP agents only hear us when they poll).
+    pending_full_state: bool = False
+    pending_reconnect: bool = False
+    offered_settings: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def snapshot(self) -> AgentSnapshot:
+        description = self.description
+        return AgentSnapshot(
+            agent_id=self.agent_id,
+            phase=self.phase or AgentPhase.OFFLINE,
+            phase_reason=self.phase_reason,
+            phase_since=self.phase_since,
+            first_seen_at=self.first_seen_at,
+            last_seen_at=self.last_seen_at,
+            last_connected_at=self.last_connected_at,
+            last_disconnected_at=self.last_disconnected_at,
+            disconnect_reason=self.disconnect_reason,
+            session=self.session.info if self.session else None,
+            identifying_attributes=dict(description.identifying) if description else {},
+            non_identifying_attributes=dict(description.non_identifying) if description else {},
+            capabilities=capability_names(self.capabilities),
+            health=self.health,
+            effective_config_hash=self.effective_config_hash,
+            remote_config_status=self.remote_config_status,
+            sequence_num=self.sequence_num or 0,
+        )
+
+
+def apply_report(record: AgentRecord, message: AgentToServer) -> frozenset[str]:
+    """Copy what the message reports into `record`; return the names of what changed."""
+    changed: set[str] = set()
+    if message.HasField("agent_description"):
+        view = AgentDescriptionView.from_proto(message.agent_description)
+        if view != record.description:
+            record.description = view
+            changed.add("description")
+    if message.capabilities and message.capabilities != record.capabilities:
+        record.capabilities = int(message.capabilities)
+        changed.add("capabilities")
+    if message.HasField("health"):
+        health = health_to_dict(message.health)
+        if health != record.health:
+            record.health = health
+            changed.add("health")
+    if message.HasField("effective_config"):
+        config_hash = effective_config_hash(message.effective_config)
+        if config_hash != record.effective_config_hash:
+            record.effective_config_hash = config_hash
+            changed.add("effective_config")
+    if message.HasField("remote_config_status"):
+        status = remote_config_status_to_dict(message.remote_config_status)
+        if status != record.remote_config_status:
+            record.remote_config_status = status
+            changed.add("remote_config_status")
+    return frozenset(changed)

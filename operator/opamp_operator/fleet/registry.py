@@ -1,0 +1,278 @@
+"""The fleet: every agent this process knows, its session, phase and deadlines.
+
+Transports call `handle_message` and `channel_closed`; a timer calls `check_deadlines`.
+Each change is published on the `EventBus` as a plain event; nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import datetime
+
+from opamp_operator.config import FleetSettings
+from opamp_operator.opamp.errors import InvalidInstanceUid
+from opamp_operator.opamp.generated import opamp_pb2
+from opamp_operator.opamp.messages import (
+    AgentToServer,
+    ServerToAgent,
+    error_response,
+    server_capabilities,
+    validate_instance_uid,
+)
+
+from .channel import Channel
+from .clock import Clock
+from .deadlines import DeadlineScheduler
+from .events import AgentChanged, EventBus, PhaseChanged, SessionClosed, SessionOpened
+from .limits import Rejection, TokenBucket
+from .model import AgentPhase, AgentSnapshot, Reason, SessionInfo, Transport
+from .record import AgentRecord, LiveSession, apply_report
+
+log = logging.getLogger(__name__)
+
+SERVER_CAPABILITIES = server_capabilities()
+_FULL_STATE = opamp_pb2.ServerToAgentFlags_ReportFullState
+
+
+class Fleet:
+    def __init__(self, settings: FleetSettings, clock: Clock, events: EventBus) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.events = events
+        self._agents: dict[str, AgentRecord] = {}
+        self._by_channel: dict[Channel, str] = {}  # long-lived channels (WebSockets) only
+        self._heartbeats = DeadlineScheduler()  # Online agents: when they time out
+        self._offline = DeadlineScheduler()  # Offline agents: when they turn Error
+        self._registrations = TokenBucket(
+            settings.registrations_per_second, settings.registration_burst, clock.monotonic()
+        )
+        self._seen: dict[str, datetime] = {}  # since the last `drain_seen`
+        self.rejected_registrations = 0
+
+    # -- reading -----------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._agents)
+
+    def get(self, agent_id: str) -> AgentSnapshot | None:
+        record = self._agents.get(agent_id)
+        return record.snapshot() if record else None
+
+    def snapshots(self) -> list[AgentSnapshot]:
+        return [record.snapshot() for record in self._agents.values()]
+
+    def counts(self) -> dict[tuple[AgentPhase, Transport | None], int]:
+        """Agents by phase and by the transport of their live session (None: no session)."""
+        counts: dict[tuple[AgentPhase, Transport | None], int] = {}
+        for record in self._agents.values():
+            transport = record.session.info.transport if record.session else None
+            key = (record.phase or AgentPhase.OFFLINE, transport)
+            counts[key] = counts.get(key, 0) + 1
+        return counts
+
+    def drain_seen(self) -> dict[str, datetime]:
+        """Agent id -> last message time, for agents heard from since the last call."""
+        seen, self._seen = self._seen, {}
+        return seen
+
+    def next_deadline(self) -> float | None:
+        """Monotonic time of the next heartbeat or offline deadline, if any."""
+        due = [d for d in (self._heartbeats.next_due(), self._offline.next_due()) if d is not None]
+        return min(due) if due else None
+
+    # -- messages from agents ----------------------------------------------------
+
+    def handle_message(self, channel: Channel, message: AgentToServer) -> ServerToAgent | None:
+        """Apply one AgentToServer; return the reply (None after an AgentDisconnect)."""
+        try:
+            agent_id = validate_instance_uid(bytes(message.instance_uid))
+        except InvalidInstanceUid as error:
+            return error_response(
+                bytes(message.instance_uid),
+                opamp_pb2.ServerErrorResponseType_BadRequest,
+                str(error),
+            )
+        record = self._agents.get(agent_id)
+        if record is None:
+            rejection = self._admit()
+            if rejection is not None:
+                return self._reject(message, rejection)
+            record = self._register(agent_id, bytes(message.instance_uid))
+        reply = ServerToAgent(instance_uid=record.uid_bytes, capabilities=SERVER_CAPABILITIES)
+        opened = self._bind_session(record, channel)
+        if self._needs_full_state(record, message):
+            reply.flags |= _FULL_STATE
+        record.sequence_num = int(message.sequence_num)
+        changed = apply_report(record, message)
+        if changed:
+            self.events.publish(AgentChanged(agent_id, self.clock.now(), changed))
+        self._heartbeat(record, Reason.CONNECTED if opened else Reason.HEARTBEAT_RESUMED)
+        if message.HasField("agent_disconnect"):
+            self._end_session(record, Reason.AGENT_DISCONNECT)
+            return None
+        self._add_pending(record, reply)
+        return reply
+
+    def channel_closed(self, channel: Channel, reason: str = Reason.CONNECTION_CLOSED) -> None:
+        """The transport lost `channel`; end the session it carried, if still current."""
+        agent_id = self._by_channel.pop(channel, None)
+        record = self._agents.get(agent_id) if agent_id else None
+        if record is not None and record.session is not None and record.session.channel is channel:
+            self._end_session(record, reason)
+
+    def request_reconnect(self, agent_id: str) -> bool:
+        """Ask a connected agent to reconnect; False when it is not connected here."""
+        record = self._agents.get(agent_id)
+        if record is None or record.session is None:
+            return False
+        if record.session.info.transport is Transport.WEBSOCKET:
+            record.session.channel.request_close(Reason.RECONNECT_REQUESTED)
+        else:
+            record.pending_reconnect = True
+        return True
+
+    def request_full_state(self, agent_id: str) -> None:
+        record = self._agents.get(agent_id)
+        if record is not None:
+            record.pending_full_state = True
+
+    def shutdown(self) -> list[Channel]:
+        """End every session with `operator_shutdown`; return the channels to close."""
+        channels: list[Channel] = []
+        for record in self._agents.values():
+            if record.session is not None:
+                channels.append(record.session.channel)
+                self._end_session(record, Reason.OPERATOR_SHUTDOWN)
+        return channels
+
+    # -- deadlines ----------------------------------------------------------------
+
+    def check_deadlines(self) -> int:
+        """Move timed-out agents Online -> Offline and long-offline ones -> Error."""
+        now = self.clock.monotonic()
+        fired = 0
+        for agent_id in self._heartbeats.pop_due(now):
+            record = self._agents.get(agent_id)
+            if record is not None and record.phase is AgentPhase.ONLINE:
+                if record.session is not None:
+                    record.session.channel.request_close(Reason.HEARTBEAT_TIMEOUT)
+                self._end_session(record, Reason.HEARTBEAT_TIMEOUT)
+                fired += 1
+        for agent_id in self._offline.pop_due(now):
+            record = self._agents.get(agent_id)
+            if record is not None and record.phase is AgentPhase.OFFLINE:
+                self._set_phase(record, AgentPhase.ERROR, Reason.OFFLINE_TOO_LONG)
+                fired += 1
+        return fired
+
+    # -- internals ----------------------------------------------------------------
+
+    def _admit(self) -> Rejection | None:
+        if len(self._agents) >= self.settings.max_agents:
+            return Rejection("agent limit reached", 60.0)
+        wait = self._registrations.take(self.clock.monotonic())
+        return Rejection("too many new agents per second", wait) if wait > 0 else None
+
+    def _reject(self, message: AgentToServer, rejection: Rejection) -> ServerToAgent:
+        self.rejected_registrations += 1
+        return error_response(
+            bytes(message.instance_uid),
+            opamp_pb2.ServerErrorResponseType_Unavailable,
+            rejection.reason,
+            retry_after_ns=int(rejection.retry_after_seconds * 1e9),
+        )
+
+    def _register(self, agent_id: str, uid: bytes) -> AgentRecord:
+        now = self.clock.now()
+        record = AgentRecord(agent_id, uid, None, Reason.CONNECTED, now, now, now)
+        self._agents[agent_id] = record
+        return record
+
+    def _bind_session(self, record: AgentRecord, channel: Channel) -> bool:
+        """Attach `channel` as the agent's session; True when a new session started."""
+        session = record.session
+        if session is not None and _same_connection(session, channel):
+            return False
+        if session is not None:
+            session.channel.request_close(Reason.SUPERSEDED)
+            self._end_session(record, Reason.SUPERSEDED)
+        now = self.clock.now()
+        info = SessionInfo(str(uuid.uuid4()), channel.transport, channel.remote_addr, now)
+        record.session = LiveSession(info, channel)
+        if channel.transport is Transport.WEBSOCKET:
+            self._by_channel[channel] = record.agent_id
+        record.last_connected_at = now
+        record.offered_settings = False
+        self.events.publish(
+            SessionOpened(record.agent_id, info.session_id, info.transport, info.remote_addr, now)
+        )
+        return True
+
+    def _needs_full_state(self, record: AgentRecord, message: AgentToServer) -> bool:
+        # A sequence gap, or an agent we hold no description for (new to this process,
+        # e.g. after a restart), must report everything again.
+        gap = record.sequence_num is not None and message.sequence_num != record.sequence_num + 1
+        blind = record.description is None and not message.HasField("agent_description")
+        return gap or blind
+
+    def _heartbeat(self, record: AgentRecord, reason: Reason) -> None:
+        now = self.clock.now()
+        record.last_seen_at = now
+        self._seen[record.agent_id] = now
+        deadline = self.clock.monotonic() + self.settings.heartbeat_timeout_seconds
+        self._heartbeats.set(record.agent_id, deadline)
+        if record.phase is not AgentPhase.ONLINE:
+            self._offline.cancel(record.agent_id)
+            self._set_phase(record, AgentPhase.ONLINE, reason)
+
+    def _add_pending(self, record: AgentRecord, reply: ServerToAgent) -> None:
+        if not record.offered_settings:
+            interval = int(self.settings.heartbeat_interval_seconds)
+            reply.connection_settings.opamp.heartbeat_interval_seconds = interval
+            reply.connection_settings.hash = b"heartbeat-%d" % interval
+            record.offered_settings = True
+        if record.pending_full_state:
+            reply.flags |= _FULL_STATE
+            record.pending_full_state = False
+        if record.pending_reconnect:
+            # Plain HTTP has no connection to drop: the session ends now and the agent's
+            # next poll opens a new one.
+            record.pending_reconnect = False
+            self._end_session(record, Reason.RECONNECT_REQUESTED)
+
+    def _end_session(self, record: AgentRecord, reason: str) -> None:
+        session = record.session
+        if session is not None:
+            record.session = None
+            self._by_channel.pop(session.channel, None)
+            now = self.clock.now()
+            record.last_disconnected_at = now
+            record.disconnect_reason = reason
+            info = session.info
+            closed = SessionClosed(
+                record.agent_id, info.session_id, info.transport, info.remote_addr,
+                info.connected_at, now, reason,
+            )  # fmt: skip
+            self.events.publish(closed)
+        if reason != Reason.SUPERSEDED:
+            self._go_offline(record, reason)
+
+    def _go_offline(self, record: AgentRecord, reason: str) -> None:
+        self._heartbeats.cancel(record.agent_id)
+        if record.phase is AgentPhase.ONLINE:
+            self._set_phase(record, AgentPhase.OFFLINE, reason)
+            deadline = self.clock.monotonic() + self.settings.error_after_offline_seconds
+            self._offline.set(record.agent_id, deadline)
+
+    def _set_phase(self, record: AgentRecord, phase: AgentPhase, reason: str) -> None:
+        previous, now = record.phase, self.clock.now()
+        record.phase, record.phase_reason, record.phase_since = phase, reason, now
+        self.events.publish(PhaseChanged(record.agent_id, previous, phase, reason, now))
+
+
+def _same_connection(session: LiveSession, channel: Channel) -> bool:
+    if session.channel is channel:
+        return True
+    # Every HTTP poll is a new request; the agent's HTTP session spans them.
+    return session.info.transport is Transport.HTTP and channel.transport is Transport.HTTP

@@ -1,0 +1,49 @@
+"""What an AgentToServer message reports, turned into plain data (no state, no I/O)."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from opamp_operator.opamp.generated import opamp_pb2
+
+_MAX_HEALTH_DEPTH = 4  # deeper component trees are cut: the CR has to stay small
+
+
+def health_to_dict(health: Any, depth: int = 0) -> dict[str, Any]:
+    result: dict[str, Any] = {"healthy": bool(health.healthy)}
+    if health.status:
+        result["status"] = health.status
+    if health.last_error:
+        result["lastError"] = health.last_error
+    if health.start_time_unix_nano:
+        result["startTimeUnixNano"] = str(health.start_time_unix_nano)
+    if depth < _MAX_HEALTH_DEPTH and health.component_health_map:
+        result["components"] = {
+            name: health_to_dict(child, depth + 1)
+            for name, child in sorted(health.component_health_map.items())
+        }
+    return result
+
+
+def remote_config_status_to_dict(status: Any) -> dict[str, Any]:
+    return {
+        "lastRemoteConfigHash": bytes(status.last_remote_config_hash).hex(),
+        "status": opamp_pb2.RemoteConfigStatuses.Name(status.status).removeprefix(
+            "RemoteConfigStatuses_"
+        ),
+        "errorMessage": status.error_message,
+    }
+
+
+def effective_config_hash(effective_config: Any) -> str:
+    """A stable hash of the agent's effective config (the protocol carries no hash of it)."""
+    digest = hashlib.sha256()
+    for name, file in sorted(effective_config.config_map.config_map.items()):
+        digest.update(name.encode())
+        digest.update(b"\0")
+        digest.update(file.content_type.encode())
+        digest.update(b"\0")
+        digest.update(bytes(file.body))
+        digest.update(b"\0")
+    return digest.hexdigest()[:16]
