@@ -1,0 +1,150 @@
+"""Every Prometheus metric of the operator, defined in one place.
+
+Gauges of the fleet's current counts are computed at scrape time from the registry
+(`FleetCollector`), so the hot path never touches them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from opamp_operator.fleet.model import AgentPhase, Transport
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+# -- OpAMP transport ---------------------------------------------------------------
+messages_received = Counter(
+    "opamp_messages_received_total",
+    "AgentToServer messages handled, by transport and kind (what they report).",
+    ["transport", "kind"],
+    registry=REGISTRY,
+)
+message_handling_seconds = Histogram(
+    "opamp_message_handling_seconds",
+    "Time from a message's bytes arriving to its reply being handed to the transport.",
+    ["transport"],
+    buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5),
+    registry=REGISTRY,
+)
+bad_input = Counter(
+    "opamp_bad_input_total",
+    "Input rejected by the OpAMP listener, by transport and reason.",
+    ["transport", "reason"],
+    registry=REGISTRY,
+)
+connections_open = Gauge(
+    "opamp_connections_open",
+    "Open OpAMP connections (WebSockets; HTTP requests in flight).",
+    ["transport"],
+    registry=REGISTRY,
+)
+auth_failures = Counter(
+    "opamp_auth_failures_total",
+    "Agent connections refused for a missing or wrong bearer token.",
+    ["transport"],
+    registry=REGISTRY,
+)
+
+# -- Fleet -------------------------------------------------------------------------
+connection_duration_seconds = Histogram(
+    "opamp_agent_connection_duration_seconds",
+    "How long agent sessions lasted, observed when they end.",
+    ["transport", "reason"],
+    buckets=(1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 24 * 3600, 7 * 24 * 3600),
+    registry=REGISTRY,
+)
+heartbeat_missed = Counter(
+    "opamp_agent_heartbeat_missed_total",
+    "Agents that went Offline because their heartbeat timed out.",
+    registry=REGISTRY,
+)
+phase_transitions = Counter(
+    "opamp_agent_phase_transitions_total",
+    "Agent phase changes, by new phase and reason.",
+    ["phase", "reason"],
+    registry=REGISTRY,
+)
+registrations_rejected = Counter(
+    "opamp_registrations_rejected_total",
+    "New agents refused by the agent cap or the registration rate limit.",
+    ["reason"],
+    registry=REGISTRY,
+)
+events_dropped = Counter(
+    "opamp_fleet_events_dropped_total",
+    "Fleet events dropped because a subscriber's queue was full.",
+    ["subscriber"],
+    registry=REGISTRY,
+)
+
+# -- Kubernetes mirror -------------------------------------------------------------
+kube_writes = Counter(
+    "opamp_kube_writes_total",
+    "Writes to the Kubernetes API (creates, status patches, events), by kind and outcome.",
+    ["kind", "outcome"],
+    registry=REGISTRY,
+)
+kube_write_queue_depth = Gauge(
+    "opamp_kube_write_queue_depth", "Agents with a CR update waiting to be written.",
+    registry=REGISTRY,
+)  # fmt: skip
+
+# -- PostgreSQL ----------------------------------------------------------------------
+db_flush_seconds = Histogram(
+    "opamp_db_flush_seconds",
+    "Time to write one batch to PostgreSQL.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+    registry=REGISTRY,
+)
+db_writes = Counter(
+    "opamp_db_writes_total", "Rows written to PostgreSQL, by table.", ["table"],
+    registry=REGISTRY,
+)  # fmt: skip
+db_errors = Counter(
+    "opamp_db_errors_total", "Failed PostgreSQL operations, by operation.", ["operation"],
+    registry=REGISTRY,
+)  # fmt: skip
+db_queue_depth = Gauge(
+    "opamp_db_queue_depth", "History events waiting to be written to PostgreSQL.",
+    registry=REGISTRY,
+)  # fmt: skip
+db_dropped = Counter(
+    "opamp_db_dropped_total",
+    "Writes dropped because the queue was full (heartbeats are shed before history).",
+    ["kind"],
+    registry=REGISTRY,
+)
+
+
+class FleetCollector(Collector):
+    """Current agent counts, read from the registry at scrape time."""
+
+    def __init__(self, counts: Callable[[], dict[tuple[AgentPhase, Transport | None], int]]):
+        self._counts = counts
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        counts = self._counts()
+        by_phase = {phase: 0 for phase in AgentPhase}
+        detailed = GaugeMetricFamily(
+            "opamp_agents", "Agents known to this process, by phase and transport.",
+            labels=["phase", "transport"],
+        )  # fmt: skip
+        for (phase, transport), count in sorted(counts.items(), key=str):
+            by_phase[phase] += count
+            detailed.add_metric([phase.value, transport.value if transport else "none"], count)
+        yield GaugeMetricFamily(
+            "opamp_agents_online_total", "Agents Online now.", value=by_phase[AgentPhase.ONLINE]
+        )
+        yield GaugeMetricFamily(
+            "opamp_agents_offline_total",
+            "Agents Offline or in Error now.",
+            value=by_phase[AgentPhase.OFFLINE] + by_phase[AgentPhase.ERROR],
+        )
+        yield detailed
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        return iter(())
