@@ -1,9 +1,10 @@
 """One scheduler for every agent's deadline: a heap with at most one entry per agent.
 
-A heartbeat only moves the agent's deadline forward in a dict (O(1), no heap work). When a
-heap entry comes due, the scheduler compares it with the agent's current deadline: if the
-deadline moved, the entry is pushed again at the new time; otherwise the agent is due.
-Deadlines only ever move later while an entry is in the heap, so none is missed.
+Invariant: every key with a deadline D has a heap entry at a time <= D. A heartbeat only moves
+a deadline later, which keeps the invariant with no heap work (O(1), a dict write). Setting a
+new or earlier deadline pushes an entry. When an entry comes due, the scheduler compares it
+with the key's current deadline: if that moved later, the entry is pushed again at the new
+time; if it is gone, the entry is dropped; otherwise the key is due.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ class DeadlineScheduler:
     def __init__(self) -> None:
         self._deadlines: dict[str, float] = {}
         self._heap: list[tuple[float, str]] = []
-        self._in_heap: set[str] = set()
 
     def __len__(self) -> int:
         return len(self._deadlines)
@@ -24,11 +24,8 @@ class DeadlineScheduler:
         """Set or move `key`'s deadline (monotonic seconds)."""
         previous = self._deadlines.get(key)
         self._deadlines[key] = deadline
-        if key not in self._in_heap or (previous is not None and deadline < previous):
-            # An earlier deadline than the heap entry needs its own entry; the old one
-            # turns stale and is skipped when it comes due.
+        if previous is None or deadline < previous:
             heapq.heappush(self._heap, (deadline, key))
-            self._in_heap.add(key)
 
     def cancel(self, key: str) -> None:
         self._deadlines.pop(key, None)
@@ -43,10 +40,8 @@ class DeadlineScheduler:
             current = self._deadlines.get(key)
             if current is None or current > at:
                 heapq.heappop(self._heap)
-                self._in_heap.discard(key)
                 if current is not None:
                     heapq.heappush(self._heap, (current, key))
-                    self._in_heap.add(key)
                 continue
             return at
         return None
@@ -59,7 +54,6 @@ class DeadlineScheduler:
             if at is None or at > now:
                 return due
             _, key = heapq.heappop(self._heap)
-            self._in_heap.discard(key)
             if self._deadlines.get(key) == at:
                 del self._deadlines[key]
                 due.append(key)
