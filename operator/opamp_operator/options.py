@@ -1,0 +1,152 @@
+"""Every command-line flag and environment variable, in one table, and how they become Settings.
+
+Precedence: flag, then environment variable, then the default in `config.py`.
+`opamp-operator config-reference` prints this table as Markdown for the README.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import socket
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .config import ConfigError, Settings
+
+
+def _bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"not a boolean: {text!r}")
+
+
+def _tokens_file(text: str) -> frozenset[str]:
+    # Tokens come from a file (a mounted Secret), never from argv, where `ps` would show them.
+    lines = Path(text).read_text().splitlines()
+    return frozenset(line.strip() for line in lines if line.strip() and not line.startswith("#"))
+
+
+def _optional_float(text: str) -> float | None:
+    return None if text.strip().lower() in ("", "none", "off") else float(text)
+
+
+@dataclass(frozen=True)
+class Option:
+    flag: str
+    env: str
+    section: str
+    name: str
+    parse: Callable[[str], Any]
+    help: str
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("--listen-host", "OPAMP_LISTEN_HOST", "listener", "host", str, "OpAMP listener address"),
+    Option("--listen-port", "OPAMP_LISTEN_PORT", "listener", "port", int,
+           "OpAMP port: WebSocket and plain HTTP on the same port, path /v1/opamp"),
+    Option("--max-message-bytes", "OPAMP_MAX_MESSAGE_BYTES", "listener", "max_message_bytes", int,
+           "largest accepted AgentToServer (WebSocket frame or decompressed HTTP body)"),
+    Option("--handshake-timeout", "OPAMP_HANDSHAKE_TIMEOUT", "listener",
+           "handshake_timeout_seconds", float,
+           "seconds a new connection may take to send its first message"),
+    Option("--ping-interval", "OPAMP_PING_INTERVAL", "listener", "ping_interval_seconds", float,
+           "WebSocket ping interval (seconds)"),
+    Option("--tls-cert-file", "OPAMP_TLS_CERT_FILE", "listener", "tls_cert_file", Path,
+           "serve OpAMP over TLS with this certificate (PEM)"),
+    Option("--tls-key-file", "OPAMP_TLS_KEY_FILE", "listener", "tls_key_file", Path,
+           "private key for --tls-cert-file"),
+    Option("--tls-client-ca-file", "OPAMP_TLS_CLIENT_CA_FILE", "listener", "tls_client_ca_file",
+           Path, "require agent client certificates signed by this CA"),
+    Option("--agent-tokens-file", "OPAMP_AGENT_TOKENS_FILE", "listener", "agent_tokens",
+           _tokens_file, "file of accepted agent bearer tokens, one per line (off when unset)"),
+    Option("--heartbeat-interval", "OPAMP_HEARTBEAT_INTERVAL", "fleet",
+           "heartbeat_interval_seconds", float, "heartbeat interval offered to agents (seconds)"),
+    Option("--heartbeat-timeout", "OPAMP_HEARTBEAT_TIMEOUT", "fleet", "heartbeat_timeout_seconds",
+           float, "silence after which an agent is Offline (seconds)"),
+    Option("--error-after-offline", "OPAMP_ERROR_AFTER_OFFLINE", "fleet",
+           "error_after_offline_seconds", float, "time Offline after which an agent is Error"),
+    Option("--max-agents", "OPAMP_MAX_AGENTS", "fleet", "max_agents", int,
+           "agents one process accepts; beyond it new agents get UNAVAILABLE"),
+    Option("--registrations-per-second", "OPAMP_REGISTRATIONS_PER_SECOND", "fleet",
+           "registrations_per_second", float, "rate of new agents accepted"),
+    Option("--registration-burst", "OPAMP_REGISTRATION_BURST", "fleet", "registration_burst", int,
+           "new agents accepted at once above the rate"),
+    Option("--database-dsn", "OPAMP_DATABASE_DSN", "store", "dsn", str,
+           "PostgreSQL DSN (prefer the environment variable from a Secret)"),
+    Option("--migrate-on-start", "OPAMP_MIGRATE_ON_START", "store", "migrate_on_start", _bool,
+           "apply pending migrations at start"),
+    Option("--flush-interval", "OPAMP_FLUSH_INTERVAL", "store", "flush_interval_seconds", float,
+           "seconds between batched database writes"),
+    Option("--namespace", "OPAMP_NAMESPACE", "kube", "namespace", str,
+           "namespace of the OpAMPAgent resources"),
+    Option("--kubeconfig", "KUBECONFIG", "kube", "kubeconfig", Path,
+           "kubeconfig file (in-cluster config when unset)"),
+    Option("--last-seen-refresh", "OPAMP_LAST_SEEN_REFRESH", "kube", "last_seen_refresh_seconds",
+           float, "how often status.lastSeenAt is refreshed for healthy agents (seconds)"),
+    Option("--kube-writes-per-second", "OPAMP_KUBE_WRITES_PER_SECOND", "kube",
+           "writes_per_second", float, "rate limit of CR writes"),
+    Option("--gc-ttl", "OPAMP_GC_TTL", "kube", "gc_ttl_seconds", _optional_float,
+           "delete CRs Offline/Error longer than this (seconds; off when unset)"),
+    Option("--replica-id", "OPAMP_REPLICA_ID", "kube", "replica_id", str,
+           "this process's name in status.connection.replica (default: POD_NAME or hostname)"),
+    Option("--api-host", "OPAMP_API_HOST", "api", "host", str, "REST API and metrics address"),
+    Option("--api-port", "OPAMP_API_PORT", "api", "port", int,
+           "REST API, /metrics, /healthz, /readyz"),
+    Option("--api-auth", "OPAMP_API_AUTH", "api", "auth_enabled", _bool,
+           "check REST callers with TokenReview + SubjectAccessReview (false: local dev only)"),
+)  # fmt: skip
+
+
+def add_options(parser: argparse.ArgumentParser) -> None:
+    for option in OPTIONS:
+        parser.add_argument(option.flag, dest=_dest(option), default=None, help=option.help)
+
+
+def _dest(option: Option) -> str:
+    return f"{option.section}__{option.name}"
+
+
+def settings_from(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> Settings:
+    """Build Settings from parsed flags and the environment; ConfigError names a bad value."""
+    environ = os.environ if environ is None else environ
+    overrides: dict[str, dict[str, Any]] = {}
+    for option in OPTIONS:
+        raw = getattr(args, _dest(option), None)
+        source = option.flag
+        if raw is None and option.env in environ:
+            raw, source = environ[option.env], option.env
+        if raw is None:
+            continue
+        try:
+            value = option.parse(raw)
+        except (ValueError, OSError) as error:
+            raise ConfigError(f"{source}: {error}") from error
+        overrides.setdefault(option.section, {})[option.name] = value
+    overrides.setdefault("kube", {}).setdefault("replica_id", _default_replica_id(environ))
+    defaults = Settings()
+    sections = {
+        name: dataclasses.replace(getattr(defaults, name), **values)
+        for name, values in overrides.items()
+    }
+    return dataclasses.replace(defaults, **sections)
+
+
+def _default_replica_id(environ: Mapping[str, str]) -> str:
+    return environ.get("POD_NAME") or socket.gethostname()
+
+
+def reference_markdown() -> str:
+    defaults = Settings()
+    rows = ["| flag | environment | default | meaning |", "|---|---|---|---|"]
+    for option in OPTIONS:
+        default = getattr(getattr(defaults, option.section), option.name)
+        shown = "(unset)" if default in (None, frozenset()) else f"`{default}`"
+        rows.append(f"| `{option.flag}` | `{option.env}` | {shown} | {option.help} |")
+    return "\n".join(rows)
