@@ -35,16 +35,52 @@ class FleetSettings:
 
 @dataclass(frozen=True)
 class ListenerSettings:
+    """The OpAMP listener: one port for WebSocket and plain HTTP on `path`."""
+
     host: str = "0.0.0.0"
     port: int = 4320
     path: str = "/v1/opamp"
+    #: Largest message accepted, in bytes: a WebSocket message, an HTTP body (after gunzip).
     max_message_bytes: int = 4 * 1024 * 1024
+    #: Largest HTTP request head (request line + headers) read before routing; else 431.
+    max_head_bytes: int = 16 * 1024
+    #: A new connection must have sent its first OpAMP message (WebSocket) or its whole
+    #: request (HTTP) within this many seconds of being accepted.
     handshake_timeout_seconds: float = 10.0
     ping_interval_seconds: float = 20.0
+    ping_timeout_seconds: float = 20.0
+    #: How long a WebSocket closing handshake may take before the TCP connection is dropped.
+    close_timeout_seconds: float = 5.0
+    #: Idle HTTP keep-alive connections are closed after this long.
+    http_keepalive_seconds: float = 75.0
+    #: `OpAMPListener.stop` waits at most this long for connections to close.
+    stop_timeout_seconds: float = 10.0
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
     tls_client_ca_file: Path | None = None
     agent_tokens: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        if not self.path.startswith("/"):
+            raise ConfigError(f"listener path must start with '/': {self.path!r}")
+        if self.max_message_bytes < 1 or self.max_head_bytes < 1024:
+            raise ConfigError("max message bytes must be >= 1 and max head bytes >= 1024")
+        timeouts = (
+            self.handshake_timeout_seconds,
+            self.ping_interval_seconds,
+            self.ping_timeout_seconds,
+            self.close_timeout_seconds,
+            self.http_keepalive_seconds,
+            self.stop_timeout_seconds,
+        )
+        if any(t <= 0 for t in timeouts):
+            raise ConfigError("listener timeouts and intervals must be > 0 seconds")
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ConfigError("TLS needs both a certificate file and a key file")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ConfigError("a TLS client CA (mTLS) needs a server certificate and key")
+        if any(not token for token in self.agent_tokens):
+            raise ConfigError("agent tokens must not be empty strings")
 
     @property
     def tls(self) -> bool:

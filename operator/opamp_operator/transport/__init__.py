@@ -1,0 +1,11 @@
+"""The OpAMP listener: WebSocket and plain HTTP on one port, bytes <-> messages.
+
+`listener.OpAMPListener` owns the socket. Each connection starts in `front.FrontProtocol`,
+which reads the request head (`head`), refuses what it can refuse cheaply (size, path,
+bearer token, see `auth`) and hands the connection to websockets (`websocket`) or to
+aiohttp's low-level server (`http`). The fleet only ever sees messages and channels.
+"""
+
+from .listener import OpAMPListener
+
+__all__ = ["OpAMPListener"]

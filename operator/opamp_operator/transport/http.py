@@ -1,0 +1,202 @@
+"""OpAMP over plain HTTP: each POST carries one AgentToServer, its response one ServerToAgent.
+
+Served by aiohttp's low-level server (`aiohttp.web.Server`): the front protocol hands it
+the connection, and it keeps the connection for any later keep-alive requests, so every
+check (path, method, token) runs here per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Final
+
+from aiohttp import hdrs, web
+from aiohttp.web_request import BaseRequest
+
+from opamp_operator import metrics
+from opamp_operator.config import ListenerSettings
+from opamp_operator.fleet.model import Transport
+from opamp_operator.fleet.registry import Fleet
+from opamp_operator.opamp.errors import MalformedMessage
+from opamp_operator.opamp.generated import opamp_pb2
+from opamp_operator.opamp.messages import (
+    AgentToServer,
+    ServerToAgent,
+    error_response,
+    parse_agent_to_server,
+)
+
+from .auth import BearerAuth
+from .body import (
+    BadGzip,
+    BodyTooLarge,
+    accepts_gzip,
+    gunzip_capped,
+    gzip_compress,
+    read_capped,
+    salvage_instance_uid,
+)
+from .describe import message_kind, remote_addr
+
+log = logging.getLogger(__name__)
+
+CONTENT_TYPE: Final = "application/x-protobuf"
+_LINGER_SECONDS: Final = 2.0  # how long aiohttp drains an unread body after an early answer
+_HTTP: Final = Transport.HTTP.value
+
+
+@dataclass(frozen=True, eq=False, slots=True)
+class HttpChannel:
+    """One HTTP request as the fleet sees it; there is no connection to close."""
+
+    remote_addr: str
+
+    @property
+    def transport(self) -> Transport:
+        return Transport.HTTP
+
+    def request_close(self, reason: str) -> None:
+        """Nothing to close: the fleet tells HTTP agents in its next reply instead."""
+
+
+class HttpEndpoint:
+    def __init__(self, settings: ListenerSettings, fleet: Fleet, auth: BearerAuth) -> None:
+        self._settings = settings
+        self._fleet = fleet
+        self._auth = auth
+        self.server: web.Server | None = None
+
+    def create_server(self) -> web.Server:
+        """The aiohttp server whose `__call__` makes a protocol per connection (needs a loop)."""
+        self.server = web.Server(
+            self.handle,
+            auto_decompress=False,  # we gunzip ourselves, with a cap on the inflated size
+            access_log=None,
+            keepalive_timeout=self._settings.http_keepalive_seconds,
+            lingering_time=_LINGER_SECONDS,
+        )
+        return self.server
+
+    async def handle(self, request: BaseRequest) -> web.StreamResponse:
+        """aiohttp's request handler: answer one POST; never raises."""
+        gauge = metrics.connections_open.labels(_HTTP)
+        gauge.inc()
+        try:
+            return await self._handle(request)
+        except Exception:
+            log.exception("OpAMP HTTP request from %s failed", _peer(request))
+            return _plain(HTTPStatus.INTERNAL_SERVER_ERROR, "internal error")
+        finally:
+            gauge.dec()
+
+    async def _handle(self, request: BaseRequest) -> web.StreamResponse:
+        refusal = self._check_head(request)
+        if refusal is not None:
+            return refusal
+        settings = self._settings
+        try:
+            async with asyncio.timeout(settings.handshake_timeout_seconds):
+                raw = await read_capped(request.content, settings.max_message_bytes)
+        except TimeoutError:
+            detail = f"body not received within {settings.handshake_timeout_seconds:g}s"
+            return self._bad(request, "body_timeout", HTTPStatus.REQUEST_TIMEOUT, detail)
+        except BodyTooLarge as error:
+            return self._bad(request, "too_large", HTTPStatus.REQUEST_ENTITY_TOO_LARGE, str(error))
+        started = time.perf_counter()
+        data = raw
+        if _content_encoding(request) == "gzip":
+            try:
+                data = gunzip_capped(raw, settings.max_message_bytes)
+            except BodyTooLarge as error:
+                status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+                return self._bad(request, "too_large", status, str(error))
+            except BadGzip as error:
+                return self._bad(request, "bad_gzip", HTTPStatus.BAD_REQUEST, str(error))
+        try:
+            message = parse_agent_to_server(data)
+        except MalformedMessage:
+            return self._malformed(request, data)
+        reply = self._fleet.handle_message(HttpChannel(_peer(request)), message)
+        metrics.messages_received.labels(_HTTP, message_kind(message)).inc()
+        response = self._reply(request, message, reply)
+        metrics.message_handling_seconds.labels(_HTTP).observe(time.perf_counter() - started)
+        return response
+
+    def _check_head(self, request: BaseRequest) -> web.StreamResponse | None:
+        """Everything that can be refused before reading the body."""
+        if request.path != self._settings.path:
+            return self._bad(request, "not_found", HTTPStatus.NOT_FOUND, "not found")
+        if request.method != hdrs.METH_POST:
+            response = self._bad(
+                request, "method_not_allowed", HTTPStatus.METHOD_NOT_ALLOWED, "use POST"
+            )
+            response.headers[hdrs.ALLOW] = hdrs.METH_POST
+            return response
+        authorization = [v for k, v in request.raw_headers if k.lower() == b"authorization"]
+        if not self._auth.allows(authorization):
+            metrics.auth_failures.labels(_HTTP).inc()
+            log.warning("refused an OpAMP HTTP request from %s: bad token", _peer(request))
+            response = _plain(HTTPStatus.UNAUTHORIZED, "missing or wrong bearer token")
+            response.headers[hdrs.WWW_AUTHENTICATE] = "Bearer"
+            return response
+        if request.content_type != CONTENT_TYPE:
+            detail = f"Content-Type must be {CONTENT_TYPE}"
+            return self._bad(request, "bad_content_type", HTTPStatus.UNSUPPORTED_MEDIA_TYPE, detail)
+        if _content_encoding(request) not in ("identity", "gzip"):
+            detail = "Content-Encoding must be gzip or absent"
+            return self._bad(request, "bad_encoding", HTTPStatus.UNSUPPORTED_MEDIA_TYPE, detail)
+        length = request.content_length
+        if length is not None and length > self._settings.max_message_bytes:
+            detail = f"body exceeds {self._settings.max_message_bytes} bytes"
+            return self._bad(request, "too_large", HTTPStatus.REQUEST_ENTITY_TOO_LARGE, detail)
+        return None
+
+    def _malformed(self, request: BaseRequest, data: bytes) -> web.StreamResponse:
+        metrics.bad_input.labels(_HTTP, "malformed_message").inc()
+        log.warning("refused an OpAMP HTTP request from %s: malformed message", _peer(request))
+        uid = salvage_instance_uid(data)
+        if uid is None:
+            return _plain(HTTPStatus.BAD_REQUEST, "AgentToServer does not decode")
+        body = error_response(
+            uid, opamp_pb2.ServerErrorResponseType_BadRequest, "AgentToServer does not decode"
+        ).SerializeToString()
+        return web.Response(status=HTTPStatus.BAD_REQUEST, body=body, content_type=CONTENT_TYPE)
+
+    def _reply(
+        self, request: BaseRequest, message: AgentToServer, reply: ServerToAgent | None
+    ) -> web.Response:
+        if reply is None:  # after an AgentDisconnect: HTTP still needs a body
+            reply = ServerToAgent(instance_uid=message.instance_uid)
+        body = reply.SerializeToString()
+        response = web.Response(body=body, content_type=CONTENT_TYPE)
+        if accepts_gzip(request.headers.get(hdrs.ACCEPT_ENCODING)):
+            response.body = gzip_compress(body)
+            response.headers[hdrs.CONTENT_ENCODING] = "gzip"
+        return response
+
+    def _bad(
+        self, request: BaseRequest, reason: str, status: HTTPStatus, detail: str
+    ) -> web.Response:
+        metrics.bad_input.labels(_HTTP, reason).inc()
+        log.warning("refused an OpAMP HTTP request from %s: %s", _peer(request), detail)
+        response = _plain(status, detail)
+        if status >= HTTPStatus.REQUEST_TIMEOUT:
+            response.force_close()  # the body may be unread or half-sent: do not reuse
+        return response
+
+
+def _plain(status: HTTPStatus, detail: str) -> web.Response:
+    return web.Response(status=status, text=detail + "\n")
+
+
+def _content_encoding(request: BaseRequest) -> str:
+    return request.headers.get(hdrs.CONTENT_ENCODING, "identity").strip().lower() or "identity"
+
+
+def _peer(request: BaseRequest) -> str:
+    transport = request.transport
+    return remote_addr(transport.get_extra_info("peername") if transport else None)

@@ -1,0 +1,154 @@
+"""The OpAMP listener: one asyncio server, one port, WebSocket and HTTP on the same path."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from http import HTTPStatus
+
+from websockets.asyncio.server import Server
+
+from opamp_operator import metrics
+from opamp_operator.config import ListenerSettings
+from opamp_operator.fleet.model import Reason, Transport
+from opamp_operator.fleet.registry import Fleet
+
+from .auth import BearerAuth
+from .front import FrontProtocol, Refusal
+from .head import RequestHead
+from .http import HttpEndpoint
+from .websocket import WebSocketEndpoint, protocol_log
+
+log = logging.getLogger(__name__)
+
+
+def server_ssl_context(settings: ListenerSettings) -> ssl.SSLContext | None:
+    """A TLS server context from the cert/key files (and a client CA: mTLS); None without TLS."""
+    if settings.tls_cert_file is None or settings.tls_key_file is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(settings.tls_cert_file, settings.tls_key_file)
+    if settings.tls_client_ca_file is not None:
+        context.load_verify_locations(cafile=settings.tls_client_ca_file)
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+class OpAMPListener:
+    """Serves OpAMP agents on `settings.host:settings.port` until `stop`."""
+
+    def __init__(self, settings: ListenerSettings, fleet: Fleet) -> None:
+        self.settings = settings
+        self._fleet = fleet
+        self._auth = BearerAuth(settings.agent_tokens)
+        self._websockets = WebSocketEndpoint(settings, fleet)
+        self._http = HttpEndpoint(settings, fleet, self._auth)
+        self._pending: set[FrontProtocol] = set()  # connections whose head is not read yet
+        self._ws_server: Server | None = None
+        self._stopping = False
+        self.port: int | None = None
+
+    @property
+    def ready(self) -> bool:
+        """True while accepting connections."""
+        server = self._ws_server
+        return server is not None and not self._stopping and server.is_serving()
+
+    async def start(self) -> None:
+        """Bind and start accepting; `.port` is then the port actually bound."""
+        if self._ws_server is not None:
+            raise RuntimeError("the OpAMP listener was already started")
+        ssl_context = await asyncio.to_thread(server_ssl_context, self.settings)
+        self._http.create_server()
+
+        tls_timeout = self.settings.handshake_timeout_seconds if ssl_context else None
+
+        async def create_server() -> asyncio.Server:
+            loop = asyncio.get_running_loop()
+            return await loop.create_server(
+                self._new_front,
+                self.settings.host,
+                self.settings.port,
+                ssl=ssl_context,
+                ssl_handshake_timeout=tls_timeout,
+                reuse_address=True,
+            )
+
+        # The websockets Server is the registry its ServerConnections expect (handler,
+        # handler tasks, is_serving); awaiting it runs create_server above.
+        handler = self._websockets.handle_connection
+        self._ws_server = await Server(create_server, handler, protocol_log)
+        self.port = int(self._ws_server.sockets[0].getsockname()[1])
+        scheme = "wss/https" if ssl_context else "ws/http"
+        log.info(
+            "OpAMP listener on %s:%d%s (%s, auth %s)",
+            self.settings.host, self.port, self.settings.path, scheme,
+            "on" if self._auth.enabled else "off",
+        )  # fmt: skip
+
+    async def stop(self, reason: str = Reason.OPERATOR_SHUTDOWN) -> None:
+        """Stop accepting, close every WebSocket with 1001 and `reason`, wait (bounded)."""
+        server = self._ws_server
+        if server is None or self._stopping:
+            return
+        self._stopping = True
+        server.server.close()  # stop accepting; handshakes under way now get 503
+        for front in list(self._pending):
+            front.close()
+        channels = list(self._websockets.channels)
+        for channel in channels:
+            channel.request_close(reason)
+        tasks = [t for t in server.handler_tasks if t is not asyncio.current_task()]
+        http = self._http.server
+        timeout = self.settings.stop_timeout_seconds
+        waits: list[asyncio.Future[object]] = []
+        if http is not None:
+            waits.append(asyncio.ensure_future(http.shutdown(timeout)))
+        if tasks:
+            waits.append(asyncio.ensure_future(asyncio.wait(tasks)))
+        if waits:
+            _, late = await asyncio.wait(waits, timeout=timeout)
+            for future in late:
+                future.cancel()
+        for task in server.handler_tasks:
+            if not task.done():
+                task.cancel()  # its connection did not close in time
+        log.info("OpAMP listener stopped (%d WebSockets closed: %s)", len(channels), reason)
+
+    # -- routing ---------------------------------------------------------------------------
+
+    def _new_front(self) -> FrontProtocol:
+        return FrontProtocol(
+            self._route,
+            max_head_bytes=self.settings.max_head_bytes,
+            head_timeout=self.settings.handshake_timeout_seconds,
+            pending=self._pending,
+        )
+
+    def _route(
+        self, head: RequestHead, peer: str, accepted_at: float
+    ) -> asyncio.Protocol | Refusal:
+        server = self._ws_server
+        assert server is not None
+        if not head.wants_websocket:
+            http = self._http.server
+            assert http is not None
+            return http()  # a new aiohttp RequestHandler; it checks path, method and token
+        transport = Transport.WEBSOCKET.value
+        if head.path != self.settings.path:
+            metrics.bad_input.labels(transport, "not_found").inc()
+            return Refusal(HTTPStatus.NOT_FOUND, "not found")
+        authorization = [value.encode("latin-1") for value in head.values("authorization")]
+        if not self._auth.allows(authorization):
+            metrics.auth_failures.labels(transport).inc()
+            log.warning("refused an OpAMP WebSocket from %s: missing or wrong bearer token", peer)
+            return Refusal(
+                HTTPStatus.UNAUTHORIZED,
+                "missing or wrong bearer token",
+                (("WWW-Authenticate", "Bearer"),),
+            )
+        if self._stopping:
+            return Refusal(HTTPStatus.SERVICE_UNAVAILABLE, "shutting down")
+        return self._websockets.new_connection(server, accepted_at)

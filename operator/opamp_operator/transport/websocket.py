@@ -1,0 +1,241 @@
+"""OpAMP over WebSocket: one session per connection, binary messages with the OpAMP header.
+
+Relies on these websockets 17 internals (checked against 17.4; re-check on upgrade):
+- `ServerConnection(protocol, server, ...)` is an asyncio protocol; its `connection_made`
+  schedules `server.handler(connection)` and registers the task in `server.handler_tasks`,
+  and `handshake()` consults `server.is_serving()` (503 while shutting down). Our `server`
+  is a real `websockets.asyncio.server.Server` wrapping the listener's asyncio server.
+- `handle_connection` below mirrors `serve()`'s inner `protocol_handler`: handshake under a
+  timeout, abort unless OPEN, `start_keepalive()`, close the connection at the end, and
+  discard the task from `server.handler_tasks`.
+- `Connection.close(code, reason)` waits for the closing handshake, at most close_timeout,
+  then drops the TCP connection; it never raises ConnectionClosed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from typing import Final
+
+from websockets.asyncio.server import Server, ServerConnection
+from websockets.exceptions import ConnectionClosed
+from websockets.frames import CloseCode
+from websockets.protocol import OPEN
+from websockets.server import ServerProtocol
+
+from opamp_operator import metrics
+from opamp_operator.config import ListenerSettings
+from opamp_operator.fleet.model import Reason, Transport
+from opamp_operator.fleet.registry import Fleet
+from opamp_operator.opamp.errors import FrameError, MalformedMessage
+from opamp_operator.opamp.frames import decode_ws_frame, encode_ws_frame
+from opamp_operator.opamp.messages import ServerToAgent, parse_agent_to_server
+
+from .describe import message_kind, remote_addr
+
+log = logging.getLogger(__name__)
+# websockets' own per-connection logs ("connection open" at INFO...), kept apart so that a
+# large fleet's churn can be silenced without hiding ours.
+protocol_log = logging.getLogger(__name__ + ".protocol")
+
+_MAX_QUEUE: Final = 4  # unread messages buffered per connection before reading pauses
+_CLOSE_REASON_BYTES: Final = 123  # the most a close frame's reason may hold
+# Close codes websockets sends itself when a peer breaks the protocol, as metric reasons.
+_FAILURE_REASONS: Final[Mapping[int, str]] = {
+    CloseCode.PROTOCOL_ERROR: "websocket_protocol_error",
+    CloseCode.INVALID_DATA: "invalid_utf8",
+    CloseCode.MESSAGE_TOO_BIG: "message_too_big",
+}
+
+
+class OpAMPConnection(ServerConnection):
+    """A websockets connection that knows when its TCP connection was accepted."""
+
+    accepted_at: float  # loop time
+
+
+class WebSocketChannel:
+    """One agent's WebSocket as the fleet sees it; also sends server-initiated messages."""
+
+    def __init__(self, connection: OpAMPConnection) -> None:
+        self.connection = connection
+        self._remote_addr = remote_addr(connection.transport.get_extra_info("peername"))
+        self.close_reason: str = Reason.CONNECTION_CLOSED
+        self._closing: asyncio.Task[None] | None = None
+
+    @property
+    def transport(self) -> Transport:
+        return Transport.WEBSOCKET
+
+    @property
+    def remote_addr(self) -> str:
+        return self._remote_addr
+
+    async def send(self, message: ServerToAgent) -> None:
+        """Send one ServerToAgent; raises websockets' ConnectionClosed if the socket is gone."""
+        await self.connection.send(encode_ws_frame(message.SerializeToString()))
+
+    def request_close(self, reason: str) -> None:
+        """Start the closing handshake with `reason` (1001 on shutdown, else 1000)."""
+        going_away = reason == Reason.OPERATOR_SHUTDOWN
+        code = CloseCode.GOING_AWAY if going_away else CloseCode.NORMAL_CLOSURE
+        self.close(code, reason, reason)
+
+    def close(self, code: int, text: str, reason: str) -> None:
+        """Close with `code` and `text`; `reason` is what the fleet is told. Idempotent."""
+        if self._closing is not None:
+            return
+        self.close_reason = reason
+        text = text.encode()[:_CLOSE_REASON_BYTES].decode(errors="ignore")
+        self._closing = asyncio.get_running_loop().create_task(self.connection.close(code, text))
+        self._closing.add_done_callback(_log_close_failure)
+
+    async def finish(self) -> None:
+        """Close normally unless a close is already under way; wait until the socket is gone."""
+        self.close(CloseCode.NORMAL_CLOSURE, "", self.close_reason)
+        assert self._closing is not None
+        # wait() neither raises the task's error (logged by its callback) nor cancels it.
+        await asyncio.wait({self._closing})  # bounded by the connection's close_timeout
+
+
+def _log_close_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("closing a WebSocket failed: %r", task.exception())
+
+
+class WebSocketEndpoint:
+    """Creates websockets connections for the front protocol and runs their sessions."""
+
+    def __init__(self, settings: ListenerSettings, fleet: Fleet) -> None:
+        self._settings = settings
+        self._fleet = fleet
+        self.channels: set[WebSocketChannel] = set()
+
+    def new_connection(self, server: Server, accepted_at: float) -> OpAMPConnection:
+        settings = self._settings
+        protocol = ServerProtocol(
+            # No permessage-deflate: its zlib state costs ~hundreds of KiB per connection,
+            # too much for tens of thousands of agents sending small messages.
+            extensions=None,
+            max_size=settings.max_message_bytes,
+            logger=protocol_log,
+        )
+        connection = OpAMPConnection(
+            protocol,
+            server,
+            ping_interval=settings.ping_interval_seconds,
+            ping_timeout=settings.ping_timeout_seconds,
+            close_timeout=settings.close_timeout_seconds,
+            max_queue=_MAX_QUEUE,
+        )
+        connection.accepted_at = accepted_at
+        return connection
+
+    async def handle_connection(self, connection: ServerConnection) -> None:
+        """`Server.handler`: handshake, session, close; never raises."""
+        assert isinstance(connection, OpAMPConnection)
+        server = connection.server
+        deadline = connection.accepted_at + self._settings.handshake_timeout_seconds
+        try:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await connection.handshake(server_header=None)
+            except TimeoutError:
+                self._count_bad_input("handshake_timeout", connection, "no WebSocket handshake")
+                connection.transport.abort()
+                return
+            if connection.protocol.state is not OPEN:
+                connection.transport.abort()  # refused (response already sent) or gone
+                return
+            server.all_connections.add(connection)
+            try:
+                await self._run(connection, deadline)
+            finally:
+                server.all_connections.discard(connection)
+        except Exception:
+            log.exception("WebSocket connection handler failed")
+            connection.transport.abort()
+        finally:
+            task = asyncio.current_task()
+            if task is not None:
+                server.handler_tasks.discard(task)
+
+    async def _run(self, connection: OpAMPConnection, deadline: float) -> None:
+        channel = WebSocketChannel(connection)
+        self.channels.add(channel)
+        gauge = metrics.connections_open.labels(Transport.WEBSOCKET.value)
+        gauge.inc()
+        connection.start_keepalive()
+        try:
+            await self._receive(channel, deadline)
+        finally:
+            # Tell the fleet at once, not after the closing handshake.
+            self._fleet.channel_closed(channel, channel.close_reason)
+            gauge.dec()
+            self.channels.discard(channel)
+            await channel.finish()
+
+    async def _receive(self, channel: WebSocketChannel, first_deadline: float) -> None:
+        connection = channel.connection
+        try:
+            try:
+                async with asyncio.timeout_at(first_deadline):
+                    data = await connection.recv()
+            except TimeoutError:
+                detail = f"no OpAMP message within {self._settings.handshake_timeout_seconds:g}s"
+                self._reject(channel, "first_message_timeout", CloseCode.POLICY_VIOLATION, detail)
+                return
+            while await self._on_message(channel, data):
+                data = await connection.recv()
+        except ConnectionClosed as closed:
+            self._note_close(channel, closed)
+
+    async def _on_message(self, channel: WebSocketChannel, data: str | bytes) -> bool:
+        """Handle one message; False when the connection is being closed."""
+        started = time.perf_counter()
+        if isinstance(data, str):
+            detail = "OpAMP messages are binary; got a text message"
+            self._reject(channel, "text_message", CloseCode.UNSUPPORTED_DATA, detail)
+            return False
+        try:
+            message = parse_agent_to_server(decode_ws_frame(data))
+        except FrameError as error:
+            self._reject(channel, error.reason, CloseCode.PROTOCOL_ERROR, str(error))
+            return False
+        except MalformedMessage:
+            detail = "AgentToServer does not decode"
+            self._reject(channel, "malformed_message", CloseCode.INVALID_DATA, detail)
+            return False
+        try:
+            reply = self._fleet.handle_message(channel, message)
+        except Exception:
+            log.exception("handling a message from %s failed", channel.remote_addr)
+            channel.close(CloseCode.INTERNAL_ERROR, "internal error", Reason.CONNECTION_CLOSED)
+            return False
+        metrics.messages_received.labels(Transport.WEBSOCKET.value, message_kind(message)).inc()
+        if reply is not None:
+            await channel.send(reply)
+        elapsed = time.perf_counter() - started
+        metrics.message_handling_seconds.labels(Transport.WEBSOCKET.value).observe(elapsed)
+        return True
+
+    def _reject(self, channel: WebSocketChannel, reason: str, code: int, detail: str) -> None:
+        self._count_bad_input(reason, channel.connection, detail)
+        channel.close(code, detail, Reason.PROTOCOL_ERROR)
+
+    def _note_close(self, channel: WebSocketChannel, closed: ConnectionClosed) -> None:
+        """Count protocol violations that websockets itself closed the connection for."""
+        sent = closed.sent
+        we_failed = sent is not None and (closed.rcvd is None or closed.rcvd_then_sent is False)
+        if sent is not None and we_failed and sent.code in _FAILURE_REASONS:
+            if channel.close_reason == Reason.CONNECTION_CLOSED:
+                channel.close_reason = Reason.PROTOCOL_ERROR
+            self._count_bad_input(_FAILURE_REASONS[sent.code], channel.connection, sent.reason)
+
+    def _count_bad_input(self, reason: str, connection: ServerConnection, detail: str) -> None:
+        metrics.bad_input.labels(Transport.WEBSOCKET.value, reason).inc()
+        peer = remote_addr(connection.transport.get_extra_info("peername"))
+        log.warning("closing the OpAMP WebSocket from %s: %s (%s)", peer, detail, reason)
