@@ -111,9 +111,27 @@ class KubeSettings:
 @dataclass(frozen=True)
 class ApiSettings:
     host: str = "0.0.0.0"
-    port: int = 8080
+    port: int = 8080  # 0: any free port (tests)
     auth_enabled: bool = True
-    auth_cache_seconds: float = 10.0
+    auth_cache_seconds: float = 10.0  # how long a TokenReview/SubjectAccessReview answer is kept
+    auth_cache_size: int = 4096  # cached (token, verb) decisions; least recently used go first
+    auth_workers: int = 4  # threads calling the (synchronous) Kubernetes client for reviews
+    auth_max_pending: int = 64  # reviews waiting for a thread; beyond that: 503 + Retry-After
+    auth_timeout_seconds: float = 5.0  # per review request to the Kubernetes API
+    page_size: int = 100  # default `limit` of paged lists
+    max_page_size: int = 1000
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"api port must be 0..65535, got {self.port}")
+        if self.auth_cache_seconds < 0 or self.auth_cache_size < 0:
+            raise ConfigError("api auth cache seconds and size must be >= 0")
+        if self.auth_workers < 1 or self.auth_max_pending < 1 or self.auth_timeout_seconds <= 0:
+            raise ConfigError("api auth workers, max pending and timeout must be positive")
+        if not 1 <= self.page_size <= self.max_page_size:
+            raise ConfigError(
+                f"api page size ({self.page_size}) must be 1..max page size ({self.max_page_size})"
+            )
 
 
 @dataclass(frozen=True)

@@ -80,6 +80,12 @@ events_dropped = Counter(
     ["subscriber"],
     registry=REGISTRY,
 )
+events_queue_depth = Gauge(
+    "opamp_fleet_event_queue_depth",
+    "Fleet events waiting in a subscriber's queue (sampled by the metrics subscriber).",
+    ["subscriber"],
+    registry=REGISTRY,
+)
 
 # -- Kubernetes mirror -------------------------------------------------------------
 kube_writes = Counter(
@@ -116,6 +122,39 @@ db_dropped = Counter(
     "opamp_db_dropped_total",
     "Writes dropped because the queue was full (heartbeats are shed before history).",
     ["kind"],
+    registry=REGISTRY,
+)
+
+# -- REST API ------------------------------------------------------------------------
+api_requests = Counter(
+    "opamp_api_requests_total",
+    "REST API requests answered, by route template, method and status code.",
+    ["route", "method", "code"],
+    registry=REGISTRY,
+)
+api_request_seconds = Histogram(
+    "opamp_api_request_seconds",
+    "Time to answer a REST API request (authorization included), by route template.",
+    ["route"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+    registry=REGISTRY,
+)
+api_auth_reviews = Counter(
+    "opamp_api_auth_reviews_total",
+    "TokenReviews and SubjectAccessReviews sent to Kubernetes, by kind and outcome.",
+    ["kind", "outcome"],
+    registry=REGISTRY,
+)
+api_auth_cache = Counter(
+    "opamp_api_auth_cache_total",
+    "REST authorization decisions served from the cache (hit) or by asking Kubernetes (miss).",
+    ["result"],
+    registry=REGISTRY,
+)
+api_errors = Counter(
+    "opamp_api_errors_total",
+    "REST API requests that failed on our side or a dependency's, by route and cause.",
+    ["route", "cause"],
     registry=REGISTRY,
 )
 
