@@ -91,10 +91,43 @@ class ListenerSettings:
 class StoreSettings:
     dsn: str | None = None
     migrate_on_start: bool = True
+    # None: $OPAMP_OPERATOR_MIGRATIONS, else the repository's migrations/ directory.
+    migrations_dir: Path | None = None
+    migration_lock_timeout_seconds: float = 120.0
     flush_interval_seconds: float = 1.0
+    # Bound of the writer's in-memory buffer (history events + agents with a last_seen
+    # waiting); beyond it last_seen updates are shed first, then history events.
     queue_size: int = 200_000
     pool_min_size: int = 1
     pool_max_size: int = 5
+    connect_timeout_seconds: float = 5.0
+    command_timeout_seconds: float = 15.0
+    max_backoff_seconds: float = 10.0
+    # Without writes, the writer pings this often so `ready` stays meaningful.
+    ping_interval_seconds: float = 5.0
+    # `ready` is False once no write or ping has succeeded for this long.
+    ready_window_seconds: float = 30.0
+    # How long `stop()` may spend writing what is still pending.
+    stop_timeout_seconds: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.flush_interval_seconds <= 0:
+            raise ConfigError("store flush interval must be > 0 seconds")
+        if self.queue_size < 1:
+            raise ConfigError("store queue size must be >= 1")
+        if not 0 <= self.pool_min_size <= self.pool_max_size or self.pool_max_size < 1:
+            raise ConfigError(
+                f"store pool sizes must satisfy 0 <= min ({self.pool_min_size}) "
+                f"<= max ({self.pool_max_size}), max >= 1"
+            )
+        timeouts = (
+            self.connect_timeout_seconds, self.command_timeout_seconds,
+            self.max_backoff_seconds, self.ping_interval_seconds,
+            self.ready_window_seconds, self.stop_timeout_seconds,
+            self.migration_lock_timeout_seconds,
+        )  # fmt: skip
+        if min(timeouts) <= 0:
+            raise ConfigError("store timeouts, backoff and intervals must be > 0 seconds")
 
 
 @dataclass(frozen=True)
