@@ -1,0 +1,114 @@
+"""A Fleet fed by fake channels with real AgentToServer messages (REST API tests and bench)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from opamp_operator.api.auth import AuthDecision, AuthUnavailable
+from opamp_operator.api.server import ApiServer
+from opamp_operator.config import ApiSettings, FleetSettings
+from opamp_operator.fleet.clock import FakeClock
+from opamp_operator.fleet.events import EventBus
+from opamp_operator.fleet.model import Transport
+from opamp_operator.fleet.registry import Fleet
+from opamp_operator.opamp.generated import opamp_pb2
+from opamp_operator.opamp.generated.anyvalue_pb2 import AnyValue, KeyValue
+from opamp_operator.opamp.messages import AgentToServer
+
+
+@dataclass(eq=False)
+class FakeChannel:
+    """A transport connection that records what the fleet asked of it."""
+
+    transport: Transport = Transport.WEBSOCKET
+    remote_addr: str = "127.0.0.1:50000"
+    close_requests: list[str] = field(default_factory=list)
+
+    def request_close(self, reason: str) -> None:
+        self.close_requests.append(reason)
+
+
+def make_fleet(
+    clock: FakeClock | None = None, settings: FleetSettings | None = None
+) -> tuple[Fleet, FakeClock, EventBus]:
+    clock = clock or FakeClock()
+    bus = EventBus()
+    settings = settings or FleetSettings(registrations_per_second=1e9, registration_burst=10**9)
+    return Fleet(settings, clock, bus), clock, bus
+
+
+def hello(agent_id: str, sequence_num: int = 0, service: str = "otelcol") -> AgentToServer:
+    """A first message: description, capabilities and health, as a real agent sends them."""
+    message = AgentToServer(
+        instance_uid=uuid.UUID(agent_id).bytes,
+        sequence_num=sequence_num,
+        capabilities=int(opamp_pb2.AgentCapabilities_ReportsStatus)
+        | int(opamp_pb2.AgentCapabilities_ReportsHealth),
+    )
+    description = message.agent_description
+    description.identifying_attributes.append(
+        KeyValue(key="service.name", value=AnyValue(string_value=service))
+    )
+    description.identifying_attributes.append(
+        KeyValue(key="service.instance.id", value=AnyValue(bytes_value=b"\x00\xffid"))
+    )
+    description.non_identifying_attributes.append(
+        KeyValue(key="host.name", value=AnyValue(string_value="node-1"))
+    )
+    message.health.healthy = True
+    message.health.status = "StatusOK"
+    return message
+
+
+def heartbeat(agent_id: str, sequence_num: int) -> AgentToServer:
+    return AgentToServer(instance_uid=uuid.UUID(agent_id).bytes, sequence_num=sequence_num)
+
+
+def disconnect(agent_id: str, sequence_num: int) -> AgentToServer:
+    message = heartbeat(agent_id, sequence_num)
+    message.agent_disconnect.SetInParent()
+    return message
+
+
+def new_agent_id() -> str:
+    return str(uuid.uuid4())
+
+
+class FakeAuthorizer:
+    """Answers from a table of token -> verbs allowed; unknown tokens get 401."""
+
+    def __init__(self, grants: dict[str, set[str]]) -> None:
+        self.grants = grants
+        self.calls: list[tuple[str, str]] = []
+        self.unavailable = False
+
+    async def authorize(self, token: str, verb: str) -> AuthDecision:
+        self.calls.append((token, verb))
+        if self.unavailable:
+            raise AuthUnavailable("kube-apiserver unreachable")
+        if token not in self.grants:
+            return AuthDecision(401, None, "unknown token")
+        if verb not in self.grants[token]:
+            return AuthDecision(403, "someone", f"may not {verb}")
+        return AuthDecision(200, "someone", "")
+
+
+@asynccontextmanager
+async def serving(server: ApiServer) -> AsyncIterator[aiohttp.ClientSession]:
+    """Start `server` on a free loopback port; yield a client session pointed at it."""
+    await server.start()
+    try:
+        async with aiohttp.ClientSession(f"http://127.0.0.1:{server.port}") as session:
+            yield session
+    finally:
+        await server.stop()
+
+
+def api_settings(**overrides: Any) -> ApiSettings:
+    return ApiSettings(**{"host": "127.0.0.1", "port": 0, **overrides})
