@@ -6,6 +6,8 @@ bearer token, see `auth`) and hands the connection to websockets (`websocket`) o
 aiohttp's low-level server (`http`). The fleet only ever sees messages and channels.
 """
 
+from .http import HttpChannel
 from .listener import OpAMPListener
+from .websocket import WebSocketChannel
 
-__all__ = ["OpAMPListener"]
+__all__ = ["HttpChannel", "OpAMPListener", "WebSocketChannel"]

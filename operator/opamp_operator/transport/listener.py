@@ -18,7 +18,7 @@ from .auth import BearerAuth
 from .front import FrontProtocol, Refusal
 from .head import RequestHead
 from .http import HttpEndpoint
-from .websocket import WebSocketEndpoint, protocol_log
+from .websocket import WebSocketChannel, WebSocketEndpoint, protocol_log
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,11 @@ class OpAMPListener:
         """True while accepting connections."""
         server = self._ws_server
         return server is not None and not self._stopping and server.is_serving()
+
+    @property
+    def websocket_channels(self) -> tuple[WebSocketChannel, ...]:
+        """The open WebSocket channels (each can `send` and `request_close`)."""
+        return tuple(self._websockets.channels)
 
     async def start(self) -> None:
         """Bind and start accepting; `.port` is then the port actually bound."""

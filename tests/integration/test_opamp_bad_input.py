@@ -1,0 +1,306 @@
+"""What bad input gets from the listener, and that it keeps serving the next client.
+
+Raw clients (websockets, aiohttp, plain sockets) send what real agents never would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import uuid
+from collections.abc import AsyncIterator, Callable
+
+import aiohttp
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from opamp_operator.fleet.model import AgentPhase
+from opamp_operator.opamp.frames import decode_ws_frame, encode_ws_frame
+from opamp_operator.opamp.generated import opamp_pb2
+from opamp_operator.opamp.messages import AgentToServer, parse_server_to_agent
+from tests.support.opamp_clients import OpAMPServer, metric, opamp_server
+
+PROTOBUF = {"Content-Type": "application/x-protobuf"}
+MAX_MESSAGE = 64 * 1024
+
+
+def hello(uid: uuid.UUID | None = None, name: str = "raw") -> AgentToServer:
+    message = AgentToServer(instance_uid=(uid or uuid.uuid4()).bytes, sequence_num=0)
+    attribute = message.agent_description.identifying_attributes.add(key="service.name")
+    attribute.value.string_value = name
+    return message
+
+
+def bad_input(transport: str, reason: str) -> float:
+    return metric("opamp_bad_input_total", transport=transport, reason=reason)
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[OpAMPServer]:
+    async with opamp_server(
+        max_message_bytes=MAX_MESSAGE,
+        max_head_bytes=2048,
+        handshake_timeout_seconds=0.5,
+        close_timeout_seconds=1.0,
+    ) as running:
+        yield running
+
+
+async def still_serves(server: OpAMPServer) -> None:
+    """A good WebSocket agent and a good HTTP agent both get their replies."""
+    uid = uuid.uuid4()
+    async with connect(server.ws_url) as ws:
+        await ws.send(encode_ws_frame(hello(uid).SerializeToString()))
+        reply = parse_server_to_agent(decode_ws_frame(await ws.recv(decode=False)))
+        assert reply.instance_uid == uid.bytes
+    async with aiohttp.ClientSession() as session:
+        body = hello().SerializeToString()
+        async with session.post(server.http_url, data=body, headers=PROTOBUF) as response:
+            assert response.status == 200
+            assert parse_server_to_agent(await response.read()).capabilities
+
+
+async def eventually(condition: Callable[[], bool]) -> None:
+    """Wait up to 2 s for `condition` (metrics the server updates a moment later)."""
+    for _ in range(200):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition not met within 2 s")
+
+
+async def closed_with(ws: ClientConnection) -> tuple[int | None, str | None]:
+    try:
+        async with asyncio.timeout(5):
+            await ws.recv()
+    except ConnectionClosed:
+        pass
+    return ws.close_code, ws.close_reason
+
+
+# -- WebSocket -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("frame", "code", "reason"),
+    [
+        ("a text message", 1003, "text_message"),
+        (b"", 1002, "empty_frame"),
+        (b"\x05" + hello().SerializeToString(), 1002, "unknown_header"),
+        (b"\x80", 1002, "truncated_header"),
+        (b"\x00\xff\xff\xff", 1007, "malformed_message"),
+    ],
+    ids=["text", "empty", "unknown-header", "truncated-header", "malformed-protobuf"],
+)
+async def test_bad_websocket_message_closes_with_a_code(
+    server: OpAMPServer, frame: str | bytes, code: int, reason: str
+) -> None:
+    before = bad_input("websocket", reason)
+    uid = uuid.uuid4()
+    async with connect(server.ws_url) as ws:
+        await ws.send(encode_ws_frame(hello(uid).SerializeToString()))
+        await ws.recv()
+        await ws.send(frame)
+        close_code, close_reason = await closed_with(ws)
+    assert close_code == code
+    assert close_reason
+    assert bad_input("websocket", reason) == before + 1
+    snapshot = server.agent(uid)
+    assert snapshot is not None
+    assert (snapshot.phase, snapshot.phase_reason) == (AgentPhase.OFFLINE, "protocol_error")
+    await still_serves(server)
+
+
+async def test_oversized_websocket_message_is_1009(server: OpAMPServer) -> None:
+    before = bad_input("websocket", "message_too_big")
+    async with connect(server.ws_url) as ws:
+        await ws.send(b"\x00" + b"\x0a" * (MAX_MESSAGE + 10))
+        close_code, _ = await closed_with(ws)
+    assert close_code == 1009
+    # Counted when the server's recv() sees the closed connection: maybe after the client.
+    await eventually(lambda: bad_input("websocket", "message_too_big") == before + 1)
+    await still_serves(server)
+
+
+async def test_silent_websocket_is_closed_after_the_handshake_timeout(
+    server: OpAMPServer,
+) -> None:
+    before = bad_input("websocket", "first_message_timeout")
+    loop = asyncio.get_running_loop()
+    async with connect(server.ws_url) as ws:
+        opened = loop.time()
+        close_code, _ = await closed_with(ws)
+        waited = loop.time() - opened
+    assert close_code == 1008
+    assert waited < 0.5 + 0.5
+    assert bad_input("websocket", "first_message_timeout") == before + 1
+    assert len(server.fleet) == 0
+
+
+async def test_invalid_instance_uid_gets_an_error_response(server: OpAMPServer) -> None:
+    async with connect(server.ws_url) as ws:
+        await ws.send(encode_ws_frame(AgentToServer(instance_uid=b"short").SerializeToString()))
+        reply = parse_server_to_agent(decode_ws_frame(await ws.recv(decode=False)))
+    assert reply.error_response.type == opamp_pb2.ServerErrorResponseType_BadRequest
+    assert len(server.fleet) == 0
+
+
+async def test_websocket_upgrade_on_another_path_is_404(server: OpAMPServer) -> None:
+    status = await raw_status(
+        server,
+        b"GET /elsewhere HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    assert status == 404
+
+
+# -- the request head ------------------------------------------------------------------------
+
+
+async def raw_status(server: OpAMPServer, data: bytes) -> int:
+    """Send raw bytes; return the status of the response (the server closes after it)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.listener.port)
+    try:
+        writer.write(data)
+        await writer.drain()
+        async with asyncio.timeout(5):
+            response = await reader.read()
+    finally:
+        writer.close()
+    return int(response.split(b" ", 2)[1])
+
+
+@pytest.mark.parametrize(
+    ("data", "status", "reason"),
+    [
+        (b"GET / HTTP/1.1\r\nX-Pad: " + b"a" * 4096 + b"\r\n\r\n", 431, "head_too_large"),
+        (b"HELLO\r\n\r\n", 400, "bad_request_line"),
+        (b"GET / HTTP/1.1\nHost: x\n\n", 400, "bad_head"),
+        (b"GET / HTTP/1.1\r\nHost: x\r\n", 408, "head_timeout"),
+    ],
+    ids=["too-large", "garbage", "bare-lf", "incomplete"],
+)
+async def test_bad_request_head(server: OpAMPServer, data: bytes, status: int, reason: str) -> None:
+    before = bad_input("http", reason)
+    assert await raw_status(server, data) == status
+    assert bad_input("http", reason) == before + 1
+    await still_serves(server)
+
+
+# -- plain HTTP ------------------------------------------------------------------------------
+
+
+async def post(
+    server: OpAMPServer,
+    body: bytes,
+    headers: dict[str, str] | None = None,
+    path: str | None = None,
+) -> tuple[int, dict[str, str], bytes]:
+    url = server.http_url if path is None else server.http_url.replace("/v1/opamp", path)
+    async with (
+        # Only the Accept-Encoding a test sets: aiohttp would add gzip by itself.
+        aiohttp.ClientSession(
+            auto_decompress=False, skip_auto_headers=["Accept-Encoding"]
+        ) as session,
+        session.post(url, data=body, headers={**PROTOBUF, **(headers or {})}) as response,
+    ):
+        return response.status, dict(response.headers), await response.read()
+
+
+async def test_gzip_in_and_out(server: OpAMPServer) -> None:
+    uid = uuid.uuid4()
+    body = gzip.compress(hello(uid, "zipped").SerializeToString())
+    status, headers, raw = await post(
+        server, body, {"Content-Encoding": "gzip", "Accept-Encoding": "gzip"}
+    )
+    assert status == 200
+    assert headers["Content-Encoding"] == "gzip"
+    assert parse_server_to_agent(gzip.decompress(raw)).instance_uid == uid.bytes
+    snapshot = server.agent(uid)
+    assert snapshot is not None
+    assert snapshot.service_name == "zipped"
+    status, headers, raw = await post(server, hello(uid).SerializeToString(), {})
+    assert status == 200
+    assert "Content-Encoding" not in headers  # not asked for: not compressed
+    assert parse_server_to_agent(raw).instance_uid == uid.bytes
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "status", "reason"),
+    [
+        (b"not gzip", {"Content-Encoding": "gzip"}, 400, "bad_gzip"),
+        (gzip.compress(b"\0" * 50_000_000), {"Content-Encoding": "gzip"}, 413, "too_large"),
+        (b"\0" * (MAX_MESSAGE + 1), {}, 413, "too_large"),
+        (b"", {"Content-Type": "application/json"}, 415, "bad_content_type"),
+        (b"", {"Content-Encoding": "br"}, 415, "bad_encoding"),
+    ],
+    ids=["bad-gzip", "gzip-bomb", "too-large", "content-type", "encoding"],
+)
+async def test_bad_http_request(
+    server: OpAMPServer, body: bytes, headers: dict[str, str], status: int, reason: str
+) -> None:
+    before = bad_input("http", reason)
+    got, _, _ = await post(server, body, headers)
+    assert got == status
+    assert bad_input("http", reason) == before + 1
+    await still_serves(server)
+
+
+async def test_chunked_body_over_the_limit_is_413(server: OpAMPServer) -> None:
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(8):
+            yield b"\0" * (MAX_MESSAGE // 4)
+
+    before = bad_input("http", "too_large")
+    async with aiohttp.ClientSession() as session:
+        try:
+            async with session.post(server.http_url, data=chunks(), headers=PROTOBUF) as resp:
+                assert resp.status == 413
+        except aiohttp.ClientOSError:
+            pass  # the server may close while the client is still sending
+    assert bad_input("http", "too_large") == before + 1
+    await still_serves(server)
+
+
+async def test_malformed_protobuf_names_the_agent_when_it_can(server: OpAMPServer) -> None:
+    uid = uuid.uuid4()
+    before = bad_input("http", "malformed_message")
+    broken = AgentToServer(instance_uid=uid.bytes).SerializeToString() + b"\x1a\xff\xff"
+    status, headers, raw = await post(server, broken)
+    assert status == 400
+    assert headers["Content-Type"] == "application/x-protobuf"
+    reply = parse_server_to_agent(raw)
+    assert reply.instance_uid == uid.bytes
+    assert reply.error_response.type == opamp_pb2.ServerErrorResponseType_BadRequest
+    status, headers, raw = await post(server, b"\xff\xff\xff")
+    assert status == 400
+    assert headers["Content-Type"].startswith("text/plain")
+    assert bad_input("http", "malformed_message") == before + 2
+    assert len(server.fleet) == 0
+
+
+async def test_wrong_method_and_path(server: OpAMPServer) -> None:
+    async with aiohttp.ClientSession() as session, session.get(server.http_url) as response:
+        assert response.status == 405
+        assert response.headers["Allow"] == "POST"
+    status, _, _ = await post(server, hello().SerializeToString(), path="/v1/other")
+    assert status == 404
+    assert len(server.fleet) == 0
+
+
+async def test_every_keep_alive_request_is_authenticated() -> None:
+    async with (
+        opamp_server(agent_tokens=frozenset({"s3cret"})) as server,
+        aiohttp.ClientSession() as session,
+    ):
+        good = {**PROTOBUF, "Authorization": "Bearer s3cret"}
+        body = hello().SerializeToString()
+        async with session.post(server.http_url, data=body, headers=good) as response:
+            assert response.status == 200
+        # Same pooled connection, now handled by aiohttp alone: still checked.
+        bad = {**PROTOBUF, "Authorization": "Bearer nope"}
+        async with session.post(server.http_url, data=body, headers=bad) as response:
+            assert response.status == 401
+            assert response.headers["WWW-Authenticate"] == "Bearer"
+        assert len(server.fleet) == 1
