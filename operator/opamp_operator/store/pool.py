@@ -20,7 +20,7 @@ _KEYWORD = re.compile(r"(\w+)\s*=\s*('(?:[^'\\]|\\.)*'|\S+)")
 REDACTED = "***"
 
 # Errors worth retrying later: the server is unreachable, restarting, or slow.
-TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
     OSError,
     TimeoutError,
     asyncpg.InterfaceError,
@@ -30,7 +30,7 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.TransactionRollbackError,  # deadlock, serialization failure
 )
 # Errors caused by the data itself: retrying the same batch would fail forever.
-DATA_ERRORS: tuple[type[BaseException], ...] = (
+DATA_ERRORS: tuple[type[Exception], ...] = (
     asyncpg.exceptions.DataError,
     asyncpg.IntegrityConstraintViolationError,
     ValueError,  # includes the driver's client-side encoding errors
