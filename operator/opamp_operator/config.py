@@ -133,12 +133,38 @@ class StoreSettings:
 @dataclass(frozen=True)
 class KubeSettings:
     namespace: str = "opamp-system"
-    kubeconfig: Path | None = None
-    last_seen_refresh_seconds: float = 60.0
-    writes_per_second: float = 20.0
-    write_queue_size: int = 50_000
-    gc_ttl_seconds: float | None = None
+    kubeconfig: Path | None = None  # None: in-cluster credentials, else the default kubeconfig
+    last_seen_refresh_seconds: float = 60.0  # how stale a CR's lastSeenAt may get
+    writes_per_second: float = 20.0  # every API write (create, patch, event, delete)
+    write_queue_size: int = 50_000  # agents waiting for a CR write; when full: resync later
+    gc_ttl_seconds: float | None = None  # delete CRs Offline/Error this long (None: keep)
     replica_id: str = "local"
+    api_threads: int = 4  # concurrent API requests (the official client is synchronous)
+    request_timeout_seconds: float = 15.0
+    sweep_interval_seconds: float = 5.0  # how often stale lastSeenAt values are looked for
+    liveness_check_interval_seconds: float = 5.0  # the Kopf timer on every OpAMPAgent
+    retry_max_seconds: float = 30.0  # backoff cap for failed writes
+    stop_timeout_seconds: float = 10.0  # how long stop() flushes pending writes
+    post_events: bool = True
+
+    def __post_init__(self) -> None:
+        positive = {
+            "last-seen refresh": self.last_seen_refresh_seconds,
+            "writes per second": self.writes_per_second,
+            "write queue size": self.write_queue_size,
+            "api threads": self.api_threads,
+            "request timeout": self.request_timeout_seconds,
+            "sweep interval": self.sweep_interval_seconds,
+            "liveness check interval": self.liveness_check_interval_seconds,
+            "retry backoff cap": self.retry_max_seconds,
+        }
+        for name, value in positive.items():
+            if value <= 0:
+                raise ConfigError(f"kube {name} must be > 0 (got {value})")
+        if self.gc_ttl_seconds is not None and self.gc_ttl_seconds <= 0:
+            raise ConfigError("kube GC TTL must be > 0 seconds, or unset to keep CRs")
+        if self.stop_timeout_seconds < 0:
+            raise ConfigError("kube stop timeout must be >= 0 seconds")
 
 
 @dataclass(frozen=True)
