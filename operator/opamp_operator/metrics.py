@@ -98,6 +98,22 @@ kube_write_queue_depth = Gauge(
     "opamp_kube_write_queue_depth", "Agents with a CR update waiting to be written.",
     registry=REGISTRY,
 )  # fmt: skip
+kube_updates_dropped = Counter(
+    "opamp_kube_updates_dropped_total",
+    "CR updates not queued because the write queue was full (a full resync follows).",
+    registry=REGISTRY,
+)
+kube_liveness_transitions = Counter(
+    "opamp_kube_liveness_transitions_total",
+    "CRs of agents no live session holds, moved by the liveness timer, by new phase.",
+    ["phase", "reason"],
+    registry=REGISTRY,
+)
+kube_gc_deleted = Counter(
+    "opamp_kube_gc_deleted_total",
+    "OpAMPAgent resources deleted after staying Offline/Error longer than the GC TTL.",
+    registry=REGISTRY,
+)
 
 # -- PostgreSQL ----------------------------------------------------------------------
 db_flush_seconds = Histogram(
