@@ -112,3 +112,12 @@ async def serving(server: ApiServer) -> AsyncIterator[aiohttp.ClientSession]:
 
 def api_settings(**overrides: Any) -> ApiSettings:
     return ApiSettings(**{"host": "127.0.0.1", "port": 0, **overrides})
+
+
+def visit(fleet: Fleet, agent_id: str, clock: FakeClock | None = None, stay: float = 0) -> None:
+    """An agent connects over a WebSocket, stays `stay` seconds, and says goodbye."""
+    channel = FakeChannel()
+    fleet.handle_message(channel, hello(agent_id))
+    if clock is not None:
+        clock.advance(stay)
+    fleet.handle_message(channel, disconnect(agent_id, 1))

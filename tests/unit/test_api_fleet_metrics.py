@@ -8,7 +8,14 @@ import contextlib
 from opamp_operator import metrics
 from opamp_operator.fleet.model import Reason, Transport
 from opamp_operator.fleet_metrics import FleetMetrics
-from tests.support.api_fleet import FakeChannel, disconnect, hello, make_fleet, new_agent_id
+from tests.support.api_fleet import (
+    FakeChannel,
+    disconnect,
+    hello,
+    make_fleet,
+    new_agent_id,
+    visit,
+)
 
 
 def _value(name: str, **labels: str) -> float:
@@ -98,9 +105,7 @@ async def test_run_loop_observes_until_cancelled() -> None:
     )
     task = asyncio.create_task(subscriber.run())
     agent_id = new_agent_id()
-    fleet.handle_message(FakeChannel(), hello(agent_id))
-    clock.advance(1)
-    fleet.handle_message(FakeChannel(), disconnect(agent_id, 1))
+    visit(fleet, agent_id, clock, 1)
     for _ in range(100):
         await asyncio.sleep(0.001)
         if subscriber.subscription.depth() == 0:

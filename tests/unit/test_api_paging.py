@@ -19,7 +19,7 @@ from opamp_operator.api.paging import (
 from opamp_operator.api.problems import Problem
 from opamp_operator.fleet.model import AgentPhase
 from opamp_operator.fleet.registry import Fleet
-from tests.support.api_fleet import FakeChannel, disconnect, hello, make_fleet, new_agent_id
+from tests.support.api_fleet import FakeChannel, hello, make_fleet, new_agent_id, visit
 
 
 def test_agent_id_is_canonicalised() -> None:
@@ -73,9 +73,10 @@ def _fleet_of(online: int, offline: int) -> tuple[Fleet, list[str]]:
     fleet, _, _ = make_fleet()
     for i in range(online + offline):
         agent_id = new_agent_id()
-        fleet.handle_message(FakeChannel(), hello(agent_id))
         if i >= online:
-            fleet.handle_message(FakeChannel(), disconnect(agent_id, 1))
+            visit(fleet, agent_id)
+        else:
+            fleet.handle_message(FakeChannel(), hello(agent_id))
     return fleet, sorted(s.agent_id for s in fleet.snapshots())
 
 

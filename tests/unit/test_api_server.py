@@ -23,11 +23,11 @@ from tests.support.api_fleet import (
     FakeAuthorizer,
     FakeChannel,
     api_settings,
-    disconnect,
     hello,
     make_fleet,
     new_agent_id,
     serving,
+    visit,
 )
 
 PROBLEM = "application/problem+json"
@@ -108,9 +108,9 @@ async def test_list_filters_by_status_and_pages_by_id() -> None:
     fleet, _, _ = make_fleet()
     online = sorted(new_agent_id() for _ in range(5))
     offline = new_agent_id()
-    for agent_id in [*online, offline]:
+    for agent_id in online:
         fleet.handle_message(FakeChannel(), hello(agent_id))
-    fleet.handle_message(FakeChannel(), disconnect(offline, 1))
+    visit(fleet, offline)
     async with serving(_server(fleet)) as client:
         seen: list[str] = []
         params = {"status": "online", "limit": "2"}
@@ -133,12 +133,10 @@ async def test_list_filters_by_status_and_pages_by_id() -> None:
 async def test_offline_lists_offline_and_error_agents_with_time_in_phase() -> None:
     fleet, clock, _ = make_fleet()
     errored, offline, online = new_agent_id(), new_agent_id(), new_agent_id()
-    fleet.handle_message(FakeChannel(), hello(errored))
-    fleet.handle_message(FakeChannel(), disconnect(errored, 1))
+    visit(fleet, errored)
     clock.advance(fleet.settings.error_after_offline_seconds + 5)
     fleet.check_deadlines()  # errored: Offline -> Error
-    fleet.handle_message(FakeChannel(), hello(offline))
-    fleet.handle_message(FakeChannel(), disconnect(offline, 1))
+    visit(fleet, offline)
     clock.advance(30)
     fleet.handle_message(FakeChannel(), hello(online))
     async with serving(_server(fleet)) as client, client.get("/api/v1/agents/offline") as r:
@@ -156,8 +154,7 @@ async def test_reconnect_websocket_http_offline_unknown() -> None:
     ws_channel = FakeChannel()
     fleet.handle_message(ws_channel, hello(ws_agent))
     fleet.handle_message(FakeChannel(Transport.HTTP), hello(http_agent))
-    fleet.handle_message(FakeChannel(), hello(gone))
-    fleet.handle_message(FakeChannel(), disconnect(gone, 1))
+    visit(fleet, gone)
     async with serving(_server(fleet)) as client:
         async with client.post(f"/api/v1/agents/{ws_agent}/reconnect") as r:
             assert r.status == 202
