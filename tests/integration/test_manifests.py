@@ -1,0 +1,718 @@
+"""The deployment manifests against the real kube-apiserver of the test bed.
+
+They render with kustomize; the server accepts every object (server-side dry run, with the
+CRDs and the namespace installed for real); the operator's pod passes the "restricted" Pod
+Security Standard its namespace enforces; and its RBAC grants exactly the rules in
+docs/deploy.md: a client holding only the ServiceAccount's token can do each thing the
+operator does, and nothing else.
+
+The monitoring objects (ServiceMonitor, PrometheusRule) belong to the Prometheus Operator's
+CRDs, which the test bed does not have; stand-in CRDs would only prove that the kind is
+spelled the way the stand-in is. They are checked for what matters instead: every metric an
+alert uses is one the operator exports (or kube-state-metrics derives from the CR), and the
+ServiceMonitor selects the operator's Service and port.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import shutil
+import ssl
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client as k8s
+
+from opamp_operator.config import ApiSettings, ListenerSettings
+from opamp_operator.metrics import REGISTRY, FleetCollector
+from opamp_operator.options import OPTIONS
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+MANIFESTS = ROOT / "manifests"
+NAMESPACE = "opamp-system"
+KUBECTL_TIMEOUT_SECONDS = 120
+RBAC_PROPAGATION_SECONDS = 20.0
+RETRY_429_SECONDS = 30.0
+
+Obj = dict[str, Any]
+Rule = tuple[str, str, str]  # (apiGroup, resource, verb)
+
+# What the operator may do: the table in docs/deploy.md, granted by manifests/rbac.yaml.
+NAMESPACED_RULES: dict[tuple[str, str], tuple[str, ...]] = {
+    ("opamp.dev", "opampagents"): ("get", "list", "watch", "create", "patch", "delete"),
+    ("opamp.dev", "opampagents/status"): ("patch",),
+    ("", "events"): ("create", "patch"),
+    ("events.k8s.io", "events"): ("create", "patch"),
+    ("kopf.dev", "kopfpeerings"): ("get", "list", "watch", "patch"),
+    ("coordination.k8s.io", "leases"): ("get", "create", "update"),
+    ("", "pods"): ("get", "list", "watch"),
+}
+CLUSTER_RULES: dict[tuple[str, str], tuple[str, ...]] = {
+    ("apiextensions.k8s.io", "customresourcedefinitions"): ("get", "list", "watch"),
+    ("authentication.k8s.io", "tokenreviews"): ("create",),
+    ("authorization.k8s.io", "subjectaccessreviews"): ("create",),
+}
+
+
+# -- rendering and kubectl ---------------------------------------------------------------
+
+
+def kubectl(
+    kubeconfig: Path | None, *args: str, stdin: str | None = None, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    # A fresh discovery cache each time: a CRD installed a moment ago must be visible.
+    cache = tempfile.mkdtemp(prefix="kubectl-cache-")
+    argv = ["kubectl", f"--cache-dir={cache}"]
+    if kubeconfig is not None:
+        argv.append(f"--kubeconfig={kubeconfig}")
+    try:
+        result = subprocess.run(
+            [*argv, *args],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=KUBECTL_TIMEOUT_SECONDS,
+        )
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"kubectl {' '.join(args)} exited {result.returncode}:\n{result.stderr}"
+        )
+    return result
+
+
+def render(directory: Path) -> list[Obj]:
+    out = kubectl(None, "kustomize", str(directory)).stdout
+    return [doc for doc in yaml.safe_load_all(out) if doc]
+
+
+def to_yaml(objects: Iterable[Obj]) -> str:
+    return yaml.safe_dump_all(list(objects), sort_keys=False)
+
+
+def one(objects: Iterable[Obj], kind: str, name: str | None = None) -> Obj:
+    found = [o for o in objects if o["kind"] == kind and name in (None, o["metadata"]["name"])]
+    assert len(found) == 1, f"expected one {kind} {name or ''}, found {len(found)}"
+    return found[0]
+
+
+def server_apply(kubeconfig: Path, objects: Iterable[Obj], *, dry_run: bool) -> str:
+    """Server-side apply; returns kubectl's stderr (where the server's warnings go)."""
+    args = ["apply", "--server-side", "--force-conflicts", "--field-manager=test-manifests"]
+    if dry_run:
+        args.append("--dry-run=server")
+    return kubectl(kubeconfig, *args, "-f", "-", stdin=to_yaml(objects)).stderr
+
+
+def crds_of(objects: Iterable[Obj]) -> list[Obj]:
+    return [o for o in objects if o["kind"] == "CustomResourceDefinition"]
+
+
+def storage_version(crd: Obj) -> str:
+    return str(next(v["name"] for v in crd["spec"]["versions"] if v["storage"]))
+
+
+@pytest.fixture(scope="module")
+def base() -> list[Obj]:
+    return render(MANIFESTS)
+
+
+@pytest.fixture(scope="module")
+def installed(kubeconfig: Path, base: list[Obj]) -> list[Obj]:
+    """The base's Namespace and CRDs, created for real (namespaced objects need both)."""
+    crds = crds_of(base)
+    server_apply(kubeconfig, [one(base, "Namespace"), *crds], dry_run=False)
+    names = [f"crd/{crd['metadata']['name']}" for crd in crds]
+    kubectl(kubeconfig, "wait", "--for=condition=Established", "--timeout=60s", *names)
+    return base
+
+
+# -- the manifests on their own ----------------------------------------------------------
+
+
+def test_crd_copies_match_the_source() -> None:
+    """manifests/crds/ mirrors crds/ byte for byte, and the base lists every CRD."""
+    sources = {p.name: p.read_bytes() for p in (ROOT / "crds").glob("*.yaml")}
+    copies = {p.name: p.read_bytes() for p in (MANIFESTS / "crds").glob("*.yaml")}
+    assert sources, "crds/ holds no CRD"
+    stale = sorted(n for n in sources.keys() | copies.keys() if sources.get(n) != copies.get(n))
+    assert not stale, f"manifests/crds/ out of date for {stale}: cp crds/*.yaml manifests/crds/"
+    listed = yaml.safe_load((MANIFESTS / "kustomization.yaml").read_text())["resources"]
+    missing = sorted(f"crds/{name}" for name in sources if f"crds/{name}" not in listed)
+    assert not missing, f"add {missing} to manifests/kustomization.yaml resources"
+
+
+def test_base_holds_the_operator_and_no_secret(base: list[Obj]) -> None:
+    kinds = sorted((o["kind"], o["metadata"]["name"]) for o in base)
+    for expected in [
+        ("Namespace", NAMESPACE),
+        ("CustomResourceDefinition", "opampagents.opamp.dev"),
+        ("CustomResourceDefinition", "kopfpeerings.kopf.dev"),
+        ("KopfPeering", "default"),
+        ("ServiceAccount", "opamp-operator"),
+        ("Role", "opamp-operator"),
+        ("RoleBinding", "opamp-operator"),
+        ("ClusterRole", "opamp-operator"),
+        ("ClusterRoleBinding", "opamp-operator"),
+        ("Deployment", "opamp-operator"),
+        ("Service", "opamp-operator"),
+        ("PodDisruptionBudget", "opamp-operator"),
+    ]:
+        assert expected in kinds
+    assert not [o for o in base if o["kind"] == "Secret"], "a Secret in the base would be in git"
+    cluster_scoped = {"Namespace", "CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding"}
+    for obj in base:
+        if obj["kind"] not in cluster_scoped:
+            assert obj["metadata"].get("namespace") == NAMESPACE, obj["metadata"]["name"]
+
+
+def test_deployment_matches_the_operators_options(base: list[Obj]) -> None:
+    """Env names are real options; ports and probes are where the operator listens."""
+    pod = one(base, "Deployment")["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    known = {option.env for option in OPTIONS}
+    unknown = sorted(n for n in env if n.startswith("OPAMP_") and n not in known)
+    assert not unknown, f"not an option of operator/opamp_operator/options.py: {unknown}"
+    assert env["OPAMP_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+    assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    dsn = env["OPAMP_DATABASE_DSN"]["valueFrom"]["secretKeyRef"]
+    assert (dsn["name"], dsn["key"]) == ("opamp-operator-db", "dsn")
+
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"opamp": ListenerSettings().port, "http-api": ApiSettings().port}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http-api"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http-api"}
+    service = one(base, "Service")
+    assert {p["targetPort"] for p in service["spec"]["ports"]} == set(ports)
+
+    security = container["securityContext"]
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"]["drop"] == ["ALL"]
+    assert pod["securityContext"]["runAsUser"] == 65532
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    assert "emptyDir" in next(v for v in pod["volumes"] if v["name"] == mounts["/tmp"])
+    assert pod["terminationGracePeriodSeconds"] == 30
+    assert pod["serviceAccountName"] == one(base, "ServiceAccount")["metadata"]["name"]
+
+
+# -- the server accepts them -------------------------------------------------------------
+
+
+def test_server_accepts_every_object_without_warnings(
+    kubeconfig: Path, installed: list[Obj], tmp_path: Path
+) -> None:
+    """Dry run of the base, the demo extras and the agent-tokens patch: no error, no warning.
+
+    The namespace warns on "restricted" Pod Security violations, so a pod template that
+    breaks the standard shows up here as a warning.
+    """
+    overlay = tmp_path / "agent-tokens-overlay"
+    overlay.mkdir()
+    shutil.copy(MANIFESTS / "examples" / "agent-tokens-patch.yaml", overlay)
+    kustomization = {
+        "resources": [os.path.relpath(MANIFESTS, overlay)],
+        "patches": [{"path": "agent-tokens-patch.yaml"}],
+    }
+    (overlay / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
+    with_tokens = render(overlay)
+    tokens_env = one(with_tokens, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    assert "OPAMP_AGENT_TOKENS_FILE" in {e["name"] for e in tokens_env["env"]}
+
+    examples = render(MANIFESTS / "examples")
+    tokens_secret = yaml.safe_load((MANIFESTS / "examples" / "agent-tokens.yaml").read_text())
+    for objects in (installed, examples, [*with_tokens, tokens_secret]):
+        warnings = server_apply(kubeconfig, objects, dry_run=True)
+        assert "Warning" not in warnings, warnings
+
+
+def _pod_from(deployment: Obj, namespace: str) -> Obj:
+    template = copy.deepcopy(deployment["spec"]["template"])
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": f"{deployment['metadata']['name']}-check", "namespace": namespace},
+        "spec": template["spec"],
+    }
+
+
+def test_pods_pass_the_restricted_pod_security_standard(
+    kube_api: k8s.ApiClient, installed: list[Obj]
+) -> None:
+    """The namespace enforces "restricted": the pods are admitted, a weakened one is not."""
+    core = k8s.CoreV1Api(kube_api)
+    deployments = [one(installed, "Deployment"), one(render(MANIFESTS / "examples"), "Deployment")]
+    for deployment in deployments:
+        pod = _pod_from(deployment, NAMESPACE)
+        core.create_namespaced_pod(NAMESPACE, pod, dry_run="All")
+
+        weakened = copy.deepcopy(pod)
+        weakened["spec"]["containers"][0]["securityContext"]["allowPrivilegeEscalation"] = True
+        with pytest.raises(k8s.ApiException) as refused:
+            core.create_namespaced_pod(NAMESPACE, weakened, dry_run="All")
+        assert refused.value.status == 403
+        assert "PodSecurity" in str(refused.value.body)
+
+
+# -- monitoring --------------------------------------------------------------------------
+
+
+def _exported_metric_names() -> set[str]:
+    """Sample names the operator's /metrics can carry (counters end in _total, etc.)."""
+    suffixes = {
+        "counter": ("_total", "_created"),
+        "gauge": ("",),
+        "histogram": ("_bucket", "_sum", "_count", "_created"),
+        "summary": ("", "_sum", "_count", "_created"),
+    }
+    families = [*REGISTRY.collect(), *FleetCollector(lambda: {}).collect()]
+    return {f.name + suffix for f in families for suffix in suffixes.get(f.type, ("",))}
+
+
+def _ksm_metric_names(config: Obj) -> set[str]:
+    names = set()
+    for resource in config["spec"]["resources"]:
+        prefix = resource["metricNamePrefix"]
+        names |= {f"{prefix}_{metric['name']}" for metric in resource["metrics"]}
+    return names
+
+
+def _ksm_config() -> Obj:
+    path = MANIFESTS / "monitoring" / "kube-state-metrics-opampagents.yaml"
+    loaded: Obj = yaml.safe_load(path.read_text())
+    return loaded
+
+
+def test_alerts_use_metrics_that_exist(base: list[Obj]) -> None:
+    monitoring = render(MANIFESTS / "monitoring")
+    rule = one(monitoring, "PrometheusRule")
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1"
+    known = _exported_metric_names() | _ksm_metric_names(_ksm_config())
+    alerts = [r for group in rule["spec"]["groups"] for r in group["rules"]]
+    expected_alerts = {
+        "OpAMPAgentsOffline",
+        "OpAMPAgentsInError",
+        "OpAMPHeartbeatsMissed",
+        "OpAMPOperatorDown",
+        "OpAMPDatabaseErrors",
+        "OpAMPKubeWriteErrors",
+    }
+    assert {a["alert"] for a in alerts} == expected_alerts
+    for alert in alerts:
+        used = set(re.findall(r"\b(opamp_[a-z0-9_]+)", alert["expr"]))
+        assert used <= known, f"{alert['alert']} uses unknown metrics {sorted(used - known)}"
+        assert re.fullmatch(r"\d+[smh]", alert["for"]), alert["alert"]
+        assert alert["labels"]["severity"] in {"warning", "critical"}
+        assert alert["annotations"]["summary"]
+
+    # The ServiceMonitor scrapes the operator's Service, on its API port, at /metrics.
+    monitor = one(monitoring, "ServiceMonitor")
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    service = one(base, "Service")
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= service["metadata"]["labels"].items()
+    assert service["metadata"]["namespace"] in monitor["spec"]["namespaceSelector"]["matchNames"]
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint["port"] in {p["name"] for p in service["spec"]["ports"]}
+    assert endpoint["path"] == "/metrics"
+    # Alerts select job="opamp-operator": Prometheus names the job after the Service.
+    assert service["metadata"]["name"] == "opamp-operator"
+
+
+def test_kube_state_metrics_config_matches_the_crd(base: list[Obj]) -> None:
+    config = _ksm_config()
+    assert config["kind"] == "CustomResourceStateMetrics"
+    (resource,) = config["spec"]["resources"]
+    crd = one(base, "CustomResourceDefinition", "opampagents.opamp.dev")
+    gvk = resource["groupVersionKind"]
+    assert gvk == {
+        "group": crd["spec"]["group"],
+        "version": storage_version(crd),
+        "kind": crd["spec"]["names"]["kind"],
+    }
+    version = next(v for v in crd["spec"]["versions"] if v["name"] == gvk["version"])
+    status = version["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]
+    metrics = {m["name"]: m for m in resource["metrics"] if m["each"]["type"] == "StateSet"}
+    phase = metrics["status_phase"]["each"]["stateSet"]
+    assert phase["path"] == ["status", "phase"]
+    assert phase["list"] == status["phase"]["enum"]
+
+    condition_item = status["conditions"]["items"]["properties"]
+    assert {"type", "status"} <= condition_item.keys()
+    conditions = {}
+    for metric in resource["metrics"]:
+        if metric["name"] == "status_condition":
+            path = metric["each"]["gauge"]["path"]
+            assert path[:2] == ["status", "conditions"] and path[3] == "status"
+            conditions[metric["commonLabels"]["condition"]] = path[2]
+    assert conditions == {name: f"[type={name}]" for name in ("Ready", "Connected", "Healthy")}
+
+
+# -- RBAC --------------------------------------------------------------------------------
+
+
+def _retarget(objects: list[Obj], namespace: str) -> list[Obj]:
+    """The base's RBAC objects and peering object, moved to `namespace`.
+
+    Cluster-scoped names get the namespace as a suffix, so tests never share them.
+    """
+    wanted = {
+        "ServiceAccount",
+        "Role",
+        "RoleBinding",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "KopfPeering",
+    }
+    moved = []
+    for original in objects:
+        if original["kind"] not in wanted:
+            continue
+        obj = copy.deepcopy(original)
+        meta = obj["metadata"]
+        if obj["kind"].startswith("Cluster"):
+            meta["name"] = f"{meta['name']}-{namespace}"
+        else:
+            meta["namespace"] = namespace
+        if obj["kind"] == "ClusterRoleBinding":
+            obj["roleRef"]["name"] = f"{obj['roleRef']['name']}-{namespace}"
+        for subject in obj.get("subjects", []):
+            subject["namespace"] = namespace
+        moved.append(obj)
+    return moved
+
+
+@dataclass(frozen=True)
+class TokenClient:
+    """Plain HTTPS calls to the API server, authenticated by nothing but a bearer token."""
+
+    server: str
+    context: ssl.SSLContext
+    token: str
+
+    def call(self, method: str, path: str, body: Obj | None = None) -> tuple[int, Obj]:
+        """One request; 429 (a new CRD's storage still initializing) is retried, as
+        client-go does, for at most RETRY_429_SECONDS."""
+        deadline = time.monotonic() + RETRY_429_SECONDS
+        while True:
+            status, answer = self._once(method, path, body)
+            if status != 429 or time.monotonic() > deadline:
+                return status, answer
+            time.sleep(float(answer.get("details", {}).get("retryAfterSeconds", 1)))
+
+    def _once(self, method: str, path: str, body: Obj | None) -> tuple[int, Obj]:
+        content_type = "application/merge-patch+json" if method == "PATCH" else "application/json"
+        request = urllib.request.Request(
+            self.server + path,
+            method=method,
+            data=None if body is None else json.dumps(body).encode(),
+            headers={"Authorization": f"Bearer {self.token}", "Content-Type": content_type},
+        )
+        try:
+            with urllib.request.urlopen(request, context=self.context, timeout=30) as response:
+                raw = response.read()
+                status = int(response.status)
+        except urllib.error.HTTPError as error:
+            raw, status = error.read(), error.code
+        text = raw.decode()
+        # A watch answers with a stream of events, one JSON object per line.
+        first = text.splitlines()[0] if text.strip() else "{}"
+        return status, json.loads(first)
+
+    def expect(self, status: int, method: str, path: str, body: Obj | None = None) -> Obj:
+        got, answer = self.call(method, path, body)
+        assert got == status, f"{method} {path}: expected {status}, got {got}: {answer}"
+        return answer
+
+
+def _token_for(kube_api: k8s.ApiClient, namespace: str, account: str) -> str:
+    request = k8s.AuthenticationV1TokenRequest(
+        spec=k8s.V1TokenRequestSpec(audiences=[], expiration_seconds=600)
+    )
+    answer = k8s.CoreV1Api(kube_api).create_namespaced_service_account_token(
+        account, namespace, request
+    )
+    return str(answer.status.token)
+
+
+def _client(kube_api: k8s.ApiClient, token: str) -> TokenClient:
+    context = ssl.create_default_context(cafile=kube_api.configuration.ssl_ca_cert)
+    return TokenClient(kube_api.configuration.host, context, token)
+
+
+def _granted(client: TokenClient, namespace: str) -> tuple[set[Rule], set[tuple[str, str]]]:
+    """What the token's holder may do in `namespace`, by SelfSubjectRulesReview."""
+    review = client.expect(
+        201,
+        "POST",
+        "/apis/authorization.k8s.io/v1/selfsubjectrulesreviews",
+        {"spec": {"namespace": namespace}},
+    )
+    assert not review["status"].get("incomplete"), review["status"]
+    rules: set[Rule] = set()
+    for rule in review["status"]["resourceRules"]:
+        assert not rule.get("resourceNames"), rule
+        for group in rule.get("apiGroups", []):
+            for resource in rule["resources"]:
+                rules |= {(group, resource, verb) for verb in rule["verbs"]}
+    non_resource = {
+        (url, verb)
+        for rule in review["status"]["nonResourceRules"]
+        for url in rule["nonResourceURLs"]
+        for verb in rule["verbs"]
+    }
+    return rules, non_resource
+
+
+def _expand(table: dict[tuple[str, str], tuple[str, ...]]) -> set[Rule]:
+    return {(group, resource, verb) for (group, resource), verbs in table.items() for verb in verbs}
+
+
+def _create_namespace(kube_api: k8s.ApiClient, name: str) -> str:
+    namespace = k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=name))
+    k8s.CoreV1Api(kube_api).create_namespace(namespace)
+    return name
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@pytest.fixture
+def operator_client(
+    kube_api: k8s.ApiClient, kubeconfig: Path, installed: list[Obj], namespace: str
+) -> Iterator[tuple[TokenClient, TokenClient]]:
+    """(operator, bystander): tokens of the manifests' ServiceAccount, moved to `namespace`,
+    and of a ServiceAccount with no bindings at all."""
+    objects = _retarget(installed, namespace)
+    bystander = {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": {"name": "bystander", "namespace": namespace},
+    }
+    server_apply(kubeconfig, [*objects, bystander], dry_run=False)
+    account = one(objects, "ServiceAccount")["metadata"]["name"]
+    try:
+        operator = _client(kube_api, _token_for(kube_api, namespace, account))
+        yield operator, _client(kube_api, _token_for(kube_api, namespace, "bystander"))
+    finally:
+        for obj in objects:
+            if obj["kind"].startswith("Cluster"):
+                kubectl(kubeconfig, "delete", obj["kind"], obj["metadata"]["name"], check=False)
+
+
+def _wait_for_bindings(client: TokenClient, path: str) -> None:
+    # The authorizer learns of new bindings through its informers: a moment, not instantly.
+    deadline = time.monotonic() + RBAC_PROPAGATION_SECONDS
+    while (answer := client.call("GET", path))[0] == 403 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert answer[0] == 200, f"GET {path}: {answer} after {RBAC_PROPAGATION_SECONDS}s"
+
+
+def test_rbac_grants_exactly_the_documented_rules(
+    operator_client: tuple[TokenClient, TokenClient], namespace: str, kube_api: k8s.ApiClient
+) -> None:
+    operator, bystander = operator_client
+    crd = one(render(MANIFESTS), "CustomResourceDefinition", "opampagents.opamp.dev")
+    agents = f"/apis/opamp.dev/{storage_version(crd)}/namespaces/{namespace}/opampagents"
+    _wait_for_bindings(operator, agents)
+
+    # Exactly the table: everything granted beyond what any ServiceAccount gets.
+    other = _create_namespace(kube_api, f"{namespace}-other")
+    for ns, expected in [
+        (namespace, _expand(NAMESPACED_RULES) | _expand(CLUSTER_RULES)),
+        (other, _expand(CLUSTER_RULES)),
+    ]:
+        rules, non_resource = _granted(operator, ns)
+        baseline, baseline_non_resource = _granted(bystander, ns)
+        assert rules - baseline == expected, f"in {ns}"
+        assert non_resource == baseline_non_resource
+
+
+def test_operator_token_does_what_the_operator_does(
+    operator_client: tuple[TokenClient, TokenClient], namespace: str
+) -> None:
+    operator, bystander = operator_client
+    crd = one(render(MANIFESTS), "CustomResourceDefinition", "opampagents.opamp.dev")
+    version = storage_version(crd)
+    agents = f"/apis/opamp.dev/{version}/namespaces/{namespace}/opampagents"
+    _wait_for_bindings(operator, agents)
+
+    # The CR mirror: create, read, watch, patch, write status, delete.
+    agent = {
+        "apiVersion": f"opamp.dev/{version}",
+        "kind": "OpAMPAgent",
+        "metadata": {"name": "agent-rbac"},
+        "spec": {},
+    }
+    operator.expect(201, "POST", agents, agent)
+    operator.expect(200, "GET", f"{agents}/agent-rbac")
+    operator.expect(200, "GET", f"{agents}?watch=1&timeoutSeconds=1")
+    operator.expect(200, "PATCH", f"{agents}/agent-rbac", {"metadata": {"labels": {"a": "b"}}})
+    condition = {
+        "type": "Connected",
+        "status": "True",
+        "reason": "Connected",
+        "message": "test",
+        "lastTransitionTime": _now()[:19] + "Z",
+    }
+    status = {"status": {"phase": "Online", "conditions": [condition]}}
+    patched = operator.expect(200, "PATCH", f"{agents}/agent-rbac/status", status)
+    assert patched["status"]["phase"] == "Online"
+    operator.expect(200, "DELETE", f"{agents}/agent-rbac")
+
+    # Events, in both APIs, and aggregating a repeat with a patch.
+    regarding = {
+        "apiVersion": f"opamp.dev/{version}",
+        "kind": "OpAMPAgent",
+        "name": "agent-rbac",
+        "namespace": namespace,
+    }
+    core_events = f"/api/v1/namespaces/{namespace}/events"
+    operator.expect(
+        201,
+        "POST",
+        core_events,
+        {
+            "metadata": {"name": "agent-rbac.1"},
+            "involvedObject": regarding,
+            "reason": "Connected",
+            "message": "test",
+            "type": "Normal",
+            "count": 1,
+        },
+    )
+    operator.expect(200, "PATCH", f"{core_events}/agent-rbac.1", {"count": 2})
+    new_events = f"/apis/events.k8s.io/v1/namespaces/{namespace}/events"
+    operator.expect(
+        201,
+        "POST",
+        new_events,
+        {
+            "metadata": {"name": "agent-rbac.2"},
+            "regarding": regarding,
+            "eventTime": _now(),
+            "reportingController": "opamp.dev/opamp-operator",
+            "reportingInstance": "test",
+            "action": "Connect",
+            "reason": "Connected",
+            "note": "test",
+            "type": "Normal",
+        },
+    )
+    series = {"series": {"count": 2, "lastObservedTime": _now()}}
+    operator.expect(200, "PATCH", f"{new_events}/agent-rbac.2", series)
+
+    # REST API auth: who holds a token, and may they do something.
+    reviewed = operator.expect(
+        201,
+        "POST",
+        "/apis/authentication.k8s.io/v1/tokenreviews",
+        {"spec": {"token": bystander.token}},
+    )
+    assert reviewed["status"]["user"]["username"].endswith(f":{namespace}:bystander")
+    attributes = {
+        "namespace": namespace,
+        "verb": "get",
+        "group": "opamp.dev",
+        "resource": "opampagents",
+    }
+    access = operator.expect(
+        201,
+        "POST",
+        "/apis/authorization.k8s.io/v1/subjectaccessreviews",
+        {
+            "spec": {
+                "user": reviewed["status"]["user"]["username"],
+                "resourceAttributes": attributes,
+            }
+        },
+    )
+    assert access["status"]["allowed"] is False
+
+    # Kopf: CRD discovery, peering, and (for later) leases and pods.
+    crds = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
+    operator.expect(200, "GET", crds)
+    operator.expect(200, "GET", f"{crds}/opampagents.opamp.dev")
+    operator.expect(200, "GET", f"{crds}?watch=1&timeoutSeconds=1")
+    peerings = f"/apis/kopf.dev/v1/namespaces/{namespace}/kopfpeerings"
+    operator.expect(200, "GET", peerings)
+    peer = {"priority": 0, "lifetime": 60, "lastseen": _now()}
+    operator.expect(200, "PATCH", f"{peerings}/default", {"status": {"replica-a": peer}})
+    leases = f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases"
+    lease = operator.expect(
+        201,
+        "POST",
+        leases,
+        {"metadata": {"name": "opamp-operator"}, "spec": {"holderIdentity": "replica-a"}},
+    )
+    lease["spec"]["holderIdentity"] = "replica-b"
+    operator.expect(200, "PUT", f"{leases}/opamp-operator", lease)
+    operator.expect(200, "GET", f"/api/v1/namespaces/{namespace}/pods")
+
+
+def test_operator_token_is_refused_everything_else(
+    operator_client: tuple[TokenClient, TokenClient], namespace: str, kube_api: k8s.ApiClient
+) -> None:
+    operator, _ = operator_client
+    crd = one(render(MANIFESTS), "CustomResourceDefinition", "opampagents.opamp.dev")
+    version = storage_version(crd)
+    agents = f"/apis/opamp.dev/{version}/namespaces/{namespace}/opampagents"
+    _wait_for_bindings(operator, agents)
+    other = _create_namespace(kube_api, f"{namespace}-other")
+    agent = {
+        "apiVersion": f"opamp.dev/{version}",
+        "kind": "OpAMPAgent",
+        "metadata": {"name": "agent-rbac"},
+        "spec": {},
+    }
+    pod = {"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "image": "x"}]}}
+    binding = {
+        "metadata": {"name": "b"},
+        "subjects": [],
+        "roleRef": {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "ClusterRole",
+            "name": "cluster-admin",
+        },
+    }
+    # Mutations carry dryRun=All: authorization comes first, so a 403 proves the point, and
+    # should the RBAC ever be too wide, nothing is actually changed.
+    for method, path, body in [
+        ("GET", f"/api/v1/namespaces/{namespace}/secrets", None),
+        ("GET", "/api/v1/pods", None),
+        ("POST", f"/api/v1/namespaces/{namespace}/pods?dryRun=All", pod),
+        ("DELETE", f"/api/v1/namespaces/{other}?dryRun=All", None),
+        ("GET", f"/apis/opamp.dev/{version}/namespaces/{other}/opampagents", None),
+        ("POST", f"/apis/opamp.dev/{version}/namespaces/{other}/opampagents?dryRun=All", agent),
+        ("PUT", f"{agents}/agent-rbac?dryRun=All", agent),
+        (
+            "DELETE",
+            f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases/x?dryRun=All",
+            None,
+        ),
+        ("POST", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions?dryRun=All", crd),
+        (
+            "POST",
+            f"/apis/rbac.authorization.k8s.io/v1/namespaces/{namespace}/rolebindings?dryRun=All",
+            binding,
+        ),
+    ]:
+        operator.expect(403, method, path, body)
