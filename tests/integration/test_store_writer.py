@@ -256,3 +256,30 @@ async def test_agent_ids_are_canonical_uuid_text(postgres_dsn: str) -> None:
                 "VALUES ('NOT-A-UUID', 'online', $1, $1)",
                 rig.clock.now(),
             )
+
+
+async def test_an_event_the_database_rejects_costs_only_itself(postgres_dsn: str) -> None:
+    from opamp_operator.fleet.events import SessionOpened
+    from opamp_operator.fleet.model import Transport
+
+    async with store_rig(postgres_dsn) as rig:
+        before = [new_agent_id() for _ in range(6)]
+        after = [new_agent_id() for _ in range(6)]
+        for agent in before:
+            rig.fleet.handle_message(FakeChannel(), hello(agent))
+        # Not a UUID: the driver refuses to encode it (a bug elsewhere, simulated).
+        rig.bus.publish(
+            SessionOpened(before[0], "not-a-uuid", Transport.HTTP, "x", rig.clock.now())
+        )
+        for agent in after:
+            rig.fleet.handle_message(FakeChannel(), hello(agent))
+        assert await rig.writer.flush()
+
+        assert rig.writer.dropped_history == 1
+        async with rig.pool.acquire() as conn:
+            assert await conn.fetchval("SELECT count(*) FROM agent_connection_history") == 12
+            assert await conn.fetchval("SELECT count(*) FROM agent_state_transitions") == 12
+            missing_seen = await conn.fetchval(
+                "SELECT count(*) FROM agents WHERE last_seen_at IS NULL"
+            )
+        assert missing_seen == 0

@@ -139,3 +139,26 @@ def test_agent_attributes_become_valid_jsonb() -> None:
         "1": [1, 2.5, None, True],
     }
     assert "\\u0000" not in to_json(value)
+
+
+def test_rejected_batches_are_split_until_the_bad_event_is_alone() -> None:
+    pending = PendingWrites(limit=100)
+    events = [phase(A, None, AgentPhase.ONLINE, i) for i in range(8)]
+    for event in events:
+        pending.add_event(event)
+    bad = events[5]
+    written: list[object] = []
+    rejected: list[object] = []
+    for _ in range(50):
+        batch = pending.take()
+        if not batch:
+            break
+        if bad in batch.events:
+            if not pending.split(batch):
+                rejected += batch.events
+                pending.discard(batch)
+        else:
+            written += batch.events
+            pending.done(batch)
+    assert rejected == [bad]
+    assert written == [e for e in events if e is not bad]  # in order

@@ -69,6 +69,7 @@ class PendingWrites:
         self._seen: dict[str, datetime] = {}
         self._described: set[str] = set()
         self._resync = False
+        self._next_size: int | None = None  # smaller batches while isolating a bad event
 
     def __len__(self) -> int:
         return len(self._events) + len(self._seen)
@@ -115,7 +116,7 @@ class PendingWrites:
 
     def take(self) -> Batch:
         """The next batch; its events stay here until `done` or `discard`."""
-        count = min(len(self._events), self.max_batch)
+        count = min(len(self._events), self._next_size or self.max_batch)
         batch = Batch(list(islice(self._events, count)))
         if count == len(self._events):  # the last prefix carries the coalesced state
             batch.seen, self._seen = self._seen, {}
@@ -127,11 +128,23 @@ class PendingWrites:
         """`batch` was written: forget it."""
         for _ in batch.events:
             self._events.popleft()
+        self._next_size = None
 
     def discard(self, batch: Batch) -> None:
-        """`batch` can never be written (bad data): forget it, and resynchronise later."""
+        """`batch` can never be written (bad data): forget its events, keep its last-seen
+        times, and resynchronise agents' rows (descriptions included) later."""
         self.done(batch)
+        self.add_seen(batch.seen)
         self._resync = True
+
+    def split(self, batch: Batch) -> bool:
+        """`batch` holds data the database rejects: keep it, and take half as much next
+        time to isolate the bad event; False when it cannot be split (discard it then)."""
+        if len(batch.events) <= 1:
+            return False
+        self.failed(batch)
+        self._next_size = len(batch.events) // 2
+        return True
 
     def failed(self, batch: Batch) -> Shed:
         """`batch` was not written: keep everything for the next attempt."""

@@ -207,7 +207,8 @@ class StoreWriter:
             if batch is None:
                 self._on_failure(name, error)
                 return False
-            self._reject(batch, error)
+            if not self._pending.split(batch):  # bisect down to the one bad event
+                self._reject(batch, error)
             return True
         except Exception as error:
             if batch is not None:
@@ -224,7 +225,7 @@ class StoreWriter:
         return True
 
     def _reject(self, batch: Batch, error: Exception) -> None:
-        # Retrying the same rows would fail forever: drop them, resync agents' rows later.
+        # Retrying the same row would fail forever: drop it, resync agents' rows later.
         self._pending.discard(batch)
         metrics.db_errors.labels("flush_rejected").inc()
         metrics.db_dropped.labels("history").inc(len(batch.events))
