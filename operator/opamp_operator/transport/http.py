@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Final
 
-from aiohttp import hdrs, web
+from aiohttp import HttpVersion11, hdrs, web
 from aiohttp.web_request import BaseRequest
 
 from opamp_operator import metrics
@@ -100,6 +100,7 @@ class HttpEndpoint:
         settings = self._settings
         try:
             async with asyncio.timeout(settings.handshake_timeout_seconds):
+                await _continue_if_expected(request)
                 raw = await read_capped(request.content, settings.max_message_bytes)
         except TimeoutError:
             detail = f"body not received within {settings.handshake_timeout_seconds:g}s"
@@ -187,6 +188,18 @@ class HttpEndpoint:
         if status >= HTTPStatus.REQUEST_TIMEOUT:
             response.force_close()  # the body may be unread or half-sent: do not reuse
         return response
+
+
+async def _continue_if_expected(request: BaseRequest) -> None:
+    """Answer `Expect: 100-continue` (curl sends it for larger bodies) once the head passed.
+
+    aiohttp's low-level server leaves this to the handler; as in its default expect handler
+    (web_urldispatcher), the interim response is written straight to the stream.
+    """
+    expect = request.headers.get(hdrs.EXPECT, "")
+    if request.version == HttpVersion11 and expect.lower() == "100-continue":
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the interim response is not part of the body
 
 
 def _plain(status: HTTPStatus, detail: str) -> web.Response:

@@ -8,6 +8,7 @@ import ssl
 from http import HTTPStatus
 
 from websockets.asyncio.server import Server
+from websockets.frames import CloseCode
 
 from opamp_operator import metrics
 from opamp_operator.config import ListenerSettings
@@ -68,7 +69,9 @@ class OpAMPListener:
         ssl_context = await asyncio.to_thread(server_ssl_context, self.settings)
         self._http.create_server()
 
-        tls_timeout = self.settings.handshake_timeout_seconds if ssl_context else None
+        tls = ssl_context is not None
+        handshake_timeout = self.settings.handshake_timeout_seconds if tls else None
+        shutdown_timeout = self.settings.close_timeout_seconds if tls else None
 
         async def create_server() -> asyncio.Server:
             loop = asyncio.get_running_loop()
@@ -77,7 +80,8 @@ class OpAMPListener:
                 self.settings.host,
                 self.settings.port,
                 ssl=ssl_context,
-                ssl_handshake_timeout=tls_timeout,
+                ssl_handshake_timeout=handshake_timeout,
+                ssl_shutdown_timeout=shutdown_timeout,
                 reuse_address=True,
             )
 
@@ -104,12 +108,15 @@ class OpAMPListener:
             front.close()
         channels = list(self._websockets.channels)
         for channel in channels:
-            channel.request_close(reason)
+            channel.close(CloseCode.GOING_AWAY, reason, reason)
         tasks = [t for t in server.handler_tasks if t is not asyncio.current_task()]
         http = self._http.server
         timeout = self.settings.stop_timeout_seconds
         waits: list[asyncio.Future[object]] = []
         if http is not None:
+            # As aiohttp's own runner does: pre_shutdown() wakes idle keep-alive connections
+            # so they close now; shutdown() then waits for requests in flight (bounded).
+            http.pre_shutdown()
             waits.append(asyncio.ensure_future(http.shutdown(timeout)))
         if tasks:
             waits.append(asyncio.ensure_future(asyncio.wait(tasks)))

@@ -79,8 +79,8 @@ class WebSocketChannel:
         await self.connection.send(encode_ws_frame(message.SerializeToString()))
 
     def request_close(self, reason: str) -> None:
-        """Start the closing handshake with `reason` (1001 on shutdown, else 1000)."""
-        going_away = reason == Reason.OPERATOR_SHUTDOWN
+        """Start the closing handshake with `reason` (1001 when the operator goes, else 1000)."""
+        going_away = reason in (Reason.OPERATOR_SHUTDOWN, Reason.OPERATOR_RESTART)
         code = CloseCode.GOING_AWAY if going_away else CloseCode.NORMAL_CLOSURE
         self.close(code, reason, reason)
 
@@ -148,6 +148,7 @@ class WebSocketEndpoint:
                 connection.transport.abort()
                 return
             if connection.protocol.state is not OPEN:
+                self._count_refused_handshake(connection)
                 connection.transport.abort()  # refused (response already sent) or gone
                 return
             server.all_connections.add(connection)
@@ -234,6 +235,13 @@ class WebSocketEndpoint:
             if channel.close_reason == Reason.CONNECTION_CLOSED:
                 channel.close_reason = Reason.PROTOCOL_ERROR
             self._count_bad_input(_FAILURE_REASONS[sent.code], channel.connection, sent.reason)
+
+    def _count_refused_handshake(self, connection: ServerConnection) -> None:
+        response = connection.response
+        # 503: refused because we are shutting down, not the peer's fault.
+        if response is not None and response.status_code not in (101, 503):
+            detail = f"upgrade refused with {response.status_code}"
+            self._count_bad_input("bad_handshake", connection, detail)
 
     def _count_bad_input(self, reason: str, connection: ServerConnection, detail: str) -> None:
         metrics.bad_input.labels(Transport.WEBSOCKET.value, reason).inc()

@@ -1,0 +1,164 @@
+"""The listener's life: TLS, keepalive pings, Expect: 100-continue, refused handshakes, stop."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+import uuid
+from pathlib import Path
+
+import aiohttp
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+from opamp_operator.config import ConfigError, ListenerSettings
+from opamp_operator.fleet.model import AgentPhase, AgentSnapshot
+from opamp_operator.opamp.frames import decode_ws_frame, encode_ws_frame
+from opamp_operator.opamp.messages import AgentToServer, parse_server_to_agent
+from opamp_operator.testbed.certs import make_certs
+from tests.support.goagent import GoAgent
+from tests.support.opamp_clients import metric, opamp_server
+
+
+def online(snapshot: AgentSnapshot) -> bool:
+    return snapshot.phase is AgentPhase.ONLINE
+
+
+def offline(snapshot: AgentSnapshot) -> bool:
+    return snapshot.phase is AgentPhase.OFFLINE
+
+
+def hello(uid: uuid.UUID) -> bytes:
+    return AgentToServer(instance_uid=uid.bytes).SerializeToString()
+
+
+async def test_stop_closes_websockets_with_1001_and_the_reason() -> None:
+    uid = uuid.uuid4()
+    async with opamp_server() as server:
+        assert server.listener.ready
+        async with connect(server.ws_url) as ws:
+            await ws.send(encode_ws_frame(hello(uid)))
+            await ws.recv()
+            await server.listener.stop("operator_restart")
+            with pytest.raises(ConnectionClosed):
+                await ws.recv()
+            assert (ws.close_code, ws.close_reason) == (1001, "operator_restart")
+        assert not server.listener.ready
+        snapshot = server.agent(uid)
+        assert snapshot is not None
+        assert (snapshot.phase, snapshot.phase_reason) == (AgentPhase.OFFLINE, "operator_restart")
+        with pytest.raises(OSError):
+            await asyncio.open_connection("127.0.0.1", server.listener.port)
+
+
+async def test_stop_is_bounded_when_a_peer_never_answers_the_close() -> None:
+    uid = uuid.uuid4()
+    async with opamp_server(close_timeout_seconds=0.5, stop_timeout_seconds=3) as server:
+        async with GoAgent() as agent, aiohttp.ClientSession() as session:
+            await agent.start(url=server.ws_url, instance_uid=uid)
+            await server.wait_for_agent(uid, online)
+            # An idle keep-alive HTTP connection must not hold the stop up either.
+            body = hello(uuid.uuid4())
+            headers = {"Content-Type": "application/x-protobuf"}
+            async with session.post(server.http_url, data=body, headers=headers) as response:
+                assert response.status == 200
+            agent.freeze()
+            started = time.monotonic()
+            await server.listener.stop()
+            assert time.monotonic() - started < 2.5
+            assert not server.listener.websocket_channels
+        snapshot = server.agent(uid)
+        assert snapshot is not None
+        assert snapshot.phase_reason == "operator_shutdown"
+
+
+async def test_keepalive_ping_timeout_drops_a_frozen_websocket() -> None:
+    uid = uuid.uuid4()
+    async with (
+        opamp_server(
+            heartbeat=1.0,
+            heartbeat_timeout=30.0,  # far away: only the pings can notice
+            ping_interval_seconds=0.3,
+            ping_timeout_seconds=0.3,
+            close_timeout_seconds=0.3,
+        ) as server,
+        GoAgent() as agent,
+    ):
+        await agent.start(url=server.ws_url, instance_uid=uid, heartbeat=1.0)
+        await server.wait_for_agent(uid, online)
+        agent.freeze()
+        snapshot = await server.wait_for_agent(uid, offline, timeout=3)
+        assert snapshot.phase_reason == "connection_closed"
+
+
+async def test_websocket_and_https_over_tls(tmp_path: Path) -> None:
+    certs = make_certs(tmp_path / "certs")
+    client_tls = ssl.create_default_context(cafile=certs.ca_cert)
+    uid = uuid.uuid4()
+    async with opamp_server(
+        tls_cert_file=certs.serving_cert, tls_key_file=certs.serving_key
+    ) as server:
+        assert server.ws_url.startswith("wss://")
+        async with connect(server.ws_url, ssl=client_tls) as ws:
+            await ws.send(encode_ws_frame(hello(uid)))
+            reply = parse_server_to_agent(decode_ws_frame(await ws.recv(decode=False)))
+            assert reply.instance_uid == uid.bytes
+        headers = {"Content-Type": "application/x-protobuf"}
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(server.http_url, data=hello(uid), headers=headers, ssl=client_tls) as r,
+        ):
+            assert r.status == 200
+        with pytest.raises(OSError):  # a client that does not trust the CA
+            async with connect(server.ws_url, ssl=ssl.create_default_context()):
+                pass
+
+
+async def test_expect_100_continue() -> None:
+    uid = uuid.uuid4()
+    body = hello(uid)
+    async with opamp_server() as server:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.listener.port)
+        try:
+            writer.write(
+                b"POST /v1/opamp HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\n"
+                b"Expect: 100-continue\r\nContent-Length: %d\r\n\r\n" % len(body)
+            )
+            async with asyncio.timeout(5):
+                assert await reader.readuntil(b"\r\n\r\n") == b"HTTP/1.1 100 Continue\r\n\r\n"
+                writer.write(body)
+                status_line = await reader.readline()
+            assert status_line.startswith(b"HTTP/1.1 200")
+        finally:
+            writer.close()
+        assert server.agent(uid) is not None
+
+
+async def test_refused_websocket_handshake_is_counted() -> None:
+    before = metric("opamp_bad_input_total", transport="websocket", reason="bad_handshake")
+    async with opamp_server() as server:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.listener.port)
+        try:  # no Sec-WebSocket-Key: websockets answers 400
+            writer.write(
+                b"GET /v1/opamp HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            )
+            async with asyncio.timeout(5):
+                assert (await reader.readline()).startswith(b"HTTP/1.1 400")
+        finally:
+            writer.close()
+    after = metric("opamp_bad_input_total", transport="websocket", reason="bad_handshake")
+    assert after == before + 1
+
+
+def test_settings_are_checked() -> None:
+    with pytest.raises(ConfigError):
+        ListenerSettings(path="v1/opamp")
+    with pytest.raises(ConfigError):
+        ListenerSettings(tls_cert_file=Path("cert.pem"))
+    with pytest.raises(ConfigError):
+        ListenerSettings(handshake_timeout_seconds=0)
+    with pytest.raises(ConfigError):
+        ListenerSettings(agent_tokens=frozenset({""}))
