@@ -386,5 +386,8 @@ async def test_openapi_documents_exactly_the_routes_served() -> None:
         responses = document["paths"][path][method.lower()]["responses"]
         assert {"401", "403"} <= set(responses)
     assert document["paths"]["/metrics"]["get"]["security"] == []
+    # Served as configured: a token is required only when authentication is on.
+    assert "security" not in document
+    assert openapi_document(api_settings(auth_enabled=True))["security"] == [{"bearer": []}]
     async with serving(server) as client, client.get("/api/v1/openapi.json") as r:
         assert json.loads(await r.text()) == document

@@ -326,7 +326,7 @@ def openapi_document(settings: ApiSettings) -> dict[str, Any]:
             }
         },
     }  # fmt: skip
-    return {
+    document: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {
             "title": "opamp-operator",
@@ -344,3 +344,7 @@ def openapi_document(settings: ApiSettings) -> dict[str, Any]:
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
     }
+    if not settings.auth_enabled:
+        # Served as configured: without authentication no token is required anywhere.
+        del document["security"]
+    return document
