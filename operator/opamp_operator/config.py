@@ -61,6 +61,8 @@ class ListenerSettings:
     agent_tokens: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"listener port must be 0..65535 (0: any free port), got {self.port}")
         if not self.path.startswith("/"):
             raise ConfigError(f"listener path must start with '/': {self.path!r}")
         if self.max_message_bytes < 1 or self.max_head_bytes < 1024:

@@ -78,8 +78,18 @@ async def test_frozen_agent_goes_offline_within_the_timeout(transport: Transport
         assert time.monotonic() - frozen_at <= TIMEOUT + 1
         assert snapshot.phase_reason == "heartbeat_timeout"
         assert snapshot.session is None
+        if transport is Transport.WEBSOCKET:
+            # The fleet asked for the socket to be closed; the frozen peer never answers the
+            # Close, so it is dropped after close_timeout.
+            for _ in range(40):
+                if not server.listener.websocket_channels:
+                    break
+                await asyncio.sleep(0.05)
+            assert not server.listener.websocket_channels
         agent.thaw()
-        await server.wait_for_agent(uid, online, timeout=10)
+        back = await server.wait_for_agent(uid, online, timeout=10)
+        assert back.session is not None
+        assert back.session.transport is transport
 
 
 async def test_closed_websocket_is_offline_at_once() -> None:
@@ -125,6 +135,18 @@ async def test_graceful_stop_is_agent_disconnect(
         assert snapshot.phase_reason == "agent_disconnect"
     after = metric("opamp_messages_received_total", transport=transport, kind="disconnect")
     assert after == disconnects + 1
+
+
+async def test_graceful_http_stop_sends_nothing_so_the_heartbeat_times_out() -> None:
+    uid = uuid.uuid4()
+    async with opamp_server(heartbeat=HEARTBEAT, heartbeat_timeout=TIMEOUT) as server:
+        async with GoAgent() as agent:
+            await agent.start(url=server.http_url, instance_uid=uid, heartbeat=HEARTBEAT)
+            await server.wait_for_agent(uid, online)
+            assert await agent.stop() == 0
+            assert agent.events_named("stopped")[0].get("disconnect") == "none"
+        snapshot = await server.wait_for_agent(uid, offline, timeout=TIMEOUT + 2)
+        assert snapshot.phase_reason == "heartbeat_timeout"
 
 
 @TRANSPORTS

@@ -157,6 +157,8 @@ def test_settings_are_checked() -> None:
     with pytest.raises(ConfigError):
         ListenerSettings(path="v1/opamp")
     with pytest.raises(ConfigError):
+        ListenerSettings(port=70000)
+    with pytest.raises(ConfigError):
         ListenerSettings(tls_cert_file=Path("cert.pem"))
     with pytest.raises(ConfigError):
         ListenerSettings(handshake_timeout_seconds=0)
