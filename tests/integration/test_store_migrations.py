@@ -147,3 +147,27 @@ def test_lock_id_matches_golang_migrate() -> None:
 async def test_missing_directory_is_a_clear_error(postgres_dsn: str, tmp_path: Path) -> None:
     with pytest.raises(MigrationError, match="does not exist"):
         await migrate(postgres_dsn, "up", directory=tmp_path / "nope")
+
+
+async def test_migrate_command(postgres_dsn: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from opamp_operator.config import Settings, StoreSettings
+    from opamp_operator.store.cli import run_migrate_command
+
+    settings = Settings(store=StoreSettings(dsn=postgres_dsn))
+    assert await run_migrate_command(settings, "status", None, None) == 0
+    assert "version: none\navailable: 1, 2, 3\npending: 1, 2, 3" in capsys.readouterr().out
+    assert await run_migrate_command(settings, "up", 2, None) == 0
+    assert "applied: 1, 2" in capsys.readouterr().out
+    assert await run_migrate_command(settings, "down", None, None) == 0
+    assert "reverted: 2, 1" in capsys.readouterr().out
+    assert await run_migrate_command(settings, "force", 3, None) == 0
+    assert await run_migrate_command(settings, "status", None, None) == 0
+    assert "version: 3\n" in capsys.readouterr().out
+    assert await run_migrate_command(settings, "force", -1, None) == 0
+    assert await run_migrate_command(settings, "up", None, "/nonexistent") == 1
+    assert "does not exist" in capsys.readouterr().out
+    unreachable = Settings(store=StoreSettings(dsn="postgresql://u:hunter2@127.0.0.1:1/x"))
+    assert await run_migrate_command(unreachable, "status", None, None) == 1
+    out = capsys.readouterr().out
+    assert "127.0.0.1:1/x as u" in out
+    assert "hunter2" not in out

@@ -163,3 +163,22 @@ async def test_overflow_during_outage_sheds_heartbeats_first_and_resyncs(
                 "SELECT count(*) FROM agent_connection_history WHERE disconnected_at IS NOT NULL"
             )
         assert closed == 10  # every close was kept: history is shed only after heartbeats
+
+
+async def test_stop_during_outage_is_bounded(
+    own_postgres: tuple[PostgresServer, PostgresEndpoint], caplog: pytest.LogCaptureFixture
+) -> None:
+    server, endpoint = own_postgres
+    async with store_rig(endpoint.dsn, start=True, stop_timeout_seconds=1.0, **FAST_RETRY) as rig:
+        agent = new_agent_id()
+        rig.fleet.handle_message(FakeChannel(), hello(agent))
+        await eventually(lambda: rig.writer.pending() == 0, what="first writes")
+        await stop_postgres(server, endpoint.dsn)
+        rig.fleet.handle_message(FakeChannel(), hello(new_agent_id()))
+
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await rig.writer.stop()
+        assert loop.time() - started < 3.0
+        assert rig.writer.pending() == 2  # session opened, phase changed: not written
+    assert "stopped with 2 events" in caplog.text
