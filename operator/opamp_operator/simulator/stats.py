@@ -14,7 +14,7 @@ class LatencyHistogram:
 
     Buckets grow by 2 % from 10 microseconds; values below fall in the first
     bucket, values above 120 s in the last. Percentiles return the bucket's
-    geometric middle; max and mean are exact.
+    geometric middle (the overflow bucket: the max); max and mean are exact.
     """
 
     __slots__ = ("_counts", "count", "max", "total")
@@ -50,6 +50,8 @@ class LatencyHistogram:
         for index, bucket in enumerate(self._counts):
             seen += bucket
             if seen >= rank:
+                if index == self._BUCKETS - 1:
+                    return self.max  # the overflow bucket has no meaningful middle
                 return min(self._middle(index), self.max)
         return self.max  # unreachable: the buckets sum to count
 
