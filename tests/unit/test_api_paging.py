@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import UTC, datetime
 
 import pytest
 
+from opamp_operator.api.index import AgentIndex
 from opamp_operator.api.paging import (
+    AgentPage,
     decode_session_cursor,
     decode_transition_cursor,
     encode_session_cursor,
-    page_agents,
     parse_agent_id,
     parse_limit,
     parse_status,
+    take_page,
 )
 from opamp_operator.api.problems import Problem
 from opamp_operator.fleet.model import AgentPhase
@@ -80,13 +83,17 @@ def _fleet_of(online: int, offline: int) -> tuple[Fleet, list[str]]:
     return fleet, sorted(s.agent_id for s in fleet.snapshots())
 
 
+def page_agents(fleet: Fleet, phase: AgentPhase | None, limit: int, after: str | None) -> AgentPage:
+    return take_page(AgentIndex(fleet).after(after, phase), fleet.get, limit)
+
+
 def test_pages_walk_every_agent_once_in_id_order() -> None:
     fleet, ids = _fleet_of(7, 0)
     seen: list[str] = []
     cursor: str | None = None
     pages = 0
     while True:
-        page = page_agents(fleet.snapshots(), None, 3, cursor)
+        page = page_agents(fleet, None, 3, cursor)
         seen += [s.agent_id for s in page.items]
         pages += 1
         if page.next_cursor is None:
@@ -98,23 +105,23 @@ def test_pages_walk_every_agent_once_in_id_order() -> None:
 
 def test_exact_multiple_has_no_empty_last_page() -> None:
     fleet, _ = _fleet_of(4, 0)
-    first = page_agents(fleet.snapshots(), None, 2, None)
-    second = page_agents(fleet.snapshots(), None, 2, first.next_cursor)
+    first = page_agents(fleet, None, 2, None)
+    second = page_agents(fleet, None, 2, first.next_cursor)
     assert len(second.items) == 2 and second.next_cursor is None
 
 
 def test_status_filter_applies_before_paging() -> None:
     fleet, _ = _fleet_of(3, 4)
-    page = page_agents(fleet.snapshots(), AgentPhase.OFFLINE, 10, None)
+    page = page_agents(fleet, AgentPhase.OFFLINE, 10, None)
     assert len(page.items) == 4
     assert all(s.phase is AgentPhase.OFFLINE for s in page.items)
 
 
 def test_agents_added_between_pages_do_not_repeat_or_skip_older_ones() -> None:
     fleet, ids = _fleet_of(6, 0)
-    first = page_agents(fleet.snapshots(), None, 3, None)
+    first = page_agents(fleet, None, 3, None)
     fleet.handle_message(FakeChannel(), hello(str(uuid.UUID(int=0))))  # sorts before all
-    second = page_agents(fleet.snapshots(), None, 3, first.next_cursor)
+    second = page_agents(fleet, None, 3, first.next_cursor)
     assert [s.agent_id for s in first.items + second.items] == ids
 
 
@@ -136,3 +143,33 @@ def test_transition_cursor() -> None:
     for raw in ("", "-1", "4.2", "1" * 19):
         with pytest.raises(Problem):
             decode_transition_cursor(raw)
+
+
+async def test_index_follows_the_fleet_through_events_and_rebuilds_after_drops() -> None:
+    fleet, clock, bus = make_fleet()
+    first = new_agent_id()
+    fleet.handle_message(FakeChannel(), hello(first))
+    index = AgentIndex(fleet)
+    index.start()
+    try:
+        assert list(index.after(None, None)) == [first]
+        assert index.rebuilds == 1  # built once from the fleet, then kept by events
+        later = [new_agent_id() for _ in range(5)]
+        for agent_id in later:
+            fleet.handle_message(FakeChannel(), hello(agent_id))
+        visit(fleet, later[0])
+        assert list(index.after(None, None)) == sorted([first, *later])
+        assert list(index.after(None, AgentPhase.OFFLINE)) == [later[0]]
+        assert index.down() == [later[0]]
+        clock.advance(fleet.settings.heartbeat_timeout_seconds + 1)
+        fleet.check_deadlines()
+        assert sorted(index.down()) == sorted([first, *later])
+        await asyncio.sleep(0)  # the index task drains the queue on its own too
+        assert index.subscription is not None and index.subscription.depth() == 0
+        assert index.rebuilds == 1
+        index.subscription.needs_resync = True  # as the bus marks it after a drop
+        assert len(list(index.after(None, AgentPhase.OFFLINE))) == 6
+        assert index.rebuilds == 2
+    finally:
+        await index.stop()
+    assert index.subscription is None and bus.subscriptions == ()

@@ -136,6 +136,7 @@ async def test_offline_lists_offline_and_error_agents_with_time_in_phase() -> No
     visit(fleet, errored)
     clock.advance(fleet.settings.error_after_offline_seconds + 5)
     fleet.check_deadlines()  # errored: Offline -> Error
+    clock.advance(10)
     visit(fleet, offline)
     clock.advance(30)
     fleet.handle_message(FakeChannel(), hello(online))
@@ -144,7 +145,7 @@ async def test_offline_lists_offline_and_error_agents_with_time_in_phase() -> No
     assert body["count"] == 2
     first, second = body["items"]
     assert (first["id"], first["phase"], first["reason"]) == (errored, "Error", "offline_too_long")
-    assert first["secondsInPhase"] == pytest.approx(30.0)
+    assert first["secondsInPhase"] == pytest.approx(40.0)
     assert (second["id"], second["phase"], second["secondsInPhase"]) == (offline, "Offline", 30.0)
 
 

@@ -15,14 +15,15 @@ from opamp_operator.fleet.registry import Fleet
 
 from . import views
 from .history import HistoryReader
+from .index import AgentIndex
 from .paging import (
     decode_session_cursor,
     decode_transition_cursor,
     encode_session_cursor,
-    page_agents,
     parse_agent_id,
     parse_limit,
     parse_status,
+    take_page,
 )
 from .problems import Problem, conflict, not_found, unavailable
 
@@ -40,10 +41,17 @@ def route_name(request: web.Request) -> str:
 class AgentRoutes:
     """Handlers for one fleet; `history` may be None when no database is configured."""
 
-    def __init__(self, settings: ApiSettings, fleet: Fleet, history: HistoryReader | None):
+    def __init__(
+        self,
+        settings: ApiSettings,
+        fleet: Fleet,
+        history: HistoryReader | None,
+        index: AgentIndex,
+    ) -> None:
         self.settings = settings
         self.fleet = fleet
         self.history = history
+        self.index = index
 
     def add_to(self, app: web.Application, prefix: str) -> None:
         app.router.add_get(f"{prefix}/agents", self.list_agents, allow_head=False)
@@ -64,7 +72,7 @@ class AgentRoutes:
         limit = self._limit(request)
         raw_cursor = request.query.get("cursor")
         after = parse_agent_id(raw_cursor, "cursor") if raw_cursor is not None else None
-        page = page_agents(self.fleet.snapshots(), phase, limit, after)
+        page = take_page(self.index.after(after, phase), self.fleet.get, limit)
         items = [views.agent_summary(snapshot) for snapshot in page.items]
         return web.json_response({"items": items, "nextCursor": page.next_cursor})
 
@@ -77,9 +85,9 @@ class AgentRoutes:
 
     async def offline_agents(self, request: web.Request) -> web.Response:
         now = self.fleet.clock.now()
-        down = [s for s in self.fleet.snapshots() if s.phase is not AgentPhase.ONLINE]
+        down = [s for s in map(self.fleet.get, self.index.down()) if s is not None]
         down.sort(key=lambda s: (s.phase_since, s.agent_id))  # longest down first
-        items = [views.offline_agent(snapshot, now) for snapshot in down]
+        items = [views.offline_agent(s, now) for s in down if s.phase is not AgentPhase.ONLINE]
         return web.json_response({"items": items, "count": len(items)})
 
     async def reconnect(self, request: web.Request) -> web.Response:

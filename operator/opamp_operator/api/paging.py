@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import bisect
 import re
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -55,23 +54,23 @@ class AgentPage:
     next_cursor: str | None
 
 
-def page_agents(
-    snapshots: Iterable[AgentSnapshot], phase: AgentPhase | None, limit: int, after: str | None
+def take_page(
+    candidates: Iterable[str], lookup: Callable[[str], AgentSnapshot | None], limit: int
 ) -> AgentPage:
-    """One page of agents ordered by id, starting after the id `after` (exclusive).
+    """The first `limit` agents of `candidates` (ids in order) that `lookup` still knows.
 
     The cursor of the next page is the last id of this one: any id is a valid place to
     continue from, so agents coming and going between pages never break a listing.
     """
-    matching = sorted(
-        (s for s in snapshots if phase is None or s.phase is phase), key=lambda s: s.agent_id
-    )
-    start = 0
-    if after is not None:
-        start = bisect.bisect_right([s.agent_id for s in matching], after)
-    items = matching[start : start + limit]
-    more = start + limit < len(matching)
-    return AgentPage(items, items[-1].agent_id if more else None)
+    items: list[AgentSnapshot] = []
+    for agent_id in candidates:
+        snapshot = lookup(agent_id)
+        if snapshot is None:
+            continue
+        if len(items) == limit:
+            return AgentPage(items, items[-1].agent_id)
+        items.append(snapshot)
+    return AgentPage(items, None)
 
 
 # -- history (newest first) ------------------------------------------------------

@@ -24,6 +24,7 @@ from opamp_operator.fleet.registry import Fleet
 from .auth import Authorizer, AuthUnavailable
 from .handlers import AgentRoutes, route_name
 from .history import HistoryReader
+from .index import AgentIndex
 from .openapi import openapi_document
 from .problems import (
     Problem,
@@ -70,7 +71,8 @@ class ApiServer:
         self._runner: web.AppRunner | None = None
         self._openapi = json.dumps(openapi_document(settings)).encode()
         self.app = web.Application(middlewares=[self._middleware])
-        AgentRoutes(settings, fleet, history).add_to(self.app, PREFIX)
+        self.index = AgentIndex(fleet)
+        AgentRoutes(settings, fleet, history, self.index).add_to(self.app, PREFIX)
         router = self.app.router
         router.add_get(f"{PREFIX}/openapi.json", self._openapi_json, allow_head=False)
         router.add_get("/metrics", self._metrics, allow_head=False)
@@ -79,6 +81,7 @@ class ApiServer:
 
     async def start(self) -> None:
         metrics.REGISTRY.register(self._collector)
+        self.index.start()
         runner = web.AppRunner(
             self.app, access_log=None, handle_signals=False, shutdown_timeout=5.0
         )
@@ -88,6 +91,7 @@ class ApiServer:
             await site.start()
         except BaseException:
             await runner.cleanup()
+            await self.index.stop()
             metrics.REGISTRY.unregister(self._collector)
             raise
         self._runner = runner
@@ -105,6 +109,7 @@ class ApiServer:
         runner, self._runner = self._runner, None
         if runner is not None:
             await runner.cleanup()
+            await self.index.stop()
             metrics.REGISTRY.unregister(self._collector)
 
     # -- every request -----------------------------------------------------------
