@@ -34,7 +34,7 @@ class Refusal:
 
 #: Decides what takes over a connection, given its head, the peer's address and when the
 #: connection was accepted (loop time).
-Dispatch = Callable[[RequestHead, str, float], "asyncio.Protocol | Refusal"]
+Dispatch = Callable[[RequestHead, str, float], asyncio.Protocol | Refusal]
 
 
 class FrontProtocol(asyncio.Protocol):

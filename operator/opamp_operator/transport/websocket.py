@@ -159,6 +159,9 @@ class WebSocketEndpoint:
         except Exception:
             log.exception("WebSocket connection handler failed")
             connection.transport.abort()
+        except asyncio.CancelledError:
+            connection.transport.abort()  # stop() gave up waiting for this connection
+            raise
         finally:
             task = asyncio.current_task()
             if task is not None:
