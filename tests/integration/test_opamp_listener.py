@@ -13,7 +13,6 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from opamp_operator.config import ConfigError, ListenerSettings
 from opamp_operator.fleet.model import AgentPhase, AgentSnapshot
 from opamp_operator.opamp.frames import decode_ws_frame, encode_ws_frame
 from opamp_operator.opamp.messages import AgentToServer, parse_server_to_agent
@@ -151,16 +150,3 @@ async def test_refused_websocket_handshake_is_counted() -> None:
             writer.close()
     after = metric("opamp_bad_input_total", transport="websocket", reason="bad_handshake")
     assert after == before + 1
-
-
-def test_settings_are_checked() -> None:
-    with pytest.raises(ConfigError):
-        ListenerSettings(path="v1/opamp")
-    with pytest.raises(ConfigError):
-        ListenerSettings(port=70000)
-    with pytest.raises(ConfigError):
-        ListenerSettings(tls_cert_file=Path("cert.pem"))
-    with pytest.raises(ConfigError):
-        ListenerSettings(handshake_timeout_seconds=0)
-    with pytest.raises(ConfigError):
-        ListenerSettings(agent_tokens=frozenset({""}))
