@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+# Who the authorizer said the caller is (set only when authentication is on).
+USER = web.RequestKey("opamp_api_user", str)
+
 
 def route_name(request: web.Request) -> str:
     """The matched route's template (a bounded metric label), or "unmatched"."""
@@ -98,7 +101,8 @@ class AgentRoutes:
         transport = snapshot.session.transport.value if snapshot.session else None
         if not self.fleet.request_reconnect(agent_id):
             raise conflict(f"agent {agent_id} is not connected to this operator ({snapshot.phase})")
-        log.info("reconnect requested for agent %s over %s", agent_id, transport)
+        user = request.get(USER) or "anonymous (auth off)"
+        log.info("reconnect of agent %s (%s) requested by %s", agent_id, transport, user)
         body = {"id": agent_id, "status": "reconnect requested", "transport": transport}
         return web.json_response(body, status=202)
 

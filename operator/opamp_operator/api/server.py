@@ -22,7 +22,7 @@ from opamp_operator.config import ApiSettings, ConfigError
 from opamp_operator.fleet.registry import Fleet
 
 from .auth import Authorizer, AuthUnavailable
-from .handlers import AgentRoutes, route_name
+from .handlers import USER, AgentRoutes, route_name
 from .history import HistoryReader
 from .index import AgentIndex
 from .openapi import openapi_document
@@ -155,6 +155,8 @@ class ApiServer:
             raise unauthorized(decision.reason)
         if not decision.allowed:
             raise forbidden(decision.reason)
+        if decision.user is not None:
+            request[USER] = decision.user  # for the handlers' audit logs
 
     # -- public routes -------------------------------------------------------------
 
