@@ -214,7 +214,7 @@ class _Run:
             agents=self.config.agents,
             heartbeat=heartbeat,
             duration_s=self.config.duration,
-            elapsed_s=round(self.logic.now() - self.start, 3),
+            elapsed_s=self.logic.now() - self.start,
             peak_connected=stats.peak_connected,
             connected_at_end=connected_at_end,
             all_connected_after_s=None if all_connected is None else all_connected - self.start,
