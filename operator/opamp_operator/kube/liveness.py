@@ -1,0 +1,201 @@
+"""Liveness of CRs that no live session in this process holds (run by the Kopf timer).
+
+The fleet's own state machine moves agents this process knows, and the status writer
+mirrors that. But the process that held an agent may have died (a crash, a rolling update,
+another replica gone), and then only the CR remembers the agent. This check moves such CRs
+Online -> Offline (`heartbeat_timeout`) once their `lastSeenAt` is older than the heartbeat
+timeout plus the lastSeenAt refresh interval (the CR lags the truth by up to that), then
+Offline -> Error (`offline_too_long`), posting an Event for each; with a GC TTL it deletes
+CRs that stayed Offline/Error that long (their history stays in PostgreSQL).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from opamp_operator import metrics
+from opamp_operator.config import KubeSettings
+from opamp_operator.fleet.clock import Clock
+from opamp_operator.fleet.model import AgentPhase, Reason
+from opamp_operator.fleet.registry import Fleet
+
+from .client import KubeApi, KubeApiError, ObjectRef
+from .events import describe_transition, event_type
+from .naming import agent_id_from_name
+from .ratelimit import WriteLimiter
+from .status import disconnected_status, merge_patch, offline_since, parse_time
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What to do with one CR: move it to `phase` for `reason`, or delete it."""
+
+    phase: AgentPhase | None  # None: delete (GC)
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Thresholds:
+    offline_after: timedelta  # lastSeenAt older than this: Offline
+    error_after: timedelta  # Offline longer than this: Error
+    gc_after: timedelta | None  # Offline/Error longer than this: delete
+
+
+def judge(
+    status: Mapping[str, Any],
+    created_at: datetime | None,
+    now: datetime,
+    limits: Thresholds,
+    *,
+    known_here: bool,
+) -> Verdict | None:
+    """Pure: what a CR nobody holds a session for should become, if anything.
+
+    `known_here`: this process's fleet knows the agent (without a session); its state
+    machine then owns the Offline/Error transitions, and only GC is left to decide here.
+    """
+    phase = status.get("phase")
+    since = offline_since(status)
+    offline_for = None if since is None else now - since
+    if (
+        phase in (AgentPhase.OFFLINE, AgentPhase.ERROR)
+        and offline_for is not None
+        and limits.gc_after is not None
+        and offline_for >= limits.gc_after
+    ):
+        return Verdict(None, "gc_ttl_expired")
+    if known_here:
+        return None
+    if phase == AgentPhase.OFFLINE:
+        if offline_for is not None and offline_for >= limits.error_after:
+            return Verdict(AgentPhase.ERROR, Reason.OFFLINE_TOO_LONG)
+        return None
+    if phase == AgentPhase.ERROR:
+        return None
+    last_seen = parse_time(status.get("lastSeenAt")) or created_at
+    if last_seen is not None and now - last_seen >= limits.offline_after:
+        return Verdict(AgentPhase.OFFLINE, Reason.HEARTBEAT_TIMEOUT)
+    return None
+
+
+class LivenessChecker:
+    """Applies `judge` to one CR at a time and writes the outcome (status, Event, delete)."""
+
+    def __init__(
+        self,
+        fleet: Fleet,
+        settings: KubeSettings,
+        api: KubeApi,
+        clock: Clock,
+        limiter: WriteLimiter,
+    ) -> None:
+        self.fleet = fleet
+        self.settings = settings
+        self.api = api
+        self.clock = clock
+        self.limiter = limiter
+        self.requests: Counter[tuple[str, str]] = Counter()
+        fleet_settings = fleet.settings
+        gc = settings.gc_ttl_seconds
+        self.limits = Thresholds(
+            offline_after=timedelta(
+                seconds=fleet_settings.heartbeat_timeout_seconds
+                + settings.last_seen_refresh_seconds
+            ),
+            error_after=timedelta(seconds=fleet_settings.error_after_offline_seconds),
+            gc_after=None if gc is None else timedelta(seconds=gc),
+        )
+
+    async def check(self, body: Mapping[str, Any]) -> Verdict | None:
+        """Look at one OpAMPAgent (a plain dict) and act on it; return what was decided."""
+        metadata = body.get("metadata") or {}
+        status = body.get("status") or {}
+        name = str(metadata.get("name", ""))
+        agent_id = agent_id_from_name(name) or status.get("instanceUid")
+        if not agent_id:
+            return None
+        snapshot = self.fleet.get(str(agent_id))
+        if snapshot is not None and snapshot.connected:
+            return None  # held right here: the status writer keeps the CR fresh
+        if metadata.get("deletionTimestamp"):
+            return None
+        now = self.clock.now()
+        created = parse_time(metadata.get("creationTimestamp"))
+        verdict = judge(status, created, now, self.limits, known_here=snapshot is not None)
+        if verdict is None:
+            return None
+        target = ObjectRef(name, str(metadata.get("uid", "")), self.api.namespace)
+        version = str(metadata.get("resourceVersion", ""))
+        if verdict.phase is None:
+            await self._delete(target, version)
+        else:
+            await self._transition(target, body, verdict, now)
+        return verdict
+
+    async def _transition(
+        self, target: ObjectRef, body: Mapping[str, Any], verdict: Verdict, now: datetime
+    ) -> None:
+        assert verdict.phase is not None
+        metadata, status = body.get("metadata") or {}, body.get("status") or {}
+        version = str(metadata.get("resourceVersion", ""))
+        desired = disconnected_status(
+            status, verdict.phase, verdict.reason, generation=metadata.get("generation"), now=now
+        )
+        await self.limiter.acquire()
+        try:
+            await self.api.patch_agent_status(target.name, merge_patch(status, desired), version)
+        except KubeApiError as error:
+            self._count("status", error)
+            if error.status in (404, 409):
+                return  # it changed or went away: the next tick looks again
+            raise
+        self._count("status", None)
+        metrics.kube_liveness_transitions.labels(verdict.phase.value, verdict.reason).inc()
+        previous = str(status.get("phase", ""))
+        message = describe_transition(
+            AgentPhase(previous) if previous in set(AgentPhase) else None,
+            verdict.phase,
+            verdict.reason,
+            self.fleet.settings,
+            self.settings.replica_id,
+        )
+        message += f"; no live session holds it (lastSeenAt {status.get('lastSeenAt', 'never')})"
+        log.info("OpAMPAgent %s: %s", target.name, message)
+        if self.settings.post_events:
+            await self.limiter.acquire()
+            try:
+                await self.api.post_event(
+                    target, event_type=event_type(verdict.phase), reason=verdict.reason,
+                    message=message, at=now, reporter=self.settings.replica_id,
+                )  # fmt: skip
+            except KubeApiError as error:
+                # The transition is written; the next tick will not repeat it, so this
+                # Event is lost: say so once, and count it.
+                self._count("event", error)
+                log.error("Event for OpAMPAgent %s not posted: %s", target.name, error)
+            else:
+                self._count("event", None)
+
+    async def _delete(self, target: ObjectRef, version: str) -> None:
+        await self.limiter.acquire()
+        try:
+            deleted = await self.api.delete_agent(target.name, target.uid, version)
+        except KubeApiError as error:
+            self._count("delete", error)
+            raise
+        self._count("delete", None)
+        if deleted:
+            metrics.kube_gc_deleted.inc()
+            log.info("OpAMPAgent %s deleted: Offline/Error longer than the GC TTL", target.name)
+
+    def _count(self, kind: str, error: KubeApiError | None) -> None:
+        outcome = "ok" if error is None else error.outcome
+        self.requests[(kind, outcome)] += 1
+        metrics.kube_writes.labels(kind, outcome).inc()
