@@ -124,6 +124,11 @@ def add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"connect / handshake timeout (default {d.connect_timeout:g})",
     )
     add(
+        "--no-gc-tuning",
+        action="store_true",
+        help="leave the garbage collector alone (default: freeze the heap during the ramp)",
+    )
+    add(
         "--report-json",
         type=Path,
         default=None,
@@ -177,6 +182,7 @@ def config_from_args(args: argparse.Namespace) -> SimulationConfig:
         seed=args.seed,
         stop_grace=args.stop_grace,
         connect_timeout=args.connect_timeout,
+        tune_gc=not args.no_gc_tuning,
     )
 
 

@@ -80,6 +80,9 @@ class SimulationConfig:
     connect_timeout: float = 10.0
     backoff_initial: float = 0.5
     backoff_max: float = 30.0
+    #: Freeze the garbage collector's view of the heap during the ramp (process-wide;
+    #: see simulator.gctune). The `simulate` command turns it on.
+    tune_gc: bool = False
 
     def __post_init__(self) -> None:
         _check_url(self.url)

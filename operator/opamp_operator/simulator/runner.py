@@ -16,7 +16,7 @@ from typing import Final
 
 import aiohttp
 
-from opamp_operator.simulator import http, ws
+from opamp_operator.simulator import gctune, http, ws
 from opamp_operator.simulator.agent import AgentLogic, AgentState, Mode
 from opamp_operator.simulator.config import (
     SimulationConfig,
@@ -78,6 +78,7 @@ class _Run:
         self.silent: list[AgentState] = []
         self.session: aiohttp.ClientSession | None = None
         self.start = 0.0
+        self.launched_at: float | None = None
         self.transport = self.config.effective_transport
 
     async def execute(self) -> SimulationReport:
@@ -91,12 +92,16 @@ class _Run:
             asyncio.create_task(self._silence(), name="sim-silence"),
             asyncio.create_task(self._probe_lag(), name="sim-lag"),
         ]
+        if self.config.tune_gc:
+            helpers.append(asyncio.create_task(gctune.freeze_while(self._ramping), name="sim-gc"))
         connected_at_end = 0
         try:
             await self.logic.sleep_until(self.start + self.config.duration)
             connected_at_end = self.stats.connected
         finally:
             await self._stop(helpers)
+            if self.config.tune_gc:
+                gctune.unfreeze()
         return self._report(started_wall, connected_at_end)
 
     # -- load
@@ -110,6 +115,7 @@ class _Run:
             agent = self.logic.new_agent(index)
             self.agents.append(agent)
             self.tasks.append(asyncio.create_task(self._agent_main(agent)))
+        self.launched_at = self.logic.now()
 
     async def _agent_main(self, agent: AgentState) -> None:
         try:
@@ -168,6 +174,14 @@ class _Run:
                 self.silent.append(agent)
             if len(self.silent) < wanted:
                 await asyncio.sleep(0.1)
+
+    def _ramping(self) -> bool:
+        """Still launching, or launched less than a connect timeout ago and not all in."""
+        if self.launched_at is None:
+            return True
+        if self.stats.connected >= self.config.agents:
+            return False
+        return self.logic.now() < self.launched_at + self.config.connect_timeout
 
     async def _probe_lag(self) -> None:
         while True:
