@@ -101,10 +101,10 @@ def test_the_servers_heartbeat_offer_is_used_unless_overridden() -> None:
     logic, clock = make_logic()
     agent = logic.new_agent(0)
     assert agent.heartbeat == 30.0
+    agent.last_sent = clock.t
     reply(logic, agent, offer)
     assert agent.heartbeat == 7.0
-    agent.last_sent = clock.t
-    assert logic.heartbeat_due(agent) == clock.t + 7.0
+    assert logic.heartbeat_due(agent) == clock.t + 7.0  # rescheduled on the new interval
 
     fixed, _ = make_logic(heartbeat=0.5)
     pinned = fixed.new_agent(0)
@@ -113,7 +113,7 @@ def test_the_servers_heartbeat_offer_is_used_unless_overridden() -> None:
 
 
 def test_heartbeats_off_over_websocket_but_http_still_polls() -> None:
-    logic, clock = make_logic()
+    logic, _ = make_logic()
     agent = logic.new_agent(0)
     reply(
         logic,
@@ -122,9 +122,8 @@ def test_heartbeats_off_over_websocket_but_http_still_polls() -> None:
             connection_settings=ConnectionSettingsOffers(opamp=OpAMPConnectionSettings())
         ),
     )
-    agent.last_sent = clock.t
     assert logic.heartbeat_due(agent) is None
-    assert logic.poll_due(agent) == clock.t + 30.0
+    assert logic.interval(agent) == 30.0
 
 
 def test_unavailable_holds_the_agent_back_for_the_retry_time() -> None:
@@ -222,6 +221,22 @@ def test_a_heartbeat_a_quarter_interval_late_counts_as_late() -> None:
     assert logic.stats.heartbeats_late == 0
     logic.heartbeat_fired(agent, clock.t - 0.3)
     assert logic.stats.heartbeats_late == 1
+
+
+def test_heartbeats_keep_their_phase_after_a_stall() -> None:
+    logic, clock = make_logic(heartbeat=1.0)
+    agent = logic.new_agent(0)
+    agent.last_sent = clock.t
+    logic.start_beating(agent)
+    due = logic.heartbeat_due(agent)
+    assert due == clock.t + 1.0
+    clock.t = due + 0.4  # the loop woke up late
+    logic.heartbeat_fired(agent, due)
+    assert logic.heartbeat_due(agent) == due + 1.0  # not now + 1: no drift, no bunching
+    late = due + 1.0
+    clock.t = late + 2.5  # more than an interval behind: start afresh from now
+    logic.heartbeat_fired(agent, late)
+    assert logic.heartbeat_due(agent) == clock.t + 1.0
 
 
 def test_per_agent_state_is_small() -> None:

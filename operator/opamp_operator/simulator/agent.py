@@ -71,6 +71,7 @@ class AgentState:
     not_before: float = 0.0  # monotonic: no connect or send before this
     sent_at: float = 0.0  # monotonic send time of the oldest unanswered message; 0: none
     last_sent: float = 0.0
+    next_beat: float = 0.0  # monotonic time of the next regular message
     silent_at: float = 0.0
     closed_at: float = 0.0  # when the server closed a silent agent's connection
     config_hash: bytes = b""
@@ -153,18 +154,32 @@ class AgentLogic:
         """Answer a reply at once (full state, config status), but never twice in a row."""
         return (agent.need_full_state or agent.report_config) and not agent.followed_up
 
+    def interval(self, agent: AgentState) -> float:
+        """Seconds between regular messages; HTTP agents poll even when heartbeats are off."""
+        return agent.heartbeat or DEFAULT_HEARTBEAT_S
+
+    def start_beating(self, agent: AgentState) -> None:
+        """Start the heartbeat clock one interval after the last message."""
+        agent.next_beat = agent.last_sent + self.interval(agent)
+
     def heartbeat_due(self, agent: AgentState) -> float | None:
         """When the next WebSocket heartbeat is due (monotonic), or None when off."""
-        return agent.last_sent + agent.heartbeat if agent.heartbeat > 0 else None
-
-    def poll_due(self, agent: AgentState) -> float:
-        """When an HTTP agent polls next: it must poll even when heartbeats are off."""
-        return agent.last_sent + (agent.heartbeat or DEFAULT_HEARTBEAT_S)
+        return agent.next_beat if agent.heartbeat > 0 else None
 
     def heartbeat_fired(self, agent: AgentState, due: float) -> None:
-        interval = agent.heartbeat or DEFAULT_HEARTBEAT_S
-        if self.now() - due > _LATE_FRACTION * interval:
+        """Count a late heartbeat and schedule the next one.
+
+        The schedule keeps its phase (due + interval, like a ticker) instead of
+        counting from the actual send: otherwise every loop stall would bunch
+        the agents it delayed together, for good.
+        """
+        now = self.now()
+        interval = self.interval(agent)
+        if now - due > _LATE_FRACTION * interval:
             self.stats.heartbeats_late += 1
+        agent.next_beat = due + interval
+        if agent.next_beat <= now:  # more than an interval behind: start afresh
+            agent.next_beat = now + interval
 
     # -- receiving
     def received(self, agent: AgentState, payload: bytes) -> Reply | None:
@@ -197,8 +212,10 @@ class AgentLogic:
         if reply.report_full_state:
             agent.need_full_state = True
             self.stats.full_state_requests += 1
-        if reply.heartbeat_s is not None and self.config.heartbeat is None:
-            agent.heartbeat = reply.heartbeat_s
+        offered = reply.heartbeat_s
+        if offered is not None and self.config.heartbeat is None and offered != agent.heartbeat:
+            agent.heartbeat = offered
+            self.start_beating(agent)
         if reply.remote_config is not None:
             agent.config_hash, agent.config = reply.remote_config[0], self._share(reply)
             agent.report_config = True

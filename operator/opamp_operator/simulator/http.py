@@ -57,9 +57,13 @@ async def run_http_agent(
         if agent.mode is not Mode.RUNNING:
             continue  # changed while the request was out; the loop top sorts it out
         follow_up = reply is not None and reply.error is None and logic.wants_follow_up(agent)
-        regular = reply is not None and not follow_up
-        if regular:
-            agent.not_before = max(agent.not_before, logic.poll_due(agent))
+        if reply is None or follow_up:
+            regular = False
+            continue
+        if not regular:  # first poll, a follow-up or a retry: the clock starts now
+            logic.start_beating(agent)
+        regular = True
+        agent.not_before = max(agent.not_before, agent.next_beat)
     if agent.mode is Mode.SILENT:
         await logic.stopping.wait()  # nothing to hold open: just stop polling
 

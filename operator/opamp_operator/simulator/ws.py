@@ -102,6 +102,7 @@ def _closed(logic: AgentLogic, agent: AgentState, exc: ConnectionClosed) -> None
 async def _session(logic: AgentLogic, agent: AgentState, ws: ClientConnection) -> None:
     agent.need_full_state = True  # a new connection starts with everything
     await send(logic, agent, ws)
+    logic.start_beating(agent)
     while agent.mode is Mode.RUNNING:
         due = logic.heartbeat_due(agent)
         try:
