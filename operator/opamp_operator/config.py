@@ -144,7 +144,7 @@ class KubeSettings:
     api_threads: int = 4  # concurrent API requests (the official client is synchronous)
     request_timeout_seconds: float = 15.0
     sweep_interval_seconds: float = 5.0  # how often stale lastSeenAt values are looked for
-    liveness_check_interval_seconds: float = 5.0  # the Kopf timer on every OpAMPAgent
+    liveness_check_interval_seconds: float = 5.0  # how often due CRs are re-checked
     retry_max_seconds: float = 30.0  # backoff cap for failed writes
     stop_timeout_seconds: float = 10.0  # how long stop() flushes pending writes
     post_events: bool = True

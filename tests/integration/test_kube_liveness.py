@@ -149,6 +149,9 @@ async def test_orphaned_cr_goes_offline_then_error_with_events(
 
         assert await operator.phase(held.cr_name) == "Online"
         assert [e.reason for e in events_for(kube_api, namespace, held.cr_name)] == ["connected"]
+        # No finalizers: CRs stay deletable while the operator is down.
+        for cr in await mirror_api.list_agents():
+            assert not cr["metadata"].get("finalizers"), cr["metadata"]
 
 
 async def test_deleted_cr_comes_back_only_for_a_connected_agent(

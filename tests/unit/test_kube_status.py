@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from opamp_operator.fleet.model import AgentPhase, AgentSnapshot, SessionInfo, Transport
-from opamp_operator.kube.liveness import Thresholds, judge
+from opamp_operator.kube.liveness import Thresholds, due_at, judge
 from opamp_operator.kube.naming import (
     agent_id_from_name,
     agent_labels,
@@ -198,3 +198,20 @@ def test_labels_leave_out_what_the_agent_does_not_report() -> None:
         "app.kubernetes.io/managed-by": "opamp-operator",
         "opamp.dev/instance-uid": "0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b",
     }
+
+
+@pytest.mark.parametrize("gc", [None, timedelta(hours=1)])
+def test_due_at_is_the_first_moment_judge_decides(gc: timedelta | None) -> None:
+    limits = Thresholds(timedelta(seconds=90), timedelta(seconds=300), gc)
+    online = build_status(snapshot(), None, generation=1, replica="x", now=T0)
+    offline = disconnected_status(
+        online, AgentPhase.OFFLINE, "heartbeat_timeout", generation=1, now=T0
+    )
+    error = disconnected_status(offline, AgentPhase.ERROR, "offline_too_long", generation=1, now=T0)
+    for status in (online, offline, error, {}):
+        due = due_at(status, T0, limits)
+        if due is None:
+            assert judge(status, T0, T0 + timedelta(days=30), limits, known_here=False) is None
+            continue
+        assert judge(status, T0, due - timedelta(seconds=1), limits, known_here=False) is None
+        assert judge(status, T0, due, limits, known_here=False) is not None

@@ -12,14 +12,16 @@ Run them in-process, in the application's event loop, after the status writer st
 
 What is registered:
 - login from `KubeSettings.kubeconfig` (or in-cluster / the default kubeconfig);
-- startup: quieter Kopf settings (see `_configure`);
-- a timer on every OpAMPAgent: `LivenessChecker` (Offline/Error for CRs no live session
-  holds, and GC);
-- a watch of deletions: a deleted CR of an agent connected here is recreated at once.
+- startup: quieter Kopf settings (see `configure_kopf`), and the liveness task;
+- a watch of every OpAMPAgent: feeds `LivenessWatch` (Offline/Error for CRs no live session
+  holds, and GC; see `kube/watch.py` for why this is not a per-object `@kopf.timer`), and
+  recreates the deleted CR of an agent connected here;
+- cleanup: stops the liveness task.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -35,12 +37,10 @@ from .client import KubeApi, load_configuration
 from .liveness import LivenessChecker
 from .naming import GROUP, PLURAL, VERSION, agent_id_from_name
 from .ratelimit import WriteLimiter
+from .watch import LivenessWatch
 from .writer import StatusWriter
 
 log = logging.getLogger(__name__)
-
-FINALIZER = "opamp.dev/kopf"  # Kopf puts one on every object that has a timer
-TIMER_IDLE_SECONDS = 1.0  # let a burst of writes settle before judging the CR
 
 
 def build_registry(
@@ -55,51 +55,50 @@ def build_registry(
     registry = kopf.OperatorRegistry()
     limiter = writer.limiter if writer is not None else WriteLimiter(settings.writes_per_second)
     checker = LivenessChecker(fleet, settings, api, clock or SystemClock(), limiter)
+    watch = LivenessWatch(checker, settings.liveness_check_interval_seconds, settings.api_threads)
     kubeconfig = settings.kubeconfig
+    tasks: list[asyncio.Task[None]] = []
 
-    def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         configure_kopf(settings)
+        tasks.append(asyncio.create_task(watch.run(), name="kube-liveness"))
+
+    async def cleanup(**_: Any) -> None:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        tasks.clear()
 
     def login(**_: Any) -> kopf.ConnectionInfo:
         return connection_info(load_configuration(kubeconfig))
 
-    async def liveness(body: kopf.Body, **_: Any) -> None:
-        await checker.check(plain(body))
-
-    async def deletions(event: Mapping[str, Any], **_: Any) -> None:
-        if event.get("type") != "DELETED" or writer is None:
-            return
-        metadata = (event.get("object") or {}).get("metadata") or {}
-        agent_id = agent_id_from_name(str(metadata.get("name", "")))
-        if agent_id is not None:
-            writer.cr_deleted(agent_id, metadata.get("uid"))
+    async def observe(event: Mapping[str, Any], **_: Any) -> None:
+        body = event.get("object") or {}
+        watch.observe(event.get("type"), body)
+        if event.get("type") == "DELETED" and writer is not None:
+            metadata = body.get("metadata") or {}
+            agent_id = agent_id_from_name(str(metadata.get("name", "")))
+            if agent_id is not None:
+                writer.cr_deleted(agent_id, metadata.get("uid"))
 
     # Registered by calling the decorators: Kopf's are untyped, and mypy --strict would
     # otherwise call every handler untyped.
-    kopf.on.startup(registry=registry)(configure)
+    kopf.on.startup(registry=registry)(startup)
+    kopf.on.cleanup(registry=registry)(cleanup)
     kopf.on.login(registry=registry)(login)
-    kopf.timer(
-        GROUP, VERSION, PLURAL, registry=registry, id="liveness",
-        interval=settings.liveness_check_interval_seconds, idle=TIMER_IDLE_SECONDS,
-        backoff=settings.liveness_check_interval_seconds,
-    )(liveness)  # fmt: skip
-    kopf.on.event(GROUP, VERSION, PLURAL, registry=registry, id="deletions")(deletions)
+    kopf.on.event(GROUP, VERSION, PLURAL, registry=registry, id="opampagents")(observe)
     return registry
 
 
 def configure_kopf(settings: kopf.OperatorSettings) -> None:
     """Kopf settings for running inside the operator process, next to everything else."""
-    # Kopf posts its log lines as Events; a timer that "succeeded" every few seconds on
-    # every agent is noise in `kubectl describe` (we post our own transition Events).
+    # Kopf posts its handlers' log lines as Events; "Handler succeeded" on every watch
+    # event is noise in `kubectl describe` (we post our own transition Events).
     settings.posting.level = logging.WARNING
     # The application decides when the process ends; Kopf must never SIGKILL it.
     settings.process.ultimate_exiting_timeout = None
-    settings.persistence.finalizer = FINALIZER
-    # A deleted CR keeps Kopf's finalizer until Kopf sees its timer has ended; by default
-    # it looks again only every 60s when the timer was busy at that moment (e.g. the GC
-    # deleting the CR from inside it).
-    settings.background.cancellation_polling = 1.0
-    # One INFO line per timer run per agent would flood the log at fleet scale.
+    # Kopf logs "Handler 'opampagents' succeeded." at INFO for every watch event, i.e. for
+    # every CR write at fleet scale; its warnings and errors still come through.
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)
 
 
@@ -125,12 +124,3 @@ def connection_info(configuration: k8s.Configuration) -> kopf.ConnectionInfo:
         certificate_path=configuration.cert_file,
         private_key_path=configuration.key_file,
     )
-
-
-def plain(value: Any) -> Any:
-    """Kopf's read-only body views, as plain dicts and lists."""
-    if isinstance(value, Mapping):
-        return {str(key): plain(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [plain(item) for item in value]
-    return value

@@ -1,4 +1,4 @@
-"""Liveness of CRs that no live session in this process holds (run by the Kopf timer).
+"""Liveness of CRs that no live session in this process holds (see `kube/watch.py`).
 
 The fleet's own state machine moves agents this process knows, and the status writer
 mirrors that. But the process that held an agent may have died (a crash, a rolling update,
@@ -83,6 +83,23 @@ def judge(
     if last_seen is not None and now - last_seen >= limits.offline_after:
         return Verdict(AgentPhase.OFFLINE, Reason.HEARTBEAT_TIMEOUT)
     return None
+
+
+def due_at(
+    status: Mapping[str, Any], created_at: datetime | None, limits: Thresholds
+) -> datetime | None:
+    """Pure: the first moment `judge` may decide something about this CR (None: never)."""
+    phase = status.get("phase")
+    if phase in (AgentPhase.OFFLINE, AgentPhase.ERROR):
+        since = offline_since(status)
+        if since is None:
+            return None
+        moments = [since + limits.error_after] if phase == AgentPhase.OFFLINE else []
+        if limits.gc_after is not None:
+            moments.append(since + limits.gc_after)
+        return min(moments, default=None)
+    last_seen = parse_time(status.get("lastSeenAt")) or created_at
+    return None if last_seen is None else last_seen + limits.offline_after
 
 
 class LivenessChecker:
