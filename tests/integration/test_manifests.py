@@ -15,14 +15,17 @@ ServiceMonitor selects the operator's Service and port.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
+import logging
 import os
 import re
 import shutil
 import ssl
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -32,6 +35,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import kopf
 import pytest
 import yaml
 from kubernetes import client as k8s
@@ -48,6 +52,7 @@ NAMESPACE = "opamp-system"
 KUBECTL_TIMEOUT_SECONDS = 120
 RBAC_PROPAGATION_SECONDS = 20.0
 RETRY_429_SECONDS = 30.0
+KOPF_TIMEOUT_SECONDS = 60.0
 
 Obj = dict[str, Any]
 Rule = tuple[str, str, str]  # (apiGroup, resource, verb)
@@ -64,6 +69,7 @@ NAMESPACED_RULES: dict[tuple[str, str], tuple[str, ...]] = {
 }
 CLUSTER_RULES: dict[tuple[str, str], tuple[str, ...]] = {
     ("apiextensions.k8s.io", "customresourcedefinitions"): ("get", "list", "watch"),
+    ("", "namespaces"): ("list", "watch"),
     ("authentication.k8s.io", "tokenreviews"): ("create",),
     ("authorization.k8s.io", "subjectaccessreviews"): ("create",),
 }
@@ -718,3 +724,92 @@ def test_operator_token_is_refused_everything_else(
         ),
     ]:
         operator.expect(403, method, path, body)
+
+
+def _kopf_posted_an_event(kube_api: k8s.ApiClient, namespace: str, name: str) -> bool:
+    # Kopf posts `kopf.info()` as an Event on the object, from a background task.
+    core = k8s.CoreV1Api(kube_api)
+    deadline = time.monotonic() + KOPF_TIMEOUT_SECONDS
+    while time.monotonic() < deadline:
+        events = core.list_namespaced_event(
+            namespace, field_selector=f"involvedObject.name={name}"
+        ).items
+        if any(event.source and event.source.component == "kopf" for event in events):
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_kopf_runs_with_nothing_but_the_operator_token(
+    operator_client: tuple[TokenClient, TokenClient],
+    namespace: str,
+    kube_api: k8s.ApiClient,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Kopf itself (resource discovery, CRD and CR watches, peering, finalizers, Events)
+    works under the RBAC: a timer on an OpAMPAgent fires, and nothing is refused."""
+    operator, _ = operator_client
+    crd = one(render(MANIFESTS), "CustomResourceDefinition", "opampagents.opamp.dev")
+    version = storage_version(crd)
+    agents = f"/apis/opamp.dev/{version}/namespaces/{namespace}/opampagents"
+    _wait_for_bindings(operator, agents)
+    agent = {
+        "apiVersion": f"opamp.dev/{version}",
+        "kind": "OpAMPAgent",
+        "metadata": {"name": "agent-kopf"},
+        "spec": {},
+    }
+    operator.expect(201, "POST", agents, agent)
+
+    ticked = threading.Event()
+    registry = kopf.OperatorRegistry()
+
+    def login(**_: Any) -> kopf.ConnectionInfo:
+        return kopf.ConnectionInfo(
+            server=operator.server,
+            ca_path=kube_api.configuration.ssl_ca_cert,
+            scheme="Bearer",
+            token=operator.token,
+            default_namespace=namespace,
+        )
+
+    def tick(body: kopf.Body, **_: Any) -> None:
+        if not ticked.is_set():
+            kopf.info(body, reason="Tick", message="the timer fired")  # posted as an Event
+        ticked.set()
+
+    kopf.on.login(registry=registry)(login)
+    kopf.timer("opamp.dev", version, "opampagents", registry=registry, interval=0.5)(tick)
+    stop = threading.Event()
+    run = kopf.operator(
+        registry=registry,
+        clusterwide=False,
+        namespaces=[namespace],
+        peering_name="default",  # the manifests' KopfPeering, moved to `namespace`
+        standalone=False,
+        stop_flag=stop,
+    )
+    # In a thread with a loop of its own: Kopf installs signal handlers on a main-thread loop.
+    thread = threading.Thread(target=asyncio.run, args=(run,), daemon=True)
+    with caplog.at_level(logging.DEBUG, logger="kopf"):
+        thread.start()
+        try:
+            assert ticked.wait(KOPF_TIMEOUT_SECONDS), "Kopf's timer never fired"
+            peering = operator.expect(
+                200, "GET", f"/apis/kopf.dev/v1/namespaces/{namespace}/kopfpeerings/default"
+            )
+            assert peering.get("status"), "Kopf never announced itself in the peering object"
+            assert _kopf_posted_an_event(kube_api, namespace, "agent-kopf")
+        finally:
+            stop.set()
+            thread.join(KOPF_TIMEOUT_SECONDS)
+    assert not thread.is_alive(), "Kopf did not stop"
+
+    refused = [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno >= logging.ERROR or re.search(r"\b403\b|[Ff]orbidden", r.getMessage())
+    ]
+    assert not refused, refused
+    stored = operator.expect(200, "GET", f"{agents}/agent-kopf")
+    assert stored["metadata"].get("finalizers"), "Kopf put no finalizer on the timed object"
