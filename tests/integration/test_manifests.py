@@ -4,7 +4,7 @@ They render with kustomize; the server accepts every object (server-side dry run
 CRDs and the namespace installed for real); the operator's pod passes the "restricted" Pod
 Security Standard its namespace enforces; and its RBAC grants exactly the rules in
 docs/deploy.md: a client holding only the ServiceAccount's token can do each thing the
-operator does, and nothing else.
+operator does, and nothing else, and Kopf itself runs on that token without a refusal.
 
 The monitoring objects (ServiceMonitor, PrometheusRule) belong to the Prometheus Operator's
 CRDs, which the test bed does not have; stand-in CRDs would only prove that the kind is
@@ -503,12 +503,33 @@ def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+@dataclass(frozen=True)
+class Tokens:
+    """Clients of the manifests' ServiceAccount (moved to `namespace`) and of a bystander
+    ServiceAccount with no bindings at all."""
+
+    operator: TokenClient
+    bystander: TokenClient
+    namespace: str
+    version: str  # the OpAMPAgent CRD's storage version
+
+    @property
+    def agents(self) -> str:
+        return f"/apis/opamp.dev/{self.version}/namespaces/{self.namespace}/opampagents"
+
+    def agent(self, name: str) -> Obj:
+        return {
+            "apiVersion": f"opamp.dev/{self.version}",
+            "kind": "OpAMPAgent",
+            "metadata": {"name": name},
+            "spec": {},
+        }
+
+
 @pytest.fixture
-def operator_client(
+def tokens(
     kube_api: k8s.ApiClient, kubeconfig: Path, installed: list[Obj], namespace: str
-) -> Iterator[tuple[TokenClient, TokenClient]]:
-    """(operator, bystander): tokens of the manifests' ServiceAccount, moved to `namespace`,
-    and of a ServiceAccount with no bindings at all."""
+) -> Iterator[Tokens]:
     objects = _retarget(installed, namespace)
     bystander = {
         "apiVersion": "v1",
@@ -517,9 +538,16 @@ def operator_client(
     }
     server_apply(kubeconfig, [*objects, bystander], dry_run=False)
     account = one(objects, "ServiceAccount")["metadata"]["name"]
+    crd = one(installed, "CustomResourceDefinition", "opampagents.opamp.dev")
     try:
-        operator = _client(kube_api, _token_for(kube_api, namespace, account))
-        yield operator, _client(kube_api, _token_for(kube_api, namespace, "bystander"))
+        granted = Tokens(
+            operator=_client(kube_api, _token_for(kube_api, namespace, account)),
+            bystander=_client(kube_api, _token_for(kube_api, namespace, "bystander")),
+            namespace=namespace,
+            version=storage_version(crd),
+        )
+        _wait_for_bindings(granted.operator, granted.agents)
+        yield granted
     finally:
         for obj in objects:
             if obj["kind"].startswith("Cluster"):
@@ -534,43 +562,26 @@ def _wait_for_bindings(client: TokenClient, path: str) -> None:
     assert answer[0] == 200, f"GET {path}: {answer} after {RBAC_PROPAGATION_SECONDS}s"
 
 
-def test_rbac_grants_exactly_the_documented_rules(
-    operator_client: tuple[TokenClient, TokenClient], namespace: str, kube_api: k8s.ApiClient
-) -> None:
-    operator, bystander = operator_client
-    crd = one(render(MANIFESTS), "CustomResourceDefinition", "opampagents.opamp.dev")
-    agents = f"/apis/opamp.dev/{storage_version(crd)}/namespaces/{namespace}/opampagents"
-    _wait_for_bindings(operator, agents)
-
-    # Exactly the table: everything granted beyond what any ServiceAccount gets.
-    other = _create_namespace(kube_api, f"{namespace}-other")
+def test_rbac_grants_exactly_the_documented_rules(tokens: Tokens, kube_api: k8s.ApiClient) -> None:
+    """Everything granted beyond what any ServiceAccount gets is the table, in the operator's
+    namespace; elsewhere only its cluster-wide rules."""
+    other = _create_namespace(kube_api, f"{tokens.namespace}-other")
     for ns, expected in [
-        (namespace, _expand(NAMESPACED_RULES) | _expand(CLUSTER_RULES)),
+        (tokens.namespace, _expand(NAMESPACED_RULES) | _expand(CLUSTER_RULES)),
         (other, _expand(CLUSTER_RULES)),
     ]:
-        rules, non_resource = _granted(operator, ns)
-        baseline, baseline_non_resource = _granted(bystander, ns)
+        rules, non_resource = _granted(tokens.operator, ns)
+        baseline, baseline_non_resource = _granted(tokens.bystander, ns)
         assert rules - baseline == expected, f"in {ns}"
         assert non_resource == baseline_non_resource
 
 
-def test_operator_token_does_what_the_operator_does(
-    operator_client: tuple[TokenClient, TokenClient], namespace: str
-) -> None:
-    operator, bystander = operator_client
-    crd = one(render(MANIFESTS), "CustomResourceDefinition", "opampagents.opamp.dev")
-    version = storage_version(crd)
-    agents = f"/apis/opamp.dev/{version}/namespaces/{namespace}/opampagents"
-    _wait_for_bindings(operator, agents)
+def test_operator_token_does_what_the_operator_does(tokens: Tokens) -> None:
+    operator, bystander, namespace = tokens.operator, tokens.bystander, tokens.namespace
+    agents, version = tokens.agents, tokens.version
 
     # The CR mirror: create, read, watch, patch, write status, delete.
-    agent = {
-        "apiVersion": f"opamp.dev/{version}",
-        "kind": "OpAMPAgent",
-        "metadata": {"name": "agent-rbac"},
-        "spec": {},
-    }
-    operator.expect(201, "POST", agents, agent)
+    operator.expect(201, "POST", agents, tokens.agent("agent-rbac"))
     operator.expect(200, "GET", f"{agents}/agent-rbac")
     operator.expect(200, "GET", f"{agents}?watch=1&timeoutSeconds=1")
     operator.expect(200, "PATCH", f"{agents}/agent-rbac", {"metadata": {"labels": {"a": "b"}}})
@@ -676,21 +687,11 @@ def test_operator_token_does_what_the_operator_does(
     operator.expect(200, "GET", f"/api/v1/namespaces/{namespace}/pods")
 
 
-def test_operator_token_is_refused_everything_else(
-    operator_client: tuple[TokenClient, TokenClient], namespace: str, kube_api: k8s.ApiClient
-) -> None:
-    operator, _ = operator_client
+def test_operator_token_is_refused_everything_else(tokens: Tokens, kube_api: k8s.ApiClient) -> None:
+    operator, namespace, version = tokens.operator, tokens.namespace, tokens.version
+    agents, agent = tokens.agents, tokens.agent("agent-rbac")
     crd = one(render(MANIFESTS), "CustomResourceDefinition", "opampagents.opamp.dev")
-    version = storage_version(crd)
-    agents = f"/apis/opamp.dev/{version}/namespaces/{namespace}/opampagents"
-    _wait_for_bindings(operator, agents)
     other = _create_namespace(kube_api, f"{namespace}-other")
-    agent = {
-        "apiVersion": f"opamp.dev/{version}",
-        "kind": "OpAMPAgent",
-        "metadata": {"name": "agent-rbac"},
-        "spec": {},
-    }
     pod = {"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "image": "x"}]}}
     binding = {
         "metadata": {"name": "b"},
@@ -741,25 +742,12 @@ def _kopf_posted_an_event(kube_api: k8s.ApiClient, namespace: str, name: str) ->
 
 
 def test_kopf_runs_with_nothing_but_the_operator_token(
-    operator_client: tuple[TokenClient, TokenClient],
-    namespace: str,
-    kube_api: k8s.ApiClient,
-    caplog: pytest.LogCaptureFixture,
+    tokens: Tokens, kube_api: k8s.ApiClient, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Kopf itself (resource discovery, CRD and CR watches, peering, finalizers, Events)
     works under the RBAC: a timer on an OpAMPAgent fires, and nothing is refused."""
-    operator, _ = operator_client
-    crd = one(render(MANIFESTS), "CustomResourceDefinition", "opampagents.opamp.dev")
-    version = storage_version(crd)
-    agents = f"/apis/opamp.dev/{version}/namespaces/{namespace}/opampagents"
-    _wait_for_bindings(operator, agents)
-    agent = {
-        "apiVersion": f"opamp.dev/{version}",
-        "kind": "OpAMPAgent",
-        "metadata": {"name": "agent-kopf"},
-        "spec": {},
-    }
-    operator.expect(201, "POST", agents, agent)
+    operator, namespace, agents = tokens.operator, tokens.namespace, tokens.agents
+    operator.expect(201, "POST", agents, tokens.agent("agent-kopf"))
 
     ticked = threading.Event()
     registry = kopf.OperatorRegistry()
@@ -779,7 +767,7 @@ def test_kopf_runs_with_nothing_but_the_operator_token(
         ticked.set()
 
     kopf.on.login(registry=registry)(login)
-    kopf.timer("opamp.dev", version, "opampagents", registry=registry, interval=0.5)(tick)
+    kopf.timer("opamp.dev", tokens.version, "opampagents", registry=registry, interval=0.5)(tick)
     stop = threading.Event()
     run = kopf.operator(
         registry=registry,
