@@ -1,4 +1,4 @@
-"""The opt-in garbage collector tuning freezes the heap while the fleet grows, then lets go."""
+"""The opt-in garbage collector tuning: freeze while the fleet grows, then put it all back."""
 
 from __future__ import annotations
 
@@ -7,12 +7,17 @@ import gc
 from opamp_operator.simulator import gctune
 
 
-async def test_freeze_while_growing_then_unfreeze() -> None:
+async def test_tune_freeze_and_restore() -> None:
+    before = gc.get_threshold()
     calls = iter([True, False])
     kept = [[object()] for _ in range(100)]  # some tracked containers to freeze
+    old = gctune.tune()
     try:
+        assert old == before
+        assert gc.get_threshold()[0] > before[0]
         await gctune.freeze_while(lambda: next(calls), every=0.01)
         assert gc.get_freeze_count() >= len(kept)
     finally:
-        gctune.unfreeze()
+        gctune.restore(old)
     assert gc.get_freeze_count() == 0
+    assert gc.get_threshold() == before

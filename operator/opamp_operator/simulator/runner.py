@@ -92,7 +92,8 @@ class _Run:
             asyncio.create_task(self._silence(), name="sim-silence"),
             asyncio.create_task(self._probe_lag(), name="sim-lag"),
         ]
-        if self.config.tune_gc:
+        thresholds = gctune.tune() if self.config.tune_gc else None
+        if thresholds is not None:
             helpers.append(asyncio.create_task(gctune.freeze_while(self._ramping), name="sim-gc"))
         connected_at_end = 0
         try:
@@ -100,8 +101,8 @@ class _Run:
             connected_at_end = self.stats.connected
         finally:
             await self._stop(helpers)
-            if self.config.tune_gc:
-                gctune.unfreeze()
+            if thresholds is not None:
+                gctune.restore(thresholds)
         return self._report(started_wall, connected_at_end)
 
     # -- load
