@@ -276,3 +276,45 @@ async def test_steady_fleet_causes_no_writes_between_refreshes(mirror: Mirror) -
     item = await mirror.api.get_agent(agents[0].cr_name)
     assert item is not None
     assert item["status"]["lastSeenAt"] == mirror.clock.now().strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+async def test_a_burst_of_changes_costs_one_write(mirror: Mirror) -> None:
+    agent = FakeAgent()
+    mirror.fleet.handle_message(agent.channel, agent.first_message())
+    for round_ in range(10):  # no await in between: the writer sees them all at once
+        message = agent.heartbeat()
+        message.health.healthy = round_ % 2 == 0
+        message.health.status = f"round {round_}"
+        assert mirror.fleet.handle_message(agent.channel, message) is not None
+    assert await mirror.writer.flush(within_seconds=20)
+    assert mirror.writer.requests == {("create", "ok"): 1, ("status", "ok"): 1, ("event", "ok"): 1}
+    cr = await mirror.cr(agent)
+    assert cr["status"]["health"]["status"] == "round 9"  # the latest snapshot won
+
+
+async def test_deleted_cr_of_a_connected_agent_returns_at_the_next_refresh(
+    mirror: Mirror, kube_api: k8s.ApiClient, namespace: str
+) -> None:
+    """Without Kopf watching (or while it was down), the next lastSeenAt write recreates it."""
+    agent = FakeAgent()
+    await mirror.send(agent, agent.first_message())
+    first = await mirror.cr(agent)
+    await asyncio.to_thread(
+        k8s.CustomObjectsApi(kube_api).delete_namespaced_custom_object,
+        "opamp.dev", "v1alpha1", namespace, "opampagents", agent.cr_name,
+    )  # fmt: skip
+    mirror.clock.advance(25)
+    await mirror.send(agent, agent.heartbeat())
+    assert await mirror.api.get_agent(agent.cr_name) is None  # nothing shown changed: no write
+
+    mirror.clock.advance(25)
+    await mirror.send(agent, agent.heartbeat())
+    mirror.clock.advance(15)  # past the 60s refresh: the sweep writes lastSeenAt, gets 404
+
+    async def recreated() -> dict[str, Any] | None:
+        return await mirror.api.get_agent(agent.cr_name)
+
+    again = await eventually(recreated, within=20, what="the CR recreated")
+    assert again["metadata"]["uid"] != first["metadata"]["uid"]
+    assert again["status"]["phase"] == "Online"
+    assert mirror.writer.requests[("status", "not_found")] == 1

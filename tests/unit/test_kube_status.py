@@ -6,6 +6,7 @@ import re
 import uuid
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -19,15 +20,23 @@ from opamp_operator.kube.naming import (
 )
 from opamp_operator.kube.status import (
     build_status,
-    condition,
     disconnected_status,
     merge_patch,
     offline_since,
+)
+from opamp_operator.kube.status import (
+    condition as find_condition,
 )
 
 T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
 LABEL = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+
+
+def condition(status: dict[str, Any], kind: str) -> dict[str, Any]:
+    found = find_condition(status, kind)
+    assert found is not None, f"no {kind} condition"
+    return found
 
 
 def snapshot(**changes: object) -> AgentSnapshot:
