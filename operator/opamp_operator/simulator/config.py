@@ -60,6 +60,7 @@ class SimulationConfig:
     #: Mean pause before a churned agent reconnects (jittered +-50 %).
     churn_delay: float = 1.0
     #: Agents that go silent (stop sending, keep the socket open); count or fraction.
+    #: Over HTTP there is no socket to keep: a silent agent just stops polling.
     silent_count: int = 0
     silent_fraction: float = 0.0
     #: When they go silent, after the start; None: half the duration.

@@ -86,13 +86,13 @@ class _Run:
         started_wall = self.logic.wall()
         if self.transport == "http":
             self.session = http.new_session(self.logic)
+        thresholds = gctune.tune() if self.config.tune_gc else None
         helpers = [
             asyncio.create_task(self._launch(), name="sim-launch"),
             asyncio.create_task(self._churn(), name="sim-churn"),
             asyncio.create_task(self._silence(), name="sim-silence"),
             asyncio.create_task(self._probe_lag(), name="sim-lag"),
         ]
-        thresholds = gctune.tune() if self.config.tune_gc else None
         if thresholds is not None:
             helpers.append(asyncio.create_task(gctune.freeze_while(self._ramping), name="sim-gc"))
         connected_at_end = 0
