@@ -148,6 +148,8 @@ class KubeSettings:
     retry_max_seconds: float = 30.0  # backoff cap for failed writes
     stop_timeout_seconds: float = 10.0  # how long stop() flushes pending writes
     post_events: bool = True
+    # Kopf peering object (None: Kopf's own choice, "default" if it exists, else standalone).
+    peering_name: str | None = None
 
     def __post_init__(self) -> None:
         positive = {

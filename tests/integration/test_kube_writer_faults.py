@@ -99,6 +99,7 @@ async def test_forbidden_writes_are_retried_with_backoff_until_allowed(
             return True if writer.requests[("create", "error")] >= 2 else None
 
         await eventually(refused_twice, within=10, what="403s counted")
+        assert not writer.ready
         assert await mirror_api.get_agent(agent.cr_name) is None
         assert writer.pending.busy  # still wanted, waiting for its next try
 
@@ -109,6 +110,7 @@ async def test_forbidden_writes_are_retried_with_backoff_until_allowed(
         assert cr["status"]["phase"] == "Online"
         assert [e.reason for e in events_for(kube_api, namespace, agent.cr_name)] == ["connected"]
         assert writer.requests[("create", "ok")] == 1
+        assert writer.ready
     finally:
         await writer.stop()
         await api.close()

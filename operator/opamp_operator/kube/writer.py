@@ -72,8 +72,18 @@ class StatusWriter:
         self._tasks: list[asyncio.Task[None]] = []
         self._sweeper: asyncio.Task[None] | None = None
         self._refresh = timedelta(seconds=settings.last_seen_refresh_seconds)
+        self._api_ok = True  # the latest request got an answer we could act on
 
     # -- lifecycle -----------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        """Started, and the API server accepted the latest write (or none was needed yet).
+
+        False while writes fail for lack of an answer, permission or capacity (no response,
+        403, 429, 5xx); True again at the next success.
+        """
+        return bool(self._tasks) and self._api_ok
 
     async def start(self) -> None:
         self._sweeper = asyncio.create_task(self._sweep_forever(), name="kube-writer-sweep")
@@ -355,6 +365,10 @@ class StatusWriter:
         return mirror
 
     def _count(self, kind: str, outcome: str) -> None:
+        if outcome == "ok":
+            self._api_ok = True
+        elif outcome in ("unreachable", "throttled", "error"):
+            self._api_ok = False
         self.requests[(kind, outcome)] += 1
         metrics.kube_writes.labels(kind, outcome).inc()
 
