@@ -13,6 +13,7 @@ import pytest
 import yaml
 from kubernetes import client as k8s
 
+from opamp_operator.config import KubeSettings
 from opamp_operator.kube.client import KubeApi
 
 CRD_FILE = Path(__file__).resolve().parents[2] / "crds" / "opampagents.opamp.dev.yaml"
@@ -46,7 +47,7 @@ async def mirror_api(
     kubeconfig: Path, namespace: str, opampagent_crd: str
 ) -> AsyncIterator[KubeApi]:
     """The mirror's own async client (admin credentials), on a fresh namespace."""
-    api = await KubeApi.connect(kubeconfig, namespace)
+    api = await KubeApi.connect(KubeSettings(namespace=namespace, kubeconfig=kubeconfig))
     try:
         yield api
     finally:

@@ -26,6 +26,8 @@ from kubernetes import config as k8s_config
 from kubernetes.config.config_exception import ConfigException
 from urllib3.exceptions import HTTPError
 
+from opamp_operator.config import KubeSettings
+
 from .naming import API_VERSION, GROUP, KIND, PLURAL, VERSION
 
 log = logging.getLogger(__name__)
@@ -98,17 +100,14 @@ class KubeApi:
         self._pool = ThreadPoolExecutor(max_threads, thread_name_prefix="kube-api")
 
     @classmethod
-    async def connect(
-        cls,
-        kubeconfig: Path | None,
-        namespace: str,
-        max_threads: int = 4,
-        request_timeout_seconds: float = 15.0,
-    ) -> KubeApi:
-        """Load credentials off the event loop and build the client."""
+    async def connect(cls, settings: KubeSettings) -> KubeApi:
+        """Load credentials off the event loop and build the client the settings describe."""
         loop = asyncio.get_running_loop()
-        configuration = await loop.run_in_executor(None, load_configuration, kubeconfig)
-        return cls(configuration, namespace, max_threads, request_timeout_seconds)
+        configuration = await loop.run_in_executor(None, load_configuration, settings.kubeconfig)
+        return cls(
+            configuration, settings.namespace, settings.api_threads,
+            settings.request_timeout_seconds,
+        )  # fmt: skip
 
     async def close(self) -> None:
         """Wait for requests in flight, then release the threads and connections."""
