@@ -1,0 +1,3 @@
+from opamp_operator.cli import main
+
+raise SystemExit(main())

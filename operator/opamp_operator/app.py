@@ -1,0 +1,224 @@
+"""The operator process: every component wired together, started and stopped in order.
+
+Data flows one way: transport -> fleet -> event bus -> subscribers (store, Kubernetes
+mirror, metrics, API index). Start order makes the sinks ready before agents can connect;
+stop order lets every session end as `operator_shutdown` and be written before exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import kopf
+from kubernetes import client as k8s
+
+from .api.auth import KubeAuthorizer
+from .api.history import StoreHistoryReader
+from .api.server import ApiServer
+from .config import Settings
+from .fleet.clock import Clock, SystemClock
+from .fleet.events import EventBus
+from .fleet.registry import Fleet
+from .fleet.ticker import run_deadline_ticker
+from .fleet_metrics import FleetMetrics
+from .kube.client import KubeApi, load_configuration
+from .kube.handlers import build_registry
+from .kube.writer import StatusWriter
+from .store.migrations import migrate
+from .store.pool import StoreUnavailable, create_pool
+from .store.recovery import close_orphaned_sessions
+from .store.writer import StoreWriter
+from .transport import OpAMPListener
+
+log = logging.getLogger(__name__)
+
+DATABASE_STARTUP_WAIT_SECONDS = 60.0
+
+
+@dataclass
+class _Running:
+    pool: Any = None
+    store: StoreWriter | None = None
+    kube: KubeApi | None = None
+    mirror: StatusWriter | None = None
+    listener: OpAMPListener | None = None
+    api: ApiServer | None = None
+    auth: KubeAuthorizer | None = None
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+
+class OperatorApp:
+    """Build with settings; `await start()`, run Kopf with `kopf_registry`, `await stop()`."""
+
+    def __init__(self, settings: Settings, clock: Clock | None = None) -> None:
+        self.settings = settings
+        self.clock = clock or SystemClock()
+        self.bus = EventBus()
+        self.fleet = Fleet(settings.fleet, self.clock, self.bus)
+        # Subscribe before anything can publish, so no subscriber misses the first events.
+        self._store_events = self.bus.subscribe("store", settings.store.queue_size)
+        self._kube_events = self.bus.subscribe("kube", settings.kube.write_queue_size)
+        self._metric_events = self.bus.subscribe("metrics", 100_000)
+        self.running = _Running()
+        self.kopf_registry: kopf.OperatorRegistry | None = None
+
+    async def start(self) -> None:
+        await self._start_store()
+        await self._start_kube()
+        self._spawn(run_deadline_ticker(self.fleet), "deadline-ticker")
+        self._spawn(FleetMetrics(self._metric_events, self.bus).run(), "fleet-metrics")
+        await self._start_api()
+        listener = OpAMPListener(self.settings.listener, self.fleet)
+        await listener.start()
+        self.running.listener = listener
+        log.info(
+            "OpAMP listening on %s:%s%s (WebSocket and HTTP); API on %s:%s",
+            self.settings.listener.host, listener.port, self.settings.listener.path,
+            self.settings.api.host, self.running.api.port if self.running.api else "-",
+        )  # fmt: skip
+
+    async def stop(self) -> None:
+        """Stop accepting, end every session as operator_shutdown, flush, release."""
+        running = self.running
+        if running.listener is not None:
+            await running.listener.stop(reason="operator_shutdown")
+        self.fleet.shutdown()  # HTTP sessions have no socket: end them here
+        for component in (running.store, running.mirror):
+            if component is not None:
+                await component.stop()
+        for task in running.tasks:
+            task.cancel()
+        await asyncio.gather(*running.tasks, return_exceptions=True)
+        if running.api is not None:
+            await running.api.stop()
+        if running.auth is not None:
+            running.auth.close()
+        if running.kube is not None:
+            await running.kube.close()
+        if running.pool is not None:
+            await running.pool.close()
+        log.info("stopped: %d agents known, all sessions closed", len(self.fleet))
+
+    def readiness(self) -> dict[str, bool]:
+        running = self.running
+        return {
+            "listener": bool(running.listener and running.listener.ready),
+            "database": bool(running.store and running.store.ready),
+            "kubernetes": bool(running.mirror and running.mirror.ready),
+        }
+
+    async def _start_store(self) -> None:
+        settings = self.settings.store
+        pool = await _connect_with_patience(settings)
+        self.running.pool = pool
+        if settings.migrate_on_start:
+            applied = await migrate(pool, "up", directory=settings.migrations_dir)
+            if applied:
+                log.info("applied migrations %s", applied)
+        closed = await close_orphaned_sessions(
+            pool, self.clock.now(), replica_id=self.settings.kube.replica_id
+        )
+        if closed:
+            log.warning("closed %d connection rows left open by a previous run", closed)
+        store = StoreWriter(
+            settings, pool, self.fleet, self._store_events, self.clock,
+            replica_id=self.settings.kube.replica_id,
+        )  # fmt: skip
+        await store.start()
+        self.running.store = store
+
+    async def _start_kube(self) -> None:
+        settings = self.settings.kube
+        api = await KubeApi.connect(settings)
+        self.running.kube = api
+        mirror = StatusWriter(settings, self.fleet, self._kube_events, api, self.clock)
+        await mirror.start()
+        self.running.mirror = mirror
+        self.kopf_registry = build_registry(
+            self.fleet, settings, api, writer=mirror, clock=self.clock
+        )
+
+    async def _start_api(self) -> None:
+        settings = self.settings.api
+        auth = None
+        if settings.auth_enabled:
+            loop = asyncio.get_running_loop()
+            configuration = await loop.run_in_executor(
+                None, load_configuration, self.settings.kube.kubeconfig
+            )
+            auth = KubeAuthorizer(
+                k8s.ApiClient(configuration), self.settings.kube.namespace, settings
+            )
+        else:
+            log.warning("REST API authentication is OFF: use this for local development only")
+        self.running.auth = auth
+        history = StoreHistoryReader(self.running.pool)
+        api = ApiServer(settings, self.fleet, history, auth, self.readiness)
+        await api.start()
+        self.running.api = api
+
+    def _spawn(self, coroutine: Any, name: str) -> None:
+        self.running.tasks.append(asyncio.create_task(coroutine, name=name))
+
+
+async def _connect_with_patience(settings: Any) -> Any:
+    """Wait for the database a while at start (it may start after us), logging each try."""
+    deadline = time.monotonic() + DATABASE_STARTUP_WAIT_SECONDS
+    while True:
+        try:
+            return await create_pool(settings)
+        except StoreUnavailable as error:
+            if time.monotonic() >= deadline:
+                raise
+            log.warning("%s; retrying for up to %.0fs", error, deadline - time.monotonic())
+            await asyncio.sleep(2.0)
+
+
+async def serve(settings: Settings, demo_agents: int = 0) -> None:
+    app = OperatorApp(settings)
+    await app.start()
+    demo = await _start_demo_agents(app, demo_agents) if demo_agents else None
+    try:
+        assert app.kopf_registry is not None
+        # Kopf peering: with the KopfPeering object `default` present (manifests/ ships it),
+        # one replica runs the handlers and the others pause; without it, standalone.
+        # Peers of equal priority would all pause, so each process draws its own.
+        await kopf.operator(
+            registry=app.kopf_registry,
+            namespaces=[settings.kube.namespace],
+            clusterwide=False,
+            priority=random.randint(1, 2**31 - 1),
+            memo=kopf.Memo(),
+        )
+    finally:
+        if demo is not None and demo.returncode is None:
+            demo.terminate()
+            await demo.wait()
+        await app.stop()
+
+
+async def _start_demo_agents(app: OperatorApp, count: int) -> asyncio.subprocess.Process:
+    """`dev --demo-agents N`: the fleet simulator in a child process, so it is visible at once."""
+    assert app.running.listener is not None
+    url = f"ws://127.0.0.1:{app.running.listener.port}{app.settings.listener.path}"
+    log.info("starting %d simulated agents against %s", count, url)
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "opamp_operator", "simulate", "--url", url,
+        "--agents", str(count), "--duration", str(7 * 24 * 3600), "--name-prefix", "demo",
+        stdout=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+def run_operator(settings: Settings, demo_agents: int = 0) -> int:
+    try:
+        asyncio.run(serve(settings, demo_agents))
+    except (StoreUnavailable, OSError) as error:
+        log.error("cannot start: %s", error)
+        return 1
+    return 0
