@@ -182,7 +182,11 @@ async def _connect_with_patience(settings: Any) -> Any:
 
 async def serve(settings: Settings, demo_agents: int = 0) -> None:
     app = OperatorApp(settings)
-    await app.start()
+    try:
+        await app.start()
+    except BaseException:
+        await app.stop()  # release whatever did start (pool, threads, sockets)
+        raise
     demo = await _start_demo_agents(app, demo_agents) if demo_agents else None
     try:
         assert app.kopf_registry is not None
@@ -210,7 +214,7 @@ async def _start_demo_agents(app: OperatorApp, count: int) -> asyncio.subprocess
     log.info("starting %d simulated agents against %s", count, url)
     return await asyncio.create_subprocess_exec(
         sys.executable, "-m", "opamp_operator", "simulate", "--url", url,
-        "--agents", str(count), "--duration", str(7 * 24 * 3600), "--name-prefix", "demo",
+        "--agents", str(count), "--duration", "86400", "--name-prefix", "demo",
         stdout=asyncio.subprocess.DEVNULL,
     )  # fmt: skip
 
