@@ -58,6 +58,8 @@ OPTIONS: tuple[Option, ...] = (
            "seconds a new connection may take to send its first message"),
     Option("--ping-interval", "OPAMP_PING_INTERVAL", "listener", "ping_interval_seconds", float,
            "WebSocket ping interval (seconds)"),
+    Option("--ping-timeout", "OPAMP_PING_TIMEOUT", "listener", "ping_timeout_seconds", float,
+           "WebSocket pong deadline; a silent peer is dropped after it (seconds)"),
     Option("--tls-cert-file", "OPAMP_TLS_CERT_FILE", "listener", "tls_cert_file", Path,
            "serve OpAMP over TLS with this certificate (PEM)"),
     Option("--tls-key-file", "OPAMP_TLS_KEY_FILE", "listener", "tls_key_file", Path,
@@ -82,6 +84,8 @@ OPTIONS: tuple[Option, ...] = (
            "PostgreSQL DSN (prefer the environment variable from a Secret)"),
     Option("--migrate-on-start", "OPAMP_MIGRATE_ON_START", "store", "migrate_on_start", _bool,
            "apply pending migrations at start"),
+    Option("--pool-max-size", "OPAMP_DATABASE_POOL_MAX_SIZE", "store", "pool_max_size", int,
+           "most PostgreSQL connections this process opens"),
     Option("--flush-interval", "OPAMP_FLUSH_INTERVAL", "store", "flush_interval_seconds", float,
            "seconds between batched database writes"),
     Option("--namespace", "OPAMP_NAMESPACE", "kube", "namespace", str,
@@ -94,6 +98,11 @@ OPTIONS: tuple[Option, ...] = (
            "writes_per_second", float, "rate limit of CR writes"),
     Option("--gc-ttl", "OPAMP_GC_TTL", "kube", "gc_ttl_seconds", _optional_float,
            "delete CRs Offline/Error longer than this (seconds; off when unset)"),
+    Option("--liveness-check-interval", "OPAMP_LIVENESS_CHECK_INTERVAL", "kube",
+           "liveness_check_interval_seconds", float,
+           "how often CRs that no live session holds are checked for Offline/Error (seconds)"),
+    Option("--post-events", "OPAMP_POST_EVENTS", "kube", "post_events", _bool,
+           "post a Kubernetes Event on every phase transition"),
     Option("--replica-id", "OPAMP_REPLICA_ID", "kube", "replica_id", str,
            "this process's name in status.connection.replica (default: POD_NAME or hostname)"),
     Option("--api-host", "OPAMP_API_HOST", "api", "host", str, "REST API and metrics address"),
@@ -101,6 +110,8 @@ OPTIONS: tuple[Option, ...] = (
            "REST API, /metrics, /healthz, /readyz"),
     Option("--api-auth", "OPAMP_API_AUTH", "api", "auth_enabled", _bool,
            "check REST callers with TokenReview + SubjectAccessReview (false: local dev only)"),
+    Option("--api-auth-cache", "OPAMP_API_AUTH_CACHE", "api", "auth_cache_seconds", float,
+           "how long a TokenReview/SubjectAccessReview decision is reused (seconds)"),
 )  # fmt: skip
 
 
