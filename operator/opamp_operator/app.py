@@ -26,7 +26,7 @@ from .fleet.clock import Clock, SystemClock
 from .fleet.events import EventBus
 from .fleet.registry import Fleet
 from .fleet.ticker import run_deadline_ticker
-from .fleet_metrics import FleetMetrics
+from .fleet_metrics import FleetMetrics, count_rejected_registration
 from .kube.client import KubeApi, load_configuration
 from .kube.handlers import build_registry
 from .kube.writer import StatusWriter
@@ -60,7 +60,9 @@ class OperatorApp:
         self.settings = settings
         self.clock = clock or SystemClock()
         self.bus = EventBus()
-        self.fleet = Fleet(settings.fleet, self.clock, self.bus)
+        self.fleet = Fleet(
+            settings.fleet, self.clock, self.bus, on_rejected=count_rejected_registration
+        )
         # Subscribe before anything can publish, so no subscriber misses the first events.
         self._store_events = self.bus.subscribe("store", settings.store.queue_size)
         self._kube_events = self.bus.subscribe("kube", settings.kube.write_queue_size)

@@ -76,6 +76,11 @@ class FleetMetrics:
             self.subscription.needs_resync = False
 
 
+def count_rejected_registration(kind: str) -> None:
+    """The fleet's `on_rejected` hook: a new agent refused by the cap or the rate limit."""
+    metrics.registrations_rejected.labels(reason=kind).inc()
+
+
 def _reason_label(reason: str) -> str:
     # Reasons are free strings on the events; keep the label set bounded.
     return reason if reason in _KNOWN_REASONS else "other"

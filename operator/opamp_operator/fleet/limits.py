@@ -7,7 +7,8 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True, slots=True)
 class Rejection:
-    reason: str
+    kind: str  # "agent_limit" or "rate_limit": the metric label
+    reason: str  # what the agent is told
     retry_after_seconds: float
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Callable
 from datetime import datetime
 
 from opamp_operator.config import FleetSettings
@@ -36,10 +37,20 @@ _FULL_STATE = opamp_pb2.ServerToAgentFlags_ReportFullState
 
 
 class Fleet:
-    def __init__(self, settings: FleetSettings, clock: Clock, events: EventBus) -> None:
+    def __init__(
+        self,
+        settings: FleetSettings,
+        clock: Clock,
+        events: EventBus,
+        *,
+        on_rejected: Callable[[str], None] | None = None,
+    ) -> None:
         self.settings = settings
         self.clock = clock
         self.events = events
+        # Called with the rejection kind for every refused new agent (the app counts it in
+        # a metric): rejections are no fleet event, so no subscriber queue fills in a flood.
+        self._on_rejected = on_rejected
         self._agents: dict[str, AgentRecord] = {}
         self._by_channel: dict[Channel, str] = {}  # long-lived channels (WebSockets) only
         self._heartbeats = DeadlineScheduler()  # Online agents: when they time out
@@ -170,12 +181,14 @@ class Fleet:
 
     def _admit(self) -> Rejection | None:
         if len(self._agents) >= self.settings.max_agents:
-            return Rejection("agent limit reached", 60.0)
+            return Rejection("agent_limit", "agent limit reached", 60.0)
         wait = self._registrations.take(self.clock.monotonic())
-        return Rejection("too many new agents per second", wait) if wait > 0 else None
+        return Rejection("rate_limit", "too many new agents per second", wait) if wait > 0 else None
 
     def _reject(self, message: AgentToServer, rejection: Rejection) -> ServerToAgent:
         self.rejected_registrations += 1
+        if self._on_rejected is not None:
+            self._on_rejected(rejection.kind)
         return error_response(
             bytes(message.instance_uid),
             opamp_pb2.ServerErrorResponseType_Unavailable,
