@@ -20,7 +20,8 @@ async def operator_factory(
     made: list[OperatorProcess] = []
 
     def make(**overrides: object) -> OperatorProcess:
-        config = OperatorConfig(kubeconfig, namespace, postgres_dsn, **overrides)  # type: ignore[arg-type]
+        dsn = str(overrides.pop("dsn", postgres_dsn))  # another server's database, if given
+        config = OperatorConfig(kubeconfig, namespace, dsn, **overrides)  # type: ignore[arg-type]
         process = OperatorProcess(config, tmp_path / f"operator-{len(made)}.log")
         made.append(process)
         return process

@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,10 +35,13 @@ class OperatorConfig:
     listen_port: int = field(default_factory=free_port)
     api_port: int = field(default_factory=free_port)
     extra_args: Sequence[str] = ()
+    log_level: str = "INFO"
+    #: Extra environment variables (e.g. POD_ID for Kopf's peering identity).
+    env: Mapping[str, str] = field(default_factory=dict)
 
     def argv(self) -> list[str]:
         return [
-            sys.executable, "-m", "opamp_operator", "--log-level", "INFO", "run",
+            sys.executable, "-m", "opamp_operator", "--log-level", self.log_level, "run",
             "--kubeconfig", str(self.kubeconfig), "--namespace", self.namespace,
             "--listen-host", "127.0.0.1", "--listen-port", str(self.listen_port),
             "--api-host", "127.0.0.1", "--api-port", str(self.api_port),
@@ -73,12 +76,27 @@ class OperatorProcess:
     def api_url(self) -> str:
         return f"http://127.0.0.1:{self.config.api_port}"
 
+    @property
+    def pid(self) -> int:
+        return self._require().pid
+
+    @property
+    def returncode(self) -> int | None:
+        """None while running (or never started)."""
+        return None if self._process is None else self._process.returncode
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
     def log_tail(self, lines: int = 60) -> str:
         text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
         return "\n".join(text.splitlines()[-lines:])
 
     async def start(self, within: float = 60.0) -> None:
-        env = {**os.environ, "OPAMP_DATABASE_DSN": self.config.dsn, "PYTHONUNBUFFERED": "1"}
+        env = {
+            **os.environ, "OPAMP_DATABASE_DSN": self.config.dsn, "PYTHONUNBUFFERED": "1",
+            **self.config.env,
+        }  # fmt: skip
         with self.log_path.open("ab") as log:
             self._process = await asyncio.create_subprocess_exec(
                 *self.config.argv(), stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT
