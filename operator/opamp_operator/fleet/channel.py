@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Protocol, runtime_checkable
+
+from opamp_operator.opamp.messages import ServerToAgent
 
 from .model import Transport
 
@@ -18,4 +20,16 @@ class Channel(Protocol):
 
     def request_close(self, reason: str) -> None:
         """Ask the transport to end the connection soon, with `reason`; must not block."""
+        ...
+
+
+@runtime_checkable
+class PushChannel(Protocol):
+    """A channel that can send a message the agent did not ask for (a WebSocket).
+
+    Channels without `offer` (plain HTTP) get server-initiated messages in their next reply.
+    """
+
+    def offer(self, message: ServerToAgent) -> bool:
+        """Queue `message` for sending; never blocks. False when the channel cannot take it."""
         ...

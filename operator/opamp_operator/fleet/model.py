@@ -7,6 +7,8 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from .remoteconfig import ConfigState
+
 
 class AgentPhase(StrEnum):
     ONLINE = "Online"
@@ -65,6 +67,12 @@ class AgentSnapshot:
     effective_config_hash: str | None = None
     remote_config_status: dict[str, Any] | None = None
     sequence_num: int = 0
+    # The remote config the operator wants the agent to run (None: not managed), and how far
+    # the agent got with it (see `fleet/remoteconfig.py`).
+    desired_config_hash: str | None = None
+    desired_config_source: str | None = None
+    remote_config_state: ConfigState = ConfigState.NONE
+    remote_config_message: str = ""
 
     @property
     def connected(self) -> bool:

@@ -10,6 +10,7 @@ from opamp_operator.opamp.messages import AgentDescriptionView, AgentToServer, c
 
 from .channel import Channel
 from .model import AgentPhase, AgentSnapshot, SessionInfo
+from .remoteconfig import ConfigProgress, DesiredConfig, config_progress
 from .reports import effective_config_hash, health_to_dict, remote_config_status_to_dict
 
 
@@ -42,10 +43,20 @@ class AgentRecord:
     pending_full_state: bool = False
     pending_reconnect: bool = False
     offered_settings: bool = False
+    # Remote config: what the operator wants the agent to run; the hash sent to it in the
+    # current session (sent again in a new session when the agent reports another hash);
+    # which report (counted per message) last carried a remote config status and an
+    # effective config, to judge drift only on an effective config at least as new.
+    desired: DesiredConfig | None = None
+    config_sent_hash: bytes | None = None
+    reports: int = 0
+    remote_status_report: int = 0
+    effective_config_report: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
     def snapshot(self) -> AgentSnapshot:
         description = self.description
+        progress = self.config_progress()
         return AgentSnapshot(
             agent_id=self.agent_id,
             phase=self.phase or AgentPhase.OFFLINE,
@@ -64,12 +75,29 @@ class AgentRecord:
             effective_config_hash=self.effective_config_hash,
             remote_config_status=self.remote_config_status,
             sequence_num=self.sequence_num or 0,
+            desired_config_hash=self.desired.hash_hex if self.desired else None,
+            desired_config_source=self.desired.source if self.desired else None,
+            remote_config_state=progress.state,
+            remote_config_message=progress.message,
+        )
+
+    def config_progress(self) -> ConfigProgress:
+        desired = self.desired
+        return config_progress(
+            desired,
+            capabilities=self.capabilities,
+            connected=self.session is not None,
+            reported=self.remote_config_status,
+            effective_hash=self.effective_config_hash,
+            effective_is_current=self.effective_config_report >= self.remote_status_report,
+            sent=desired is not None and self.config_sent_hash == desired.hash,
         )
 
 
 def apply_report(record: AgentRecord, message: AgentToServer) -> frozenset[str]:
     """Copy what the message reports into `record`; return the names of what changed."""
     changed: set[str] = set()
+    record.reports += 1
     if message.HasField("agent_description"):
         view = AgentDescriptionView.from_proto(message.agent_description)
         if view != record.description:
@@ -84,11 +112,13 @@ def apply_report(record: AgentRecord, message: AgentToServer) -> frozenset[str]:
             record.health = health
             changed.add("health")
     if message.HasField("effective_config"):
+        record.effective_config_report = record.reports
         config_hash = effective_config_hash(message.effective_config)
         if config_hash != record.effective_config_hash:
             record.effective_config_hash = config_hash
             changed.add("effective_config")
     if message.HasField("remote_config_status"):
+        record.remote_status_report = record.reports
         status = remote_config_status_to_dict(message.remote_config_status)
         if status != record.remote_config_status:
             record.remote_config_status = status

@@ -22,13 +22,14 @@ from opamp_operator.opamp.messages import (
     validate_instance_uid,
 )
 
-from .channel import Channel
+from .channel import Channel, PushChannel
 from .clock import Clock
 from .deadlines import DeadlineScheduler
 from .events import AgentChanged, EventBus, PhaseChanged, SessionClosed, SessionOpened
 from .limits import Rejection, TokenBucket
 from .model import AgentPhase, AgentSnapshot, Reason, SessionInfo, Transport
 from .record import AgentRecord, LiveSession, apply_report
+from .remoteconfig import ACCEPTS_REMOTE_CONFIG, DesiredConfig
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,9 @@ class Fleet:
             settings.registrations_per_second, settings.registration_burst, clock.monotonic()
         )
         self._seen: dict[str, datetime] = {}  # since the last `drain_seen`
+        # Remote config per agent id, also for agents not (yet) known here; as many entries
+        # as the configuration source (the Kubernetes mirror) declares, one per agent.
+        self._desired: dict[str, DesiredConfig] = {}
         self.rejected_registrations = 0
 
     # -- reading -----------------------------------------------------------------
@@ -115,7 +119,10 @@ class Fleet:
         if self._needs_full_state(record, message):
             reply.flags |= _FULL_STATE
         record.sequence_num = int(message.sequence_num)
+        progress = record.config_progress() if record.desired is not None else None
         changed = apply_report(record, message)
+        if progress is not None and record.config_progress() != progress:
+            changed |= {"remote_config"}
         if changed:
             self.events.publish(AgentChanged(agent_id, self.clock.now(), changed))
         self._heartbeat(record, Reason.CONNECTED if opened else Reason.HEARTBEAT_RESUMED)
@@ -123,6 +130,7 @@ class Fleet:
             self._end_session(record, Reason.AGENT_DISCONNECT)
             return None
         self._add_pending(record, reply)
+        self._add_remote_config(record, message, reply)
         return reply
 
     def channel_closed(self, channel: Channel, reason: str = Reason.CONNECTION_CLOSED) -> None:
@@ -141,6 +149,46 @@ class Fleet:
             record.session.channel.request_close(Reason.RECONNECT_REQUESTED)
         else:
             record.pending_reconnect = True
+        return True
+
+    def set_desired_config(self, agent_id: str, config: DesiredConfig | None) -> None:
+        """Set (None: forget) the remote config `agent_id` should run; sends it when it can.
+
+        Kept for agents not connected or not known yet. A connected WebSocket agent gets it
+        at once, an HTTP agent with its next reply; either only if it accepts remote config
+        and does not report this config's hash already. Forgetting sends nothing: the agent
+        keeps what it runs.
+        """
+        previous = self._desired.get(agent_id)
+        if config is None:
+            self._desired.pop(agent_id, None)
+        else:
+            self._desired[agent_id] = config
+        record = self._agents.get(agent_id)
+        if record is None:
+            return
+        record.desired = config
+        new_hash = _hash_of(previous) != _hash_of(config)
+        if new_hash or _source_of(previous) != _source_of(config):
+            self._publish_changed(record, "desired_config")
+        if new_hash:
+            self._offer_remote_config(record)
+
+    def desired_config(self, agent_id: str) -> DesiredConfig | None:
+        return self._desired.get(agent_id)
+
+    def mark_offline(self, agent_id: str, reason: str) -> bool:
+        """End an Online agent's session now for `reason` (e.g. its pod is gone); Offline.
+
+        The transport is asked to close the connection too (an HTTP agent's next poll opens
+        a new session). False when the agent is unknown or not Online.
+        """
+        record = self._agents.get(agent_id)
+        if record is None or record.phase is not AgentPhase.ONLINE:
+            return False
+        if record.session is not None:
+            record.session.channel.request_close(reason)
+        self._end_session(record, reason)
         return True
 
     def request_full_state(self, agent_id: str) -> None:
@@ -199,6 +247,7 @@ class Fleet:
     def _register(self, agent_id: str, uid: bytes) -> AgentRecord:
         now = self.clock.now()
         record = AgentRecord(agent_id, uid, None, Reason.CONNECTED, now, now, now)
+        record.desired = self._desired.get(agent_id)
         self._agents[agent_id] = record
         return record
 
@@ -217,6 +266,7 @@ class Fleet:
             self._by_channel[channel] = record.agent_id
         record.last_connected_at = now
         record.offered_settings = False
+        record.config_sent_hash = None
         self.events.publish(
             SessionOpened(record.agent_id, info.session_id, info.transport, info.remote_addr, now)
         )
@@ -254,6 +304,46 @@ class Fleet:
             record.pending_reconnect = False
             self._end_session(record, Reason.RECONNECT_REQUESTED)
 
+    def _wants_config(self, record: AgentRecord) -> bool:
+        """The agent should be sent its desired config (not sent yet in this session)."""
+        desired = record.desired
+        if desired is None or record.session is None or record.config_sent_hash == desired.hash:
+            return False
+        if not record.capabilities & ACCEPTS_REMOTE_CONFIG:
+            return False
+        reported = (record.remote_config_status or {}).get("lastRemoteConfigHash")
+        return reported != desired.hash_hex
+
+    def _add_remote_config(
+        self, record: AgentRecord, message: AgentToServer, reply: ServerToAgent
+    ) -> None:
+        asked_full = bool(reply.flags & _FULL_STATE)
+        if asked_full and not message.HasField("remote_config_status"):
+            # It may run this config already: wait for the full report to tell.
+            return
+        if self._wants_config(record):
+            assert record.desired is not None
+            reply.remote_config.CopyFrom(record.desired.to_proto())
+            record.config_sent_hash = record.desired.hash
+            self._publish_changed(record, "remote_config")
+
+    def _offer_remote_config(self, record: AgentRecord) -> None:
+        """Push the desired config to a connected agent now; others get it in their next reply."""
+        session = record.session
+        if session is None or not self._wants_config(record):
+            return
+        assert record.desired is not None
+        channel = session.channel
+        if isinstance(channel, PushChannel):
+            push = ServerToAgent(instance_uid=record.uid_bytes, capabilities=SERVER_CAPABILITIES)
+            push.remote_config.CopyFrom(record.desired.to_proto())
+            if channel.offer(push):
+                record.config_sent_hash = record.desired.hash
+                self._publish_changed(record, "remote_config")
+
+    def _publish_changed(self, record: AgentRecord, what: str) -> None:
+        self.events.publish(AgentChanged(record.agent_id, self.clock.now(), frozenset({what})))
+
     def _end_session(self, record: AgentRecord, reason: str) -> None:
         session = record.session
         if session is not None:
@@ -282,6 +372,14 @@ class Fleet:
         previous, now = record.phase, self.clock.now()
         record.phase, record.phase_reason, record.phase_since = phase, reason, now
         self.events.publish(PhaseChanged(record.agent_id, previous, phase, reason, now))
+
+
+def _hash_of(config: DesiredConfig | None) -> bytes | None:
+    return None if config is None else config.hash
+
+
+def _source_of(config: DesiredConfig | None) -> str | None:
+    return None if config is None else config.source
 
 
 def _same_connection(session: LiveSession, channel: Channel) -> bool:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 from opamp_operator.opamp.generated import opamp_pb2
+
+from .remoteconfig import EFFECTIVE_HASH_CHARS, config_digest
 
 _MAX_HEALTH_DEPTH = 4  # deeper component trees are cut: the CR has to stay small
 
@@ -37,13 +38,10 @@ def remote_config_status_to_dict(status: Any) -> dict[str, Any]:
 
 
 def effective_config_hash(effective_config: Any) -> str:
-    """A stable hash of the agent's effective config (the protocol carries no hash of it)."""
-    digest = hashlib.sha256()
-    for name, file in sorted(effective_config.config_map.config_map.items()):
-        digest.update(name.encode())
-        digest.update(b"\0")
-        digest.update(file.content_type.encode())
-        digest.update(b"\0")
-        digest.update(bytes(file.body))
-        digest.update(b"\0")
-    return digest.hexdigest()[:16]
+    """A stable hash of the agent's effective config (the protocol carries no hash of it).
+
+    The same digest as a `DesiredConfig` of the same files, cut to 16 hex digits.
+    """
+    files = effective_config.config_map.config_map.items()
+    digest = config_digest((name, file.content_type, bytes(file.body)) for name, file in files)
+    return digest.hex()[:EFFECTIVE_HASH_CHARS]

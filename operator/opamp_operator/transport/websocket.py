@@ -65,6 +65,7 @@ class WebSocketChannel:
         self._remote_addr = remote_addr(connection.transport.get_extra_info("peername"))
         self.close_reason: str = Reason.CONNECTION_CLOSED
         self._closing: asyncio.Task[None] | None = None
+        self._pushes: set[asyncio.Task[None]] = set()  # one per server-initiated message
 
     @property
     def transport(self) -> Transport:
@@ -77,6 +78,26 @@ class WebSocketChannel:
     async def send(self, message: ServerToAgent) -> None:
         """Send one ServerToAgent; raises websockets' ConnectionClosed if the socket is gone."""
         await self.connection.send(encode_ws_frame(message.SerializeToString()))
+
+    def offer(self, message: ServerToAgent) -> bool:
+        """Send a server-initiated message (e.g. a new remote config) from a task; never blocks.
+
+        False once the connection is closing: the fleet sends it again in the next session.
+        """
+        if self._closing is not None:
+            return False
+        task = asyncio.get_running_loop().create_task(self._push(message))
+        self._pushes.add(task)
+        task.add_done_callback(self._pushes.discard)
+        return True
+
+    async def _push(self, message: ServerToAgent) -> None:
+        try:
+            await self.send(message)
+        except ConnectionClosed:
+            pass  # the agent reports the old config hash when it reconnects and gets it then
+        except Exception:
+            log.exception("pushing a message to the agent at %s failed", self._remote_addr)
 
     def request_close(self, reason: str) -> None:
         """Start the closing handshake with `reason` (1001 when the operator goes, else 1000)."""
