@@ -7,11 +7,22 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from .naming import LABEL_HOST_NAME, LABEL_SERVICE_NAME, LABEL_SERVICE_VERSION
+from .naming import (
+    LABEL_HOST_NAME,
+    LABEL_K8S_NAMESPACE,
+    LABEL_K8S_WORKLOAD,
+    LABEL_K8S_WORKLOAD_KIND,
+    LABEL_SERVICE_NAME,
+    LABEL_SERVICE_VERSION,
+)
 from .status import parse_time
 
-# Labels that follow what the agent reports (its instance uid label never changes).
-MANAGED_LABELS = (LABEL_SERVICE_NAME, LABEL_SERVICE_VERSION, LABEL_HOST_NAME)
+# Labels that follow what the agent reports (its instance uid label never changes), and
+# those of a verified Pod link (removed when the link goes).
+MANAGED_LABELS = (
+    LABEL_SERVICE_NAME, LABEL_SERVICE_VERSION, LABEL_HOST_NAME,
+    LABEL_K8S_NAMESPACE, LABEL_K8S_WORKLOAD, LABEL_K8S_WORKLOAD_KIND,
+)  # fmt: skip
 
 
 @dataclass(slots=True)
