@@ -28,7 +28,7 @@ from urllib3.exceptions import HTTPError
 
 from opamp_operator.config import KubeSettings
 
-from .naming import API_VERSION, GROUP, KIND, PLURAL, VERSION
+from .naming import API_VERSION, CONFIG_PLURAL, GROUP, KIND, PLURAL, VERSION
 
 log = logging.getLogger(__name__)
 
@@ -186,6 +186,19 @@ class KubeApi:
                 return False
             raise
         return True
+
+    # -- OpAMPAgentConfig ----------------------------------------------------------
+
+    async def patch_config_status(
+        self, name: str, status_patch: Mapping[str, Any], resource_version: str | None
+    ) -> dict[str, Any]:
+        """Merge-patch an OpAMPAgentConfig's `/status`."""
+        return await self._call(
+            self._objects.patch_namespaced_custom_object_status,
+            GROUP, VERSION, self.namespace, CONFIG_PLURAL, name,
+            _with_version({"status": dict(status_patch)}, resource_version),
+            _content_type=MERGE_PATCH,
+        )  # fmt: skip
 
     # -- Events --------------------------------------------------------------------
 

@@ -15,6 +15,10 @@ VERSION: Final = "v1alpha1"
 PLURAL: Final = "opampagents"
 KIND: Final = "OpAMPAgent"
 API_VERSION: Final = f"{GROUP}/{VERSION}"
+CONFIG_PLURAL: Final = "opampagentconfigs"
+CONFIG_KIND: Final = "OpAMPAgentConfig"
+# Set it to any new value (e.g. a timestamp) to make the agent reconnect, once per value.
+RECONNECT_ANNOTATION: Final = "opamp.dev/reconnect-requested-at"
 
 NAME_PREFIX: Final = "agent-"
 

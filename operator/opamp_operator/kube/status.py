@@ -113,6 +113,9 @@ def disconnected_status(
             generation=generation, since=now,
         ),
     ]  # fmt: skip
+    # Conditions about other things (remote config) stay as the holder last wrote them.
+    own = {CONNECTED, HEALTHY, READY}
+    conditions += [dict(c) for c in _conditions_of(previous) if c.get("type") not in own]
     status["conditions"] = conditions
     return status
 
@@ -292,6 +295,20 @@ def _condition(
     if generation is not None:
         result["observedGeneration"] = generation
     return result
+
+
+def make_condition(
+    previous: Mapping[str, Any] | None,
+    kind: str,
+    state: str,
+    reason: str,
+    message: str,
+    *,
+    generation: int | None,
+    since: datetime,
+) -> dict[str, Any]:
+    """A condition entry that keeps `previous`'s lastTransitionTime while its status holds."""
+    return _condition(previous, kind, state, reason, message, generation=generation, since=since)
 
 
 def _condition_status(status: Mapping[str, Any], kind: str) -> str | None:
