@@ -114,6 +114,29 @@ kube_gc_deleted = Counter(
     "OpAMPAgent resources deleted after staying Offline/Error longer than the GC TTL.",
     registry=REGISTRY,
 )
+kube_pod_link_checks = Counter(
+    "opamp_kube_pod_link_checks_total",
+    "Checks of the Pod an agent reports it runs in, by result (linked, pod_not_found...).",
+    ["result"],
+    registry=REGISTRY,
+)
+kube_pod_deleted = Counter(
+    "opamp_kube_pod_deleted_total",
+    "Agents whose Pod was deleted: Offline (pod_deleted) and OpAMPAgent removed; target is "
+    "agent (known to this process) or cr (only its CR remembered it).",
+    ["target"],
+    registry=REGISTRY,
+)
+kube_pod_watches = Gauge(
+    "opamp_kube_pod_watches", "Namespaces whose Pods are watched (agents claim Pods there).",
+    registry=REGISTRY,
+)  # fmt: skip
+kube_pod_watch_errors = Counter(
+    "opamp_kube_pod_watch_errors_total",
+    "Failed Pod listings and broken Pod watches, by outcome (rejected: e.g. 403).",
+    ["outcome"],
+    registry=REGISTRY,
+)
 
 # -- PostgreSQL ----------------------------------------------------------------------
 db_flush_seconds = Histogram(

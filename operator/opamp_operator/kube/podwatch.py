@@ -1,0 +1,138 @@
+"""Every Pod of one namespace (uid -> metadata), kept current by list + watch.
+
+One of these runs per namespace that holds a Pod some agent claims (see `kube/podlinker.py`),
+never cluster-wide: the operator needs read access only where its agents run. It reports a
+Pod as gone when a DELETED event arrives, or when a fresh listing (after the watch expired
+or broke) no longer holds it, so a deletion during a gap in the watch is not missed.
+
+Memory: one small `PodMeta` per Pod of the watched namespaces (about 200 bytes), plus a
+bounded set of recently deleted uids.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections import OrderedDict
+from collections.abc import Callable
+
+from opamp_operator import metrics
+
+from .client import KubeApiError
+from .podapi import PodApi, WatchExpired
+from .podlink import PodMeta
+
+log = logging.getLogger(__name__)
+
+RECENTLY_GONE = 4096  # deleted uids remembered, for checks that raced the DELETED event
+
+
+class NamespaceWatch:
+    """`start()` once; `listed` is set after the first listing, whether it worked or not."""
+
+    def __init__(
+        self,
+        api: PodApi,
+        namespace: str,
+        *,
+        on_gone: Callable[[PodMeta], None],
+        on_listed: Callable[[NamespaceWatch], None],
+        retry_max_seconds: float = 30.0,
+    ) -> None:
+        self.api = api
+        self.namespace = namespace
+        self.pods: dict[str, PodMeta] = {}
+        self.error: KubeApiError | None = None  # the latest listing failed with this
+        self.listed = asyncio.Event()
+        self._on_gone = on_gone
+        self._on_listed = on_listed
+        self._retry_max = retry_max_seconds
+        self._gone: OrderedDict[str, None] = OrderedDict()
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def synced(self) -> bool:
+        return self.listed.is_set() and self.error is None
+
+    def recently_gone(self, uid: str) -> bool:
+        return uid in self._gone
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"pod-watch-{self.namespace}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    async def _run(self) -> None:
+        failures = 0
+        version: str | None = None
+        while True:
+            try:
+                if version is None:
+                    version = await self._list()
+                version = await self._watch(version)
+                failures = 0
+            except WatchExpired:
+                version = None  # list again: what we missed shows as Pods no longer there
+            except KubeApiError as error:
+                failures += 1
+                version = None
+                self._failed(error, failures)
+                delay = min(self._retry_max, 0.5 * 2 ** min(failures, 10))
+                await asyncio.sleep(delay * random.uniform(1.0, 1.2))
+            except Exception as error:  # a bug must not end the watch for good
+                failures += 1
+                version = None
+                log.exception("pod watch in %s failed", self.namespace)
+                metrics.kube_pod_watch_errors.labels("bug").inc()
+                self._failed(KubeApiError(0, repr(error)), failures)
+                await asyncio.sleep(min(self._retry_max, 0.5 * 2 ** min(failures, 10)))
+
+    async def _list(self) -> str:
+        pods, version = await self.api.list(self.namespace)
+        previous, self.pods = self.pods, pods
+        recovered = self.error is not None
+        self.error = None
+        self.listed.set()
+        if recovered:
+            log.info("reading Pods in %s works again", self.namespace)
+        for uid, pod in previous.items():
+            if uid not in pods:
+                self._forget(pod)
+        self._on_listed(self)
+        return version
+
+    async def _watch(self, version: str) -> str:
+        async for event in self.api.watch(self.namespace, version):
+            version = event.resource_version or version
+            pod = event.pod
+            if pod is None:
+                continue
+            if event.type == "DELETED":
+                self.pods.pop(pod.uid, None)
+                self._forget(pod)
+            elif event.type in ("ADDED", "MODIFIED"):
+                self.pods[pod.uid] = pod
+        return version
+
+    def _forget(self, pod: PodMeta) -> None:
+        self._gone[pod.uid] = None
+        while len(self._gone) > RECENTLY_GONE:
+            self._gone.popitem(last=False)
+        self._on_gone(pod)
+
+    def _failed(self, error: KubeApiError, failures: int) -> None:
+        first = self.error is None
+        self.error = error
+        self.listed.set()
+        metrics.kube_pod_watch_errors.labels(error.outcome).inc()
+        if first or failures.bit_count() == 1:  # 1, 2, 4, 8...: log, do not flood
+            log.warning(
+                "cannot read Pods in namespace %s (attempt %d): %s", self.namespace, failures, error
+            )
+        if first:
+            self._on_listed(self)
