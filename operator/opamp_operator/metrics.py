@@ -137,6 +137,18 @@ kube_pod_watch_errors = Counter(
     ["outcome"],
     registry=REGISTRY,
 )
+kube_informer_errors = Counter(
+    "opamp_kube_informer_errors_total",
+    "Failed lists and broken watches of the resources remote config comes from, by resource.",
+    ["resource"],
+    registry=REGISTRY,
+)
+kube_desired_config_changes = Counter(
+    "opamp_kube_desired_config_changes_total",
+    "Agents whose desired remote config changed (set, replaced or forgotten), by source kind.",
+    ["source"],
+    registry=REGISTRY,
+)
 
 # -- PostgreSQL ----------------------------------------------------------------------
 db_flush_seconds = Histogram(
