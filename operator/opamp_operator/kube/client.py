@@ -171,8 +171,11 @@ class KubeApi:
             _content_type=MERGE_PATCH,
         )  # fmt: skip
 
-    async def delete_agent(self, name: str, uid: str, resource_version: str) -> bool:
-        """Delete the CR if it is still exactly the one we looked at; False when it is not."""
+    async def delete_agent(self, name: str, uid: str, resource_version: str | None) -> bool:
+        """Delete the CR if it is still exactly the one we looked at; False when it is not.
+
+        Without `resource_version`, any version of that CR (same uid) is deleted.
+        """
         options = k8s.V1DeleteOptions(
             preconditions=k8s.V1Preconditions(uid=uid, resource_version=resource_version)
         )
