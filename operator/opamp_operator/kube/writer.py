@@ -22,7 +22,7 @@ import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from opamp_operator import metrics
 from opamp_operator.config import KubeSettings
@@ -36,13 +36,23 @@ from .events import describe, event_type
 from .mirror import Mirror, labels_patch
 from .naming import agent_labels, resource_name
 from .pending import PendingUpdates
+from .podlink import PodLink, PodLinks, pod_labels, pod_status
 from .ratelimit import WriteLimiter
+from .configstatus import desired_config_status, remote_config_conditions
 from .status import build_status, format_time, merge_patch, parse_time
 
 log = logging.getLogger(__name__)
 
 _CONFLICT_RETRIES = 3
 _Patch = Callable[[str], Awaitable[dict[str, Any]]]  # resourceVersion -> the CR as written
+
+
+class RemoteConfigView(Protocol):
+    """What the writer asks the GitOps controller about an agent."""
+
+    def observed_generation(self, agent_id: str) -> int | None: ...
+
+    def problem(self, agent_id: str) -> str | None: ...
 
 
 class StatusWriter:
@@ -57,6 +67,7 @@ class StatusWriter:
         clock: Clock,
         *,
         limiter: WriteLimiter | None = None,
+        pod_links: PodLinks | None = None,
     ) -> None:
         self.settings = settings
         self.fleet = fleet
@@ -68,11 +79,17 @@ class StatusWriter:
         self.requests: Counter[tuple[str, str]] = Counter()  # (kind, outcome) of API writes
         self._mirrors: dict[str, Mirror] = {}
         self._deleted: set[str] = set()  # CR deleted while the agent was not connected
+        # status.pod and the pod labels (None: linking is off, and they are removed).
+        self.pod_links = pod_links
+        self._retiring: set[str] = set()  # delete the CR after the next write (Pod gone)
         self._wakeup = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._sweeper: asyncio.Task[None] | None = None
         self._refresh = timedelta(seconds=settings.last_seen_refresh_seconds)
         self._api_ok = True  # the latest request got an answer we could act on
+        # Set by the GitOps controller: the generation it resolved, and why an agent has no
+        # config (see `kube/gitops.py`). None: observedGeneration is the CR's generation.
+        self.remote_config: RemoteConfigView | None = None
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -133,6 +150,17 @@ class StatusWriter:
             self.mark(agent_id)
         else:
             self._deleted.add(agent_id)
+
+    def retire(self, agent_id: str) -> None:
+        """Delete `agent_id`'s CR once its state so far is written (its Pod is gone).
+
+        Events already published (its Offline transition) are taken in first, so their
+        Kubernetes Events are posted before the CR goes. Connecting again cancels this.
+        """
+        while (event := self.subscription.get_nowait()) is not None:
+            self._on_event(event)
+        self._retiring.add(agent_id)
+        self.mark(agent_id)
 
     def sweep(self) -> int:
         """Mark agents whose CR's lastSeenAt is due for a refresh; return how many."""
@@ -224,14 +252,18 @@ class StatusWriter:
 
     async def _sync(self, agent_id: str) -> None:
         """Bring one agent's CR up to date with the fleet (create, patch, post Events)."""
+        # Read before the snapshot: a retire() asked for after it is done by the next sync.
+        retiring = agent_id in self._retiring
         snapshot = self.fleet.get(agent_id)
         if snapshot is None:
             self.pending.drop_transitions(agent_id)
+            self._retiring.discard(agent_id)
             return
         mirror = self._mirrors.get(agent_id)
         if mirror is None:
             if agent_id in self._deleted and not snapshot.connected:
                 self.pending.drop_transitions(agent_id)  # respect the deletion until reconnect
+                self._retiring.discard(agent_id)
                 return
             self._deleted.discard(agent_id)
             mirror = await self._ensure(snapshot)
@@ -249,12 +281,31 @@ class StatusWriter:
         else:
             raise KubeApiError(409, f"CR of agent {agent_id} kept changing under us")
         await self._post_transitions(snapshot, mirror)
+        if retiring:
+            await self._retire(agent_id, mirror)
+
+    async def _retire(self, agent_id: str, mirror: Mirror) -> None:
+        """Delete the CR (by uid, whatever its version) unless the agent connected again."""
+        self._retiring.discard(agent_id)
+        latest = self.fleet.get(agent_id)
+        if latest is not None and latest.connected:
+            return
+        await self.limiter.acquire()
+        try:
+            await self.api.delete_agent(mirror.name, mirror.uid, None)
+        except KubeApiError as error:
+            self._count("delete", error.outcome)
+            self._retiring.add(agent_id)  # the retry does it
+            raise
+        self._count("delete", "ok")
+        self._mirrors.pop(agent_id, None)
+        self._deleted.add(agent_id)  # as if a user deleted it: back when the agent connects
 
     async def _ensure(self, snapshot: AgentSnapshot) -> Mirror:
         name = resource_name(snapshot.agent_id)
         await self.limiter.acquire()
         try:
-            body = await self.api.create_agent(name, agent_labels(snapshot))
+            body = await self.api.create_agent(name, self._labels(snapshot))
         except KubeApiError as error:
             self._count("create", error.outcome)
             if error.status != 409:
@@ -288,16 +339,21 @@ class StatusWriter:
             metrics.kube_writes.labels("status", "skipped_foreign").inc()
             return "foreign"
         now = self.clock.now()
-        labels = labels_patch(mirror.labels, agent_labels(snapshot))
+        labels = labels_patch(mirror.labels, self._labels(snapshot))
         if labels:
             call = functools.partial(self.api.patch_agent_labels, mirror.name, labels)
             outcome = await self._request("labels", mirror, call)
             if outcome != "ok":
                 return outcome
+        generation, problem = self._remote_config_inputs(snapshot, mirror, previous)
         desired = build_status(
-            snapshot, previous, generation=mirror.generation,
+            snapshot, previous, generation=generation,
             replica=self.settings.replica_id, now=now,
         )  # fmt: skip
+        desired["desiredConfig"] = desired_config_status(snapshot)
+        desired["conditions"] += remote_config_conditions(
+            snapshot, problem, previous, generation=generation, now=now
+        )
         patch = merge_patch(previous, desired)
         refresh_due = mirror.last_seen_written is None or (
             now - mirror.last_seen_written >= self._refresh
@@ -344,6 +400,25 @@ class StatusWriter:
             self.pending.transition_done(snapshot.agent_id, event)
 
     # -- helpers ---------------------------------------------------------------------
+
+    def _remote_config_inputs(
+        self, snapshot: AgentSnapshot, mirror: Mirror, previous: dict[str, Any]
+    ) -> tuple[int | None, str | None]:
+        """observedGeneration to write, and why the agent has no config (if it should)."""
+        view = self.remote_config
+        if view is None:
+            return mirror.generation, None
+        generation = view.observed_generation(snapshot.agent_id)
+        if generation is None:  # not resolved yet: keep what the CR says
+            kept = previous.get("observedGeneration")
+            generation = kept if isinstance(kept, int) else None
+        return generation, view.problem(snapshot.agent_id)
+
+    def _pod_link(self, agent_id: str) -> PodLink | None:
+        return self.pod_links.get(agent_id) if self.pod_links is not None else None
+
+    def _labels(self, snapshot: AgentSnapshot) -> dict[str, str]:
+        return {**agent_labels(snapshot), **pod_labels(self._pod_link(snapshot.agent_id))}
 
     def _latest(self, snapshot: AgentSnapshot) -> AgentSnapshot:
         return self.fleet.get(snapshot.agent_id) or snapshot
