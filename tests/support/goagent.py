@@ -194,6 +194,20 @@ class JsonLinesProcess:
             raise RuntimeError(f"{type(self).__name__} was not started")
         return self._proc
 
+    @property
+    def instance_uid(self) -> str | None:
+        """32 lowercase hex digits, from the "started" event (None before it)."""
+        started = self.events_named("started")
+        return str(started[0].data["instance_uid"]) if started else None
+
+    def freeze(self) -> None:
+        """SIGSTOP: sockets stay open, nothing is sent (no heartbeats, no pongs)."""
+        self.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        """SIGCONT: undo freeze() (or the Go agent's --silent-after)."""
+        self.send_signal(signal.SIGCONT)
+
     # -- lifecycle
     async def _spawn(self, args: Sequence[str]) -> None:
         if self._proc is not None:
@@ -440,20 +454,6 @@ class GoAgent(JsonLinesProcess):
                 extra_args=extra_args,
             )
         )
-
-    @property
-    def instance_uid(self) -> str | None:
-        """32 lowercase hex digits, from the "started" event (None before it)."""
-        started = self.events_named("started")
-        return str(started[0].data["instance_uid"]) if started else None
-
-    def freeze(self) -> None:
-        """SIGSTOP: sockets stay open, nothing is sent (no heartbeats, no pongs)."""
-        self.send_signal(signal.SIGSTOP)
-
-    def thaw(self) -> None:
-        """SIGCONT: undo freeze() or --silent-after."""
-        self.send_signal(signal.SIGCONT)
 
     async def stop(self, grace: float = 15.0) -> int:
         """Graceful stop: SIGTERM makes the agent call client.Stop (see README).

@@ -83,19 +83,6 @@ class PythonAgent(JsonLinesProcess):
             args += ["--client-cert", str(client_cert[0]), "--client-key", str(client_cert[1])]
         await self._spawn(["-c", _BOOTSTRAP, *args])
 
-    @property
-    def instance_uid(self) -> str | None:
-        """32 lowercase hex digits, from the "started" event (None before it)."""
-        started = self.events_named("started")
-        return str(started[0].data["instance_uid"]) if started else None
-
-    def freeze(self) -> None:
-        """SIGSTOP: the sockets stay open, nothing is sent."""
-        self.send_signal(signal.SIGSTOP)
-
-    def thaw(self) -> None:
-        self.send_signal(signal.SIGCONT)
-
     async def stop(self, grace: float = 15.0) -> int:
         """SIGTERM: the child calls OpAMPAgent.stop (which sends AgentDisconnect) and exits."""
         return await self.terminate(grace)
