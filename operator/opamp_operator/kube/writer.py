@@ -32,13 +32,13 @@ from opamp_operator.fleet.model import AgentSnapshot
 from opamp_operator.fleet.registry import Fleet
 
 from .client import KubeApi, KubeApiError, ObjectRef
+from .configstatus import desired_config_status, remote_config_conditions
 from .events import describe, event_type
 from .mirror import Mirror, labels_patch
 from .naming import agent_labels, resource_name
 from .pending import PendingUpdates
 from .podlink import PodLink, PodLinks, pod_labels, pod_status
 from .ratelimit import WriteLimiter
-from .configstatus import desired_config_status, remote_config_conditions
 from .status import build_status, format_time, merge_patch, parse_time
 
 log = logging.getLogger(__name__)
@@ -350,6 +350,7 @@ class StatusWriter:
             snapshot, previous, generation=generation,
             replica=self.settings.replica_id, now=now,
         )  # fmt: skip
+        desired["pod"] = pod_status(self._pod_link(snapshot.agent_id))
         desired["desiredConfig"] = desired_config_status(snapshot)
         desired["conditions"] += remote_config_conditions(
             snapshot, problem, previous, generation=generation, now=now
