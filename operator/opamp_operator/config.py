@@ -148,6 +148,9 @@ class KubeSettings:
     retry_max_seconds: float = 30.0  # backoff cap for failed writes
     stop_timeout_seconds: float = 10.0  # how long stop() flushes pending writes
     post_events: bool = True
+    # Link agents that report k8s.pod.* attributes to their Pod (needs read access to Pods
+    # where they run); a deleted Pod makes its agent Offline and removes its CR.
+    link_pods: bool = True
     # Kopf peering object (None: Kopf's own choice, "default" if it exists, else standalone).
     peering_name: str | None = None
 

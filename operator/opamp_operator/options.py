@@ -101,6 +101,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("--liveness-check-interval", "OPAMP_LIVENESS_CHECK_INTERVAL", "kube",
            "liveness_check_interval_seconds", float,
            "how often CRs that no live session holds are checked for Offline/Error (seconds)"),
+    Option("--link-pods", "OPAMP_LINK_PODS", "kube", "link_pods", _bool,
+           "link agents reporting k8s.pod.* attributes to their Pod; a deleted Pod ends its "
+           "agent at once and removes its CR (needs get/list/watch on pods)"),
     Option("--post-events", "OPAMP_POST_EVENTS", "kube", "post_events", _bool,
            "post a Kubernetes Event on every phase transition"),
     Option("--replica-id", "OPAMP_REPLICA_ID", "kube", "replica_id", str,
