@@ -1,0 +1,455 @@
+"""GitOps: remote config declared in Kubernetes, handed to the fleet, reported back in status.
+
+Every replica runs one `GitOpsController` (see `kube/informer.py` for why not Kopf handlers):
+- two informers keep a small cache of every OpAMPAgent (labels, generation, own
+  `spec.remoteConfig`, the reconnect annotation, a few status fields) and every
+  OpAMPAgentConfig (selector, priority, config);
+- a resolver task gives each agent whose inputs changed its effective config
+  (`kube/resolver.py` has the precedence) through `Fleet.set_desired_config`; the fleet sends
+  it to the agent if it is connected here, and keeps it for when it connects;
+- the status writer asks `observed_generation` and `problem` when it writes an OpAMPAgent
+  (`observedGeneration`, and the RemoteConfigApplied/Reconciling/Stalled conditions);
+- a status task writes each OpAMPAgentConfig's counts and conditions, from the OpAMPAgent
+  statuses (written by whichever replica holds each agent), at most every interval;
+- `opamp.dev/reconnect-requested-at` on an OpAMPAgent: the replica holding the agent asks it
+  to reconnect, once per annotation value, and records the value in `status.reconnect`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from opamp_operator import metrics
+from opamp_operator.config import KubeSettings
+from opamp_operator.fleet.clock import Clock
+from opamp_operator.fleet.model import AgentPhase
+from opamp_operator.fleet.registry import Fleet
+from opamp_operator.fleet.remoteconfig import DesiredConfig
+
+from .client import KubeApi, KubeApiError
+from .configstatus import REMOTE_CONFIG_APPLIED, AgentView, config_status
+from .informer import Informer, KubeEndpoint
+from .naming import CONFIG_PLURAL, PLURAL, RECONNECT_ANNOTATION, agent_id_from_name
+from .resolver import ConfigSpecError, FleetConfig, Resolution, fleet_config, own_config, resolve
+from .status import condition, format_time, merge_patch
+
+log = logging.getLogger(__name__)
+
+_YIELD_EVERY = 500  # agents resolved between two yields to the event loop
+_STATUS_KEYS = ("phase", "desiredConfig", "reconnect", "connection")
+
+
+@dataclass(slots=True)
+class _Agent:
+    """What the controller keeps of one OpAMPAgent (not its whole status: fleets are large)."""
+
+    name: str
+    agent_id: str
+    generation: int | None
+    labels: dict[str, str]
+    own: DesiredConfig | None
+    own_error: str | None
+    reconnect: str | None  # the annotation's value
+    status: dict[str, Any]  # _STATUS_KEYS and the RemoteConfigApplied condition
+
+
+@dataclass(slots=True)
+class _Config:
+    name: str
+    generation: int | None
+    parsed: FleetConfig | None
+    error: str | None
+    status: dict[str, Any]
+    written: dict[str, Any] | None = None  # the last status this replica wrote
+
+
+@dataclass(frozen=True)
+class _Events:
+    """Adapts one informer's calls to the controller's methods for that kind."""
+
+    replace_all: Callable[[list[dict[str, Any]]], None]
+    apply_one: Callable[[str, Mapping[str, Any]], None]
+
+    def replace(self, items: list[dict[str, Any]]) -> None:
+        self.replace_all(items)
+
+    def apply(self, event_type: str, obj: dict[str, Any]) -> None:
+        self.apply_one(event_type, obj)
+
+
+class GitOpsController:
+    """Remote config from OpAMPAgent and OpAMPAgentConfig resources; `start()`, `stop()`."""
+
+    def __init__(
+        self,
+        fleet: Fleet,
+        settings: KubeSettings,
+        api: KubeApi,
+        clock: Clock,
+        endpoint: KubeEndpoint | None,
+        *,
+        mark: Callable[[str], None] | None = None,
+        status_interval_seconds: float = 1.0,
+    ) -> None:
+        self.fleet = fleet
+        self.settings = settings
+        self.api = api
+        self.clock = clock
+        self.endpoint = endpoint
+        self.mark = mark  # StatusWriter.mark: rewrite an agent's CR
+        self.status_interval_seconds = status_interval_seconds
+        self._agents: dict[str, _Agent] = {}
+        self._configs: dict[str, _Config] = {}
+        self._valid: list[FleetConfig] = []
+        self._resolutions: dict[str, Resolution] = {}  # by CR name
+        self._observed: dict[str, int] = {}  # agent id -> generation resolved
+        self._problems: dict[str, str] = {}  # agent id -> why it has no config
+        self._reconnects: dict[str, str] = {}  # CR name -> annotation value acted upon
+        self._dirty: set[str] = set()  # CR names to resolve again
+        self._resync = False
+        self._counts_dirty = True
+        self._wake = asyncio.Event()
+        self._agents_synced = False
+        self._configs_synced = False
+        self._writes: set[asyncio.Task[None]] = set()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.informers: list[Informer] = []
+
+    # -- what the status writer asks ---------------------------------------------------
+
+    def observed_generation(self, agent_id: str) -> int | None:
+        """The OpAMPAgent generation whose spec has been resolved and handed to the fleet."""
+        return self._observed.get(agent_id)
+
+    def problem(self, agent_id: str) -> str | None:
+        """Why the agent has no config although some is declared for it (conflict, bad spec)."""
+        return self._problems.get(agent_id)
+
+    @property
+    def ready(self) -> bool:
+        return self._agents_synced and self._configs_synced
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self.endpoint is None:
+            raise RuntimeError("GitOpsController needs a KubeEndpoint to watch")
+        namespace = self.settings.namespace
+        agents = _Events(self.replace_agents, self.apply_agent)
+        configs = _Events(self.replace_configs, self.apply_config)
+        self.informers = [
+            Informer(self.endpoint, namespace, PLURAL, agents),
+            Informer(self.endpoint, namespace, CONFIG_PLURAL, configs),
+        ]
+        self._tasks = [
+            asyncio.create_task(self.informers[0].run(), name="gitops-agents"),
+            asyncio.create_task(self.informers[1].run(), name="gitops-configs"),
+            asyncio.create_task(self._resolve_forever(), name="gitops-resolver"),
+            asyncio.create_task(self._write_counts_forever(), name="gitops-config-status"),
+        ]
+
+    async def stop(self) -> None:
+        for task in [*self._tasks, *self._writes]:
+            task.cancel()
+        await asyncio.gather(*self._tasks, *self._writes, return_exceptions=True)
+        self._tasks = []
+
+    # -- OpAMPAgent events -------------------------------------------------------------
+
+    def replace_agents(self, items: list[dict[str, Any]]) -> None:
+        seen = set()
+        for item in items:
+            name = _name(item)
+            seen.add(name)
+            self.apply_agent("ADDED", item)
+        for name in set(self._agents) - seen:
+            self._agent_deleted(name)
+        self._agents_synced = True
+        self._resync = True
+        self._wake.set()
+
+    def apply_agent(self, event_type: str, obj: Mapping[str, Any]) -> None:
+        name = _name(obj)
+        if event_type == "DELETED":
+            self._agent_deleted(name)
+            return
+        old = self._agents.get(name)
+        entry = self._parse_agent(obj, old)
+        if entry is None:
+            return
+        self._agents[name] = entry
+        if (
+            old is None
+            or old.generation != entry.generation
+            or old.labels != entry.labels
+            or old.agent_id != entry.agent_id
+        ):
+            self._dirty.add(name)
+            self._wake.set()
+        if old is None or old.status != entry.status:
+            self._counts_dirty = True
+        self._check_reconnect(entry)
+
+    def _parse_agent(self, obj: Mapping[str, Any], old: _Agent | None) -> _Agent | None:
+        metadata = obj.get("metadata") or {}
+        status = obj.get("status") or {}
+        name = str(metadata.get("name", ""))
+        agent_id = agent_id_from_name(name) or status.get("instanceUid")
+        if not agent_id:
+            return None
+        generation = metadata.get("generation")
+        if old is not None and old.generation == generation:
+            own, own_error = old.own, old.own_error  # the spec did not change
+        else:
+            own, own_error = None, None
+            try:
+                own = own_config(name, obj.get("spec"))
+            except ConfigSpecError as error:
+                own_error = str(error)
+        kept = {key: status[key] for key in _STATUS_KEYS if key in status}
+        applied = condition(status, REMOTE_CONFIG_APPLIED)
+        if applied is not None:
+            kept["conditions"] = [applied]
+        return _Agent(
+            name=name,
+            agent_id=str(agent_id),
+            generation=generation,
+            labels=dict(metadata.get("labels") or {}),
+            own=own,
+            own_error=own_error,
+            reconnect=(metadata.get("annotations") or {}).get(RECONNECT_ANNOTATION),
+            status=kept,
+        )
+
+    def _agent_deleted(self, name: str) -> None:
+        entry = self._agents.pop(name, None)
+        self._resolutions.pop(name, None)
+        self._reconnects.pop(name, None)
+        self._dirty.discard(name)
+        if entry is None:
+            return
+        self._observed.pop(entry.agent_id, None)
+        self._problems.pop(entry.agent_id, None)
+        if self.fleet.desired_config(entry.agent_id) is not None:
+            self.fleet.set_desired_config(entry.agent_id, None)
+            metrics.kube_desired_config_changes.labels("deleted").inc()
+        self._counts_dirty = True
+
+    # -- OpAMPAgentConfig events -------------------------------------------------------
+
+    def replace_configs(self, items: list[dict[str, Any]]) -> None:
+        self._configs = {}
+        for item in items:
+            self._put_config(item)
+        self._configs_changed()
+        self._configs_synced = True
+
+    def apply_config(self, event_type: str, obj: Mapping[str, Any]) -> None:
+        name = _name(obj)
+        if event_type == "DELETED":
+            self._configs.pop(name, None)
+            self._configs_changed()
+            return
+        old = self._configs.get(name)
+        config = self._put_config(obj)
+        if old is None or old.generation != config.generation:
+            self._configs_changed()
+        self._counts_dirty = True
+
+    def _put_config(self, obj: Mapping[str, Any]) -> _Config:
+        metadata = obj.get("metadata") or {}
+        name = str(metadata.get("name", ""))
+        old = self._configs.get(name)
+        generation = metadata.get("generation")
+        parsed, error = None, None
+        if old is not None and old.generation == generation:
+            parsed, error = old.parsed, old.error
+        else:
+            try:
+                parsed = fleet_config(name, obj.get("spec"))
+            except ConfigSpecError as failure:
+                error = str(failure)
+        config = _Config(name, generation, parsed, error, dict(obj.get("status") or {}))
+        if old is not None and old.generation == generation:
+            config.written = old.written
+        self._configs[name] = config
+        return config
+
+    def _configs_changed(self) -> None:
+        self._valid = [c.parsed for c in self._configs.values() if c.parsed is not None]
+        self._resync = True
+        self._counts_dirty = True
+        self._wake.set()
+
+    # -- resolving ---------------------------------------------------------------------
+
+    async def _resolve_forever(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if not self.ready:
+                continue
+            if self._resync:
+                self._resync = False
+                self._dirty.clear()
+                names = list(self._agents)
+            else:
+                names, self._dirty = list(self._dirty), set()
+            for number, name in enumerate(names, 1):
+                entry = self._agents.get(name)
+                if entry is not None:
+                    self._resolve(entry)
+                if number % _YIELD_EVERY == 0:
+                    await asyncio.sleep(0)
+
+    def resolve_now(self) -> None:
+        """Resolve every agent at once (tests; the task does it in slices)."""
+        for entry in list(self._agents.values()):
+            self._resolve(entry)
+
+    def _resolve(self, entry: _Agent) -> None:
+        result = resolve(entry.labels, entry.own, self._valid, entry.own_error)
+        old = self._resolutions.get(entry.name)
+        self._resolutions[entry.name] = result
+        agent_id = entry.agent_id
+        before = old.desired if old is not None else self.fleet.desired_config(agent_id)
+        if _identity(before) != _identity(result.desired):
+            self.fleet.set_desired_config(agent_id, result.desired)
+            source = result.desired.source.split("/")[0] if result.desired else "none"
+            metrics.kube_desired_config_changes.labels(source).inc()
+        rewrite = False
+        problem = result.problem
+        if self._problems.get(agent_id) != problem:
+            rewrite = True
+            if problem is None:
+                self._problems.pop(agent_id, None)
+            else:
+                self._problems[agent_id] = problem
+        if entry.generation is not None and self._observed.get(agent_id) != entry.generation:
+            self._observed[agent_id] = entry.generation
+            rewrite = True
+        if old is None or old.matched != result.matched or old.desired is not result.desired:
+            self._counts_dirty = True
+        if rewrite and self.mark is not None:
+            self.mark(agent_id)
+
+    # -- OpAMPAgentConfig status ---------------------------------------------------------
+
+    async def _write_counts_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.status_interval_seconds)
+            if not self.ready or not self._counts_dirty:
+                continue
+            self._counts_dirty = False
+            try:
+                await self.write_config_statuses()
+            except Exception:
+                self._counts_dirty = True
+                log.exception("writing OpAMPAgentConfig statuses failed; trying again")
+
+    def config_statuses(self) -> dict[str, dict[str, Any]]:
+        """Every OpAMPAgentConfig's status as this replica sees the fleet now."""
+        matched: dict[str, list[AgentView]] = {name: [] for name in self._configs}
+        selected: dict[str, list[AgentView]] = {name: [] for name in self._configs}
+        conflicted: dict[str, list[AgentView]] = {name: [] for name in self._configs}
+        for name, result in self._resolutions.items():
+            entry = self._agents.get(name)
+            if entry is None:
+                continue
+            view = AgentView(name, entry.status)
+            for config_name in result.matched:
+                matched.setdefault(config_name, []).append(view)
+            for config_name in result.conflict:
+                conflicted.setdefault(config_name, []).append(view)
+            source = result.desired.source if result.desired is not None else ""
+            if source.startswith("OpAMPAgentConfig/"):
+                selected.setdefault(source.split("/", 1)[1], []).append(view)
+        now = self.clock.now()
+        statuses = {}
+        for name, config in self._configs.items():
+            statuses[name] = config_status(
+                config_hash=config.parsed.desired.hash_hex if config.parsed else None,
+                error=config.error,
+                matched=matched[name],
+                selected=selected[name],
+                conflicted=conflicted[name],
+                previous=config.status,
+                generation=config.generation,
+                now=now,
+            )
+        return statuses
+
+    async def write_config_statuses(self) -> int:
+        """Patch the OpAMPAgentConfigs whose status differs; return how many were written."""
+        written = 0
+        for name, desired in self.config_statuses().items():
+            config = self._configs.get(name)
+            if config is None:
+                continue
+            patch = merge_patch(config.status, desired)
+            if not patch or desired == config.written:
+                continue
+            try:
+                body = await self.api.patch_config_status(name, patch, None)
+            except KubeApiError as error:
+                metrics.kube_writes.labels("config_status", error.outcome).inc()
+                if error.status == 404:
+                    continue
+                raise
+            metrics.kube_writes.labels("config_status", "ok").inc()
+            config.written = desired
+            config.status = dict(body.get("status") or {})
+            written += 1
+        return written
+
+    # -- reconnect on request ------------------------------------------------------------
+
+    def _check_reconnect(self, entry: _Agent) -> None:
+        value = entry.reconnect
+        if not value:
+            return
+        handled = (entry.status.get("reconnect") or {}).get("requestedAt")
+        if value == handled or self._reconnects.get(entry.name) == value:
+            return
+        snapshot = self.fleet.get(entry.agent_id)
+        if snapshot is not None and snapshot.connected:
+            self.fleet.request_reconnect(entry.agent_id)
+            result = "reconnect_requested"
+            log.info("OpAMPAgent %s: reconnect requested by annotation %r", entry.name, value)
+        elif entry.status.get("phase") == AgentPhase.ONLINE.value and (
+            (entry.status.get("connection") or {}).get("replica") != self.settings.replica_id
+        ):
+            return  # another replica holds the session: it acts
+        else:
+            result = "agent_not_connected"
+        self._reconnects[entry.name] = value
+        record = {
+            "requestedAt": value,
+            "handledAt": format_time(self.clock.now()),
+            "result": result,
+            "replica": self.settings.replica_id,
+        }
+        task = asyncio.get_running_loop().create_task(self._record_reconnect(entry.name, record))
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
+
+    async def _record_reconnect(self, name: str, record: dict[str, Any]) -> None:
+        try:
+            await self.api.patch_agent_status(name, {"reconnect": record}, None)
+        except KubeApiError as error:
+            metrics.kube_writes.labels("reconnect", error.outcome).inc()
+            log.warning("OpAMPAgent %s: reconnect not recorded: %s", name, error)
+        else:
+            metrics.kube_writes.labels("reconnect", "ok").inc()
+
+
+def _name(obj: Mapping[str, Any]) -> str:
+    return str((obj.get("metadata") or {}).get("name", ""))
+
+
+def _identity(config: DesiredConfig | None) -> tuple[bytes, str] | None:
+    return None if config is None else (config.hash, config.source)
