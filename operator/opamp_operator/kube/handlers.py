@@ -15,7 +15,8 @@ What is registered:
 - startup: quieter Kopf settings (see `configure_kopf`), and the liveness task;
 - a watch of every OpAMPAgent: feeds `LivenessWatch` (Offline/Error for CRs no live session
   holds, and GC; see `kube/watch.py` for why this is not a per-object `@kopf.timer`), and
-  recreates the deleted CR of an agent connected here;
+  recreates the deleted CR of an agent connected here; with a `PodLinker`, tells it about CRs
+  linked to a Pod (so a deleted Pod removes their CR even when no agent here holds them);
 - cleanup: stops the liveness task.
 """
 
@@ -36,6 +37,7 @@ from opamp_operator.fleet.registry import Fleet
 from .client import KubeApi, load_configuration
 from .liveness import LivenessChecker
 from .naming import GROUP, PLURAL, VERSION, agent_id_from_name
+from .podlinker import PodLinker
 from .ratelimit import WriteLimiter
 from .watch import LivenessWatch
 from .writer import StatusWriter
@@ -50,6 +52,7 @@ def build_registry(
     *,
     writer: StatusWriter | None = None,
     clock: Clock | None = None,
+    pods: PodLinker | None = None,
 ) -> kopf.OperatorRegistry:
     """A Kopf registry with every handler of the mirror, bound to these collaborators."""
     registry = kopf.OperatorRegistry()
@@ -75,6 +78,8 @@ def build_registry(
     async def observe(event: Mapping[str, Any], **_: Any) -> None:
         body = event.get("object") or {}
         watch.observe(event.get("type"), body)
+        if pods is not None:  # CRs linked to a Pod that no agent here holds
+            pods.observe_cr(event.get("type"), body)
         if event.get("type") == "DELETED" and writer is not None:
             metadata = body.get("metadata") or {}
             agent_id = agent_id_from_name(str(metadata.get("name", "")))

@@ -61,6 +61,12 @@ class NamespaceWatch:
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"pod-watch-{self.namespace}")
 
+    def cancel(self) -> None:
+        """Stop soon, without waiting (the task ends at its next await)."""
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
