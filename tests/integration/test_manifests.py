@@ -23,8 +23,6 @@ import os
 import re
 import shutil
 import ssl
-import subprocess
-import tempfile
 import threading
 import time
 import urllib.error
@@ -43,6 +41,15 @@ from kubernetes import client as k8s
 from opamp_operator.config import ApiSettings, ListenerSettings
 from opamp_operator.metrics import REGISTRY, FleetCollector
 from opamp_operator.options import OPTIONS
+from tests.support.manifests import (
+    Obj,
+    kubectl,
+    one,
+    render,
+    retarget,
+    server_apply,
+    token_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -54,7 +61,6 @@ RBAC_PROPAGATION_SECONDS = 20.0
 RETRY_429_SECONDS = 30.0
 KOPF_TIMEOUT_SECONDS = 60.0
 
-Obj = dict[str, Any]
 Rule = tuple[str, str, str]  # (apiGroup, resource, verb)
 
 # What the operator may do: the table in docs/deploy.md, granted by manifests/rbac.yaml.
@@ -76,54 +82,6 @@ CLUSTER_RULES: dict[tuple[str, str], tuple[str, ...]] = {
 
 
 # -- rendering and kubectl ---------------------------------------------------------------
-
-
-def kubectl(
-    kubeconfig: Path | None, *args: str, stdin: str | None = None, check: bool = True
-) -> subprocess.CompletedProcess[str]:
-    # A fresh discovery cache each time: a CRD installed a moment ago must be visible.
-    cache = tempfile.mkdtemp(prefix="kubectl-cache-")
-    argv = ["kubectl", f"--cache-dir={cache}"]
-    if kubeconfig is not None:
-        argv.append(f"--kubeconfig={kubeconfig}")
-    try:
-        result = subprocess.run(
-            [*argv, *args],
-            input=stdin,
-            capture_output=True,
-            text=True,
-            timeout=KUBECTL_TIMEOUT_SECONDS,
-        )
-    finally:
-        shutil.rmtree(cache, ignore_errors=True)
-    if check and result.returncode != 0:
-        raise AssertionError(
-            f"kubectl {' '.join(args)} exited {result.returncode}:\n{result.stderr}"
-        )
-    return result
-
-
-def render(directory: Path) -> list[Obj]:
-    out = kubectl(None, "kustomize", str(directory)).stdout
-    return [doc for doc in yaml.safe_load_all(out) if doc]
-
-
-def to_yaml(objects: Iterable[Obj]) -> str:
-    return yaml.safe_dump_all(list(objects), sort_keys=False)
-
-
-def one(objects: Iterable[Obj], kind: str, name: str | None = None) -> Obj:
-    found = [o for o in objects if o["kind"] == kind and name in (None, o["metadata"]["name"])]
-    assert len(found) == 1, f"expected one {kind} {name or ''}, found {len(found)}"
-    return found[0]
-
-
-def server_apply(kubeconfig: Path, objects: Iterable[Obj], *, dry_run: bool) -> str:
-    """Server-side apply; returns kubectl's stderr (where the server's warnings go)."""
-    args = ["apply", "--server-side", "--force-conflicts", "--field-manager=test-manifests"]
-    if dry_run:
-        args.append("--dry-run=server")
-    return kubectl(kubeconfig, *args, "-f", "-", stdin=to_yaml(objects)).stderr
 
 
 def crds_of(objects: Iterable[Obj]) -> list[Obj]:
@@ -376,37 +334,6 @@ def test_kube_state_metrics_config_matches_the_crd(base: list[Obj]) -> None:
 # -- RBAC --------------------------------------------------------------------------------
 
 
-def _retarget(objects: list[Obj], namespace: str) -> list[Obj]:
-    """The base's RBAC objects and peering object, moved to `namespace`.
-
-    Cluster-scoped names get the namespace as a suffix, so tests never share them.
-    """
-    wanted = {
-        "ServiceAccount",
-        "Role",
-        "RoleBinding",
-        "ClusterRole",
-        "ClusterRoleBinding",
-        "KopfPeering",
-    }
-    moved = []
-    for original in objects:
-        if original["kind"] not in wanted:
-            continue
-        obj = copy.deepcopy(original)
-        meta = obj["metadata"]
-        if obj["kind"].startswith("Cluster"):
-            meta["name"] = f"{meta['name']}-{namespace}"
-        else:
-            meta["namespace"] = namespace
-        if obj["kind"] == "ClusterRoleBinding":
-            obj["roleRef"]["name"] = f"{obj['roleRef']['name']}-{namespace}"
-        for subject in obj.get("subjects", []):
-            subject["namespace"] = namespace
-        moved.append(obj)
-    return moved
-
-
 @dataclass(frozen=True)
 class TokenClient:
     """Plain HTTPS calls to the API server, authenticated by nothing but a bearer token."""
@@ -448,16 +375,6 @@ class TokenClient:
         got, answer = self.call(method, path, body)
         assert got == status, f"{method} {path}: expected {status}, got {got}: {answer}"
         return answer
-
-
-def _token_for(kube_api: k8s.ApiClient, namespace: str, account: str) -> str:
-    request = k8s.AuthenticationV1TokenRequest(
-        spec=k8s.V1TokenRequestSpec(audiences=[], expiration_seconds=600)
-    )
-    answer = k8s.CoreV1Api(kube_api).create_namespaced_service_account_token(
-        account, namespace, request
-    )
-    return str(answer.status.token)
 
 
 def _client(kube_api: k8s.ApiClient, token: str) -> TokenClient:
@@ -530,7 +447,7 @@ class Tokens:
 def tokens(
     kube_api: k8s.ApiClient, kubeconfig: Path, installed: list[Obj], namespace: str
 ) -> Iterator[Tokens]:
-    objects = _retarget(installed, namespace)
+    objects = retarget(installed, namespace)
     bystander = {
         "apiVersion": "v1",
         "kind": "ServiceAccount",
@@ -541,8 +458,8 @@ def tokens(
     crd = one(installed, "CustomResourceDefinition", "opampagents.opamp.dev")
     try:
         granted = Tokens(
-            operator=_client(kube_api, _token_for(kube_api, namespace, account)),
-            bystander=_client(kube_api, _token_for(kube_api, namespace, "bystander")),
+            operator=_client(kube_api, token_for(kube_api, namespace, account)),
+            bystander=_client(kube_api, token_for(kube_api, namespace, "bystander")),
             namespace=namespace,
             version=storage_version(crd),
         )

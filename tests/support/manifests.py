@@ -1,0 +1,113 @@
+"""The kustomize base in manifests/, rendered and applied to the test bed's kube-apiserver.
+
+Shared by tests/integration/test_manifests.py and the e2e test that runs the whole operator
+on the manifests' ServiceAccount.
+"""
+
+from __future__ import annotations
+
+import copy
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import yaml
+from kubernetes import client as k8s
+
+ROOT = Path(__file__).resolve().parents[2]
+MANIFESTS = ROOT / "manifests"
+KUBECTL_TIMEOUT_SECONDS = 120
+
+Obj = dict[str, Any]
+
+
+def kubectl(
+    kubeconfig: Path | None, *args: str, stdin: str | None = None, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    # A fresh discovery cache each time: a CRD installed a moment ago must be visible.
+    cache = tempfile.mkdtemp(prefix="kubectl-cache-")
+    argv = ["kubectl", f"--cache-dir={cache}"]
+    if kubeconfig is not None:
+        argv.append(f"--kubeconfig={kubeconfig}")
+    try:
+        result = subprocess.run(
+            [*argv, *args],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=KUBECTL_TIMEOUT_SECONDS,
+        )
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"kubectl {' '.join(args)} exited {result.returncode}:\n{result.stderr}"
+        )
+    return result
+
+
+def render(directory: Path) -> list[Obj]:
+    out = kubectl(None, "kustomize", str(directory)).stdout
+    return [doc for doc in yaml.safe_load_all(out) if doc]
+
+
+def to_yaml(objects: Iterable[Obj]) -> str:
+    return yaml.safe_dump_all(list(objects), sort_keys=False)
+
+
+def one(objects: Iterable[Obj], kind: str, name: str | None = None) -> Obj:
+    found = [o for o in objects if o["kind"] == kind and name in (None, o["metadata"]["name"])]
+    assert len(found) == 1, f"expected one {kind} {name or ''}, found {len(found)}"
+    return found[0]
+
+
+def server_apply(kubeconfig: Path, objects: Iterable[Obj], *, dry_run: bool) -> str:
+    """Server-side apply; returns kubectl's stderr (where the server's warnings go)."""
+    args = ["apply", "--server-side", "--force-conflicts", "--field-manager=test-manifests"]
+    if dry_run:
+        args.append("--dry-run=server")
+    return kubectl(kubeconfig, *args, "-f", "-", stdin=to_yaml(objects)).stderr
+
+
+def retarget(objects: list[Obj], namespace: str) -> list[Obj]:
+    """The base's RBAC objects and peering object, moved to `namespace`.
+
+    Cluster-scoped names get the namespace as a suffix, so tests never share them.
+    """
+    wanted = {
+        "ServiceAccount",
+        "Role",
+        "RoleBinding",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "KopfPeering",
+    }
+    moved = []
+    for original in objects:
+        if original["kind"] not in wanted:
+            continue
+        obj = copy.deepcopy(original)
+        meta = obj["metadata"]
+        if obj["kind"].startswith("Cluster"):
+            meta["name"] = f"{meta['name']}-{namespace}"
+        else:
+            meta["namespace"] = namespace
+        if obj["kind"] == "ClusterRoleBinding":
+            obj["roleRef"]["name"] = f"{obj['roleRef']['name']}-{namespace}"
+        for subject in obj.get("subjects", []):
+            subject["namespace"] = namespace
+        moved.append(obj)
+    return moved
+
+
+def token_for(kube_api: k8s.ApiClient, namespace: str, account: str) -> str:
+    request = k8s.AuthenticationV1TokenRequest(
+        spec=k8s.V1TokenRequestSpec(audiences=[], expiration_seconds=600)
+    )
+    answer = k8s.CoreV1Api(kube_api).create_namespaced_service_account_token(
+        account, namespace, request
+    )
+    return str(answer.status.token)
