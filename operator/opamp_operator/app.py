@@ -29,6 +29,8 @@ from .fleet.ticker import run_deadline_ticker
 from .fleet_metrics import FleetMetrics, count_rejected_registration
 from .kube.client import KubeApi, load_configuration
 from .kube.handlers import build_registry
+from .kube.podlink import PodLinks
+from .kube.podlinker import PodLinker
 from .kube.writer import StatusWriter
 from .store.migrations import migrate
 from .store.pool import StoreUnavailable, create_pool
@@ -47,6 +49,7 @@ class _Running:
     store: StoreWriter | None = None
     kube: KubeApi | None = None
     mirror: StatusWriter | None = None
+    pods: PodLinker | None = None
     listener: OpAMPListener | None = None
     api: ApiServer | None = None
     auth: KubeAuthorizer | None = None
@@ -67,6 +70,11 @@ class OperatorApp:
         self._store_events = self.bus.subscribe("store", settings.store.queue_size)
         self._kube_events = self.bus.subscribe("kube", settings.kube.write_queue_size)
         self._metric_events = self.bus.subscribe("metrics", 100_000)
+        self._pod_events = (
+            self.bus.subscribe("pods", settings.kube.write_queue_size)
+            if settings.kube.link_pods
+            else None
+        )
         self.running = _Running()
         self.kopf_registry: kopf.OperatorRegistry | None = None
 
@@ -91,6 +99,8 @@ class OperatorApp:
         if running.listener is not None:
             await running.listener.stop(reason="operator_shutdown")
         self.fleet.shutdown()  # HTTP sessions have no socket: end them here
+        if running.pods is not None:
+            await running.pods.stop()
         for component in (running.store, running.mirror):
             if component is not None:
                 await component.stop()
@@ -139,11 +149,21 @@ class OperatorApp:
         settings = self.settings.kube
         api = await KubeApi.connect(settings)
         self.running.kube = api
-        mirror = StatusWriter(settings, self.fleet, self._kube_events, api, self.clock)
+        links = PodLinks() if self._pod_events is not None else None
+        mirror = StatusWriter(
+            settings, self.fleet, self._kube_events, api, self.clock, pod_links=links
+        )
         await mirror.start()
         self.running.mirror = mirror
+        if links is not None and self._pod_events is not None:
+            pods = await PodLinker.connect(
+                settings, self.fleet, self._pod_events, links,
+                writer=mirror, kube=api, clock=self.clock,
+            )  # fmt: skip
+            await pods.start()
+            self.running.pods = pods
         self.kopf_registry = build_registry(
-            self.fleet, settings, api, writer=mirror, clock=self.clock
+            self.fleet, settings, api, writer=mirror, clock=self.clock, pods=self.running.pods
         )
 
     async def _start_api(self) -> None:
