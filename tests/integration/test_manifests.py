@@ -67,6 +67,8 @@ Rule = tuple[str, str, str]  # (apiGroup, resource, verb)
 NAMESPACED_RULES: dict[tuple[str, str], tuple[str, ...]] = {
     ("opamp.dev", "opampagents"): ("get", "list", "watch", "create", "patch", "delete"),
     ("opamp.dev", "opampagents/status"): ("patch",),
+    ("opamp.dev", "opampagentconfigs"): ("get", "list", "watch"),
+    ("opamp.dev", "opampagentconfigs/status"): ("patch",),
     ("", "events"): ("create", "patch"),
     ("events.k8s.io", "events"): ("create", "patch"),
     ("kopf.dev", "kopfpeerings"): ("get", "list", "watch", "patch"),
@@ -434,6 +436,14 @@ class Tokens:
     def agents(self) -> str:
         return f"/apis/opamp.dev/{self.version}/namespaces/{self.namespace}/opampagents"
 
+    def config(self, name: str) -> Obj:
+        return {
+            "apiVersion": f"opamp.dev/{self.version}",
+            "kind": "OpAMPAgentConfig",
+            "metadata": {"name": name},
+            "spec": {"selector": {}, "remoteConfig": {"a": {"body": "x"}}},
+        }
+
     def agent(self, name: str) -> Obj:
         return {
             "apiVersion": f"opamp.dev/{self.version}",
@@ -493,7 +503,9 @@ def test_rbac_grants_exactly_the_documented_rules(tokens: Tokens, kube_api: k8s.
         assert non_resource == baseline_non_resource
 
 
-def test_operator_token_does_what_the_operator_does(tokens: Tokens) -> None:
+def test_operator_token_does_what_the_operator_does(
+    tokens: Tokens, kube_api: k8s.ApiClient
+) -> None:
     operator, bystander, namespace = tokens.operator, tokens.bystander, tokens.namespace
     agents, version = tokens.agents, tokens.version
 
@@ -513,6 +525,17 @@ def test_operator_token_does_what_the_operator_does(tokens: Tokens) -> None:
     patched = operator.expect(200, "PATCH", f"{agents}/agent-rbac/status", status)
     assert patched["status"]["phase"] == "Online"
     operator.expect(200, "DELETE", f"{agents}/agent-rbac")
+
+    # Fleet remote config: written by people (here the admin); read, watched and given a
+    # status by the operator.
+    configs = agents.replace("/opampagents", "/opampagentconfigs")
+    k8s.CustomObjectsApi(kube_api).create_namespaced_custom_object(
+        "opamp.dev", version, namespace, "opampagentconfigs", tokens.config("config-rbac")
+    )
+    operator.expect(200, "GET", configs)
+    operator.expect(200, "GET", f"{configs}?watch=1&timeoutSeconds=1")
+    counted = {"status": {"matchedAgents": 0}}
+    operator.expect(200, "PATCH", f"{configs}/config-rbac/status", counted)
 
     # Events, in both APIs, and aggregating a repeat with a patch.
     regarding = {
@@ -629,6 +652,11 @@ def test_operator_token_is_refused_everything_else(tokens: Tokens, kube_api: k8s
         ("GET", f"/apis/opamp.dev/{version}/namespaces/{other}/opampagents", None),
         ("POST", f"/apis/opamp.dev/{version}/namespaces/{other}/opampagents?dryRun=All", agent),
         ("PUT", f"{agents}/agent-rbac?dryRun=All", agent),
+        (
+            "POST",
+            agents.replace("/opampagents", "/opampagentconfigs") + "?dryRun=All",
+            tokens.config("config-rbac"),
+        ),
         (
             "DELETE",
             f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases/x?dryRun=All",
