@@ -73,13 +73,13 @@ NAMESPACED_RULES: dict[tuple[str, str], tuple[str, ...]] = {
     ("events.k8s.io", "events"): ("create", "patch"),
     ("kopf.dev", "kopfpeerings"): ("get", "list", "watch", "patch"),
     ("coordination.k8s.io", "leases"): ("get", "create", "update"),
-    ("", "pods"): ("get", "list", "watch"),
 }
 CLUSTER_RULES: dict[tuple[str, str], tuple[str, ...]] = {
     ("apiextensions.k8s.io", "customresourcedefinitions"): ("get", "list", "watch"),
     ("", "namespaces"): ("list", "watch"),
     ("authentication.k8s.io", "tokenreviews"): ("create",),
     ("authorization.k8s.io", "subjectaccessreviews"): ("create",),
+    ("", "pods"): ("get", "list", "watch"),  # pod linking: agents run in any namespace
 }
 
 
@@ -606,7 +606,7 @@ def test_operator_token_does_what_the_operator_does(
     )
     assert access["status"]["allowed"] is False
 
-    # Kopf: CRD discovery, peering, and (for later) leases and pods.
+    # Kopf: CRD discovery, peering, and (for later) leases.
     crds = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
     operator.expect(200, "GET", crds)
     operator.expect(200, "GET", f"{crds}/opampagents.opamp.dev")
@@ -624,7 +624,13 @@ def test_operator_token_does_what_the_operator_does(
     )
     lease["spec"]["holderIdentity"] = "replica-b"
     operator.expect(200, "PUT", f"{leases}/opamp-operator", lease)
-    operator.expect(200, "GET", f"/api/v1/namespaces/{namespace}/pods")
+
+    # Pod linking: read Pods where agents run (any namespace): get, list, watch.
+    elsewhere = _create_namespace(kube_api, f"{namespace}-pods")
+    pods = f"/api/v1/namespaces/{elsewhere}/pods"
+    operator.expect(200, "GET", pods)
+    operator.expect(200, "GET", f"{pods}?watch=1&timeoutSeconds=1")
+    operator.expect(404, "GET", f"{pods}/collector-0")  # allowed; there is no such Pod
 
 
 def test_operator_token_is_refused_everything_else(tokens: Tokens, kube_api: k8s.ApiClient) -> None:
@@ -646,8 +652,8 @@ def test_operator_token_is_refused_everything_else(tokens: Tokens, kube_api: k8s
     # should the RBAC ever be too wide, nothing is actually changed.
     for method, path, body in [
         ("GET", f"/api/v1/namespaces/{namespace}/secrets", None),
-        ("GET", "/api/v1/pods", None),
         ("POST", f"/api/v1/namespaces/{namespace}/pods?dryRun=All", pod),
+        ("DELETE", f"/api/v1/namespaces/{other}/pods/p?dryRun=All", None),
         ("DELETE", f"/api/v1/namespaces/{other}?dryRun=All", None),
         ("GET", f"/apis/opamp.dev/{version}/namespaces/{other}/opampagents", None),
         ("POST", f"/apis/opamp.dev/{version}/namespaces/{other}/opampagents?dryRun=All", agent),
