@@ -28,7 +28,9 @@ from .fleet.registry import Fleet
 from .fleet.ticker import run_deadline_ticker
 from .fleet_metrics import FleetMetrics, count_rejected_registration
 from .kube.client import KubeApi, load_configuration
+from .kube.gitops import GitOpsController
 from .kube.handlers import build_registry
+from .kube.informer import KubeEndpoint
 from .kube.podlink import PodLinks
 from .kube.podlinker import PodLinker
 from .kube.writer import StatusWriter
@@ -50,6 +52,7 @@ class _Running:
     kube: KubeApi | None = None
     mirror: StatusWriter | None = None
     pods: PodLinker | None = None
+    gitops: GitOpsController | None = None
     listener: OpAMPListener | None = None
     api: ApiServer | None = None
     auth: KubeAuthorizer | None = None
@@ -101,6 +104,8 @@ class OperatorApp:
         self.fleet.shutdown()  # HTTP sessions have no socket: end them here
         if running.pods is not None:
             await running.pods.stop()
+        if running.gitops is not None:
+            await running.gitops.stop()
         for component in (running.store, running.mirror):
             if component is not None:
                 await component.stop()
@@ -155,6 +160,11 @@ class OperatorApp:
         )
         await mirror.start()
         self.running.mirror = mirror
+        endpoint = await KubeEndpoint.connect(settings.kubeconfig)
+        gitops = GitOpsController(self.fleet, settings, api, self.clock, endpoint, mark=mirror.mark)
+        mirror.remote_config = gitops
+        await gitops.start()
+        self.running.gitops = gitops
         if links is not None and self._pod_events is not None:
             pods = await PodLinker.connect(
                 settings, self.fleet, self._pod_events, links,

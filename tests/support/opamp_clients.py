@@ -67,10 +67,13 @@ class PythonAgent(JsonLinesProcess):
         request_timeout: float = 2.0,
         ca_file: Path | None = None,
         client_cert: tuple[Path, Path] | None = None,
+        apply_remote_config: bool = False,
     ) -> None:
         """Spawn the client; returns once the process exists (wait for events after).
 
         `ca_file` verifies an https server; `client_cert` is (cert, key) for mTLS.
+        `apply_remote_config`: report every remote config received APPLIED (FAILED when a
+        file body contains REJECT, like the Go test agent), with a `remote_config` event.
         """
         uid = uuid.UUID(str(instance_uid)) if instance_uid is not None else uuid.uuid4()
         args = ["--url", url, "--instance-uid", uid.hex, "--service-name", service_name]
@@ -81,6 +84,8 @@ class PythonAgent(JsonLinesProcess):
             args += ["--ca-file", str(ca_file)]
         if client_cert is not None:
             args += ["--client-cert", str(client_cert[0]), "--client-key", str(client_cert[1])]
+        if apply_remote_config:
+            args.append("--apply-remote-config")
         await self._spawn(["-c", _BOOTSTRAP, *args])
 
     async def stop(self, grace: float = 15.0) -> int:
@@ -190,6 +195,7 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--ca-file")
     parser.add_argument("--client-cert")
     parser.add_argument("--client-key")
+    parser.add_argument("--apply-remote-config", action="store_true")
     options = parser.parse_args(argv)
 
     # Imported here: only the child may load the client's protobuf module.
@@ -212,7 +218,7 @@ def main(argv: Sequence[str]) -> int:
     client._instance_uid = uuid.UUID(hex=options.instance_uid).bytes
     agent = OpAMPAgent(
         interval=options.heartbeat,
-        callbacks=_callbacks(out),
+        callbacks=_callbacks(out, apply_remote_config=options.apply_remote_config),
         client=client,
         max_retries=3,
         initial_backoff=0.2,
@@ -234,8 +240,9 @@ def main(argv: Sequence[str]) -> int:
     return 0
 
 
-def _callbacks(out: _Emitter) -> Any:
+def _callbacks(out: _Emitter, *, apply_remote_config: bool = False) -> Any:
     from opentelemetry._opamp.callbacks import OpAMPCallbacks
+    from opentelemetry._opamp.proto import opamp_pb2
 
     class Callbacks(OpAMPCallbacks):
         def __init__(self) -> None:
@@ -255,5 +262,27 @@ def _callbacks(out: _Emitter) -> Any:
 
         def on_message(self, agent: Any, client: Any, message: Any) -> None:
             out.emit("message", remote_config=message.remote_config is not None)
+            if apply_remote_config and message.remote_config is not None:
+                self.apply(agent, client, message.remote_config)
+
+        def apply(self, agent: Any, client: Any, remote_config: Any) -> None:
+            files = remote_config.config.config_map
+            rejected = any(b"REJECT" in file.body for file in files.values())
+            status = opamp_pb2.RemoteConfigStatuses.RemoteConfigStatuses_APPLIED
+            error = ""
+            if rejected:
+                status = opamp_pb2.RemoteConfigStatuses.RemoteConfigStatuses_FAILED
+                error = "config body contains REJECT"
+            config_hash = bytes(remote_config.config_hash)
+            update = client.update_remote_config_status(config_hash, status, error)
+            if update is not None:
+                agent.send(payload=client.build_remote_config_status_response_message(update))
+            out.emit(
+                "remote_config",
+                hash=config_hash.hex(),
+                status="FAILED" if rejected else "APPLIED",
+                files=sorted(files),
+                error=error,
+            )
 
     return Callbacks()

@@ -20,6 +20,7 @@ import logging
 import ssl
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import aiohttp
@@ -27,6 +28,7 @@ from kubernetes import client as k8s
 
 from opamp_operator import metrics
 
+from .client import load_configuration
 from .naming import GROUP, VERSION
 
 log = logging.getLogger(__name__)
@@ -47,6 +49,10 @@ class Gone(Exception):
     """410: the resourceVersion (or continue token) is too old; list again."""
 
 
+class NotServed(Exception):
+    """404 on the list: the CRD is not installed (yet)."""
+
+
 @dataclass(frozen=True)
 class KubeEndpoint:
     """Where the API server is and how to authenticate, from a client Configuration."""
@@ -56,6 +62,12 @@ class KubeEndpoint:
     @property
     def host(self) -> str:
         return str(self.configuration.host).rstrip("/")
+
+    @classmethod
+    async def connect(cls, kubeconfig: Path | None) -> KubeEndpoint:
+        """Credentials as `KubeApi.connect` loads them, read off the event loop."""
+        loop = asyncio.get_running_loop()
+        return cls(await loop.run_in_executor(None, load_configuration, kubeconfig))
 
     def ssl_context(self) -> ssl.SSLContext | bool:
         """Blocking (reads files): call once, off the event loop."""
@@ -123,6 +135,13 @@ class Informer:
                 except Gone:
                     log.info("watch of %s expired; listing again", self.plural)
                     version = None
+                except NotServed:
+                    # Without the CRD there is nothing of this kind: say so, look again later.
+                    if not self.synced.is_set():
+                        log.warning("%s are not served (CRD not installed?)", self.plural)
+                    self.handler.replace([])
+                    self.synced.set()
+                    await asyncio.sleep(self.retry_max_seconds)
                 except (aiohttp.ClientError, TimeoutError, ValueError, OSError) as error:
                     metrics.kube_informer_errors.labels(self.plural).inc()
                     log.warning(
@@ -148,6 +167,8 @@ class Informer:
             ) as response:
                 if response.status == 410:
                     raise Gone()
+                if response.status == 404:
+                    raise NotServed()
                 await _raise_for_status(response, "list " + self.plural)
                 page = await response.json(loads=json.loads)
             items.extend(page.get("items") or [])
