@@ -52,7 +52,7 @@ from .podlink import (
     judge,
     lookup_failed,
 )
-from .podwatch import NamespaceWatch
+from .podwatch import NamespaceWatch, NamespaceWatches
 from .ratelimit import WriteLimiter
 from .writer import StatusWriter
 
@@ -106,9 +106,10 @@ class PodLinker:
         self._claims: dict[str, PodClaim] = {}  # agent id -> the Pod it reports
         self._linked: dict[str, set[str]] = {}  # pod uid -> agents linked to it
         self._orphans: dict[str, _Orphan] = {}  # CR name -> its link
-        self._members: dict[str, set[str]] = {}  # namespace -> agents and CRs that need it
-        self._member_of: dict[str, str] = {}  # agent or CR -> namespace
-        self._watches: dict[str, NamespaceWatch] = {}
+        self._watches = NamespaceWatches(
+            api, on_gone=self._pod_gone, on_listed=self._listed,
+            retry_max_seconds=settings.retry_max_seconds,
+        )  # fmt: skip
         # Agents and CRs waiting for a check: an insertion-ordered set, at most one entry
         # each (so bounded by the fleet's max_agents plus the CRs).
         self._queue: dict[str, None] = {}
@@ -152,14 +153,12 @@ class PodLinker:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
-        watches, self._watches = list(self._watches.values()), {}
-        await asyncio.gather(*(watch.stop() for watch in watches))
-        metrics.kube_pod_watches.set(0)
+        await self._watches.stop()
         await self.api.close()
 
     @property
     def watched_namespaces(self) -> list[str]:
-        return sorted(self._watches)
+        return self._watches.namespaces()
 
     # -- inputs ----------------------------------------------------------------------
 
@@ -201,7 +200,7 @@ class PodLinker:
         if self._orphans.get(name) == orphan:
             return
         self._orphans[name] = orphan
-        watch = self._join(orphan.namespace, _CR + name)
+        watch = self._watches.join(orphan.namespace, _CR + name)
         if watch.synced and orphan.pod_uid not in watch.pods:
             self._enqueue(_CR + name)
 
@@ -215,7 +214,7 @@ class PodLinker:
         if claim == self._claims.get(agent_id):
             return
         self._unlink(agent_id)
-        self._leave(agent_id)
+        self._watches.leave(agent_id)
         if claim is None:
             self._claims.pop(agent_id, None)
             self._set(agent_id, None)
@@ -261,7 +260,7 @@ class PodLinker:
             self._finish(agent_id, claim, incomplete(claim))
             return
         assert claim.namespace is not None and claim.uid is not None
-        watch = self._join(claim.namespace, agent_id)
+        watch = self._watches.join(claim.namespace, agent_id)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(watch.listed.wait(), self.settings.request_timeout_seconds)
         link = await self._verify(claim, watch)
@@ -302,7 +301,7 @@ class PodLinker:
             # Nothing to watch for (pod_not_found, uid mismatch, incomplete); a forbidden
             # namespace keeps its watch, which retries and re-checks once it may read Pods.
             self._failures.pop(agent_id, None)
-            self._leave(agent_id)
+            self._watches.leave(agent_id)
         if link != self.links.get(agent_id) and not link.linked:
             log.info("agent %s not linked to Pod %s: %s", agent_id, claim.where, link.message)
         self._set(agent_id, link)
@@ -354,7 +353,7 @@ class PodLinker:
             link = self.links.get(agent_id)
             if link is None or not link.linked:
                 continue
-            self._leave(agent_id)
+            self._watches.leave(agent_id)
             self._set(agent_id, deleted(link, self.clock.now()))
             went_offline = self.fleet.mark_offline(agent_id, Reason.POD_DELETED)
             if self.writer is not None:
@@ -373,7 +372,7 @@ class PodLinker:
         """A namespace watch listed its Pods (or failed to): reconcile its members."""
         if not watch.synced:
             return
-        for member in sorted(self._members.get(watch.namespace, ())):
+        for member in self._watches.members(watch.namespace):
             if member.startswith(_CR):
                 orphan = self._orphans.get(member.removeprefix(_CR))
                 if orphan is not None and orphan.pod_uid not in watch.pods:
@@ -406,40 +405,7 @@ class PodLinker:
 
     def _drop_orphan(self, name: str) -> None:
         if self._orphans.pop(name, None) is not None:
-            self._leave(_CR + name)
-
-    def _join(self, namespace: str, member: str) -> NamespaceWatch:
-        """Count `member` as needing `namespace`'s Pod watch; start the watch if it is new."""
-        if self._member_of.get(member) != namespace:
-            self._leave(member)
-            self._members.setdefault(namespace, set()).add(member)
-            self._member_of[member] = namespace
-        watch = self._watches.get(namespace)
-        if watch is None:
-            watch = NamespaceWatch(
-                self.api, namespace, on_gone=self._pod_gone, on_listed=self._listed,
-                retry_max_seconds=self.settings.retry_max_seconds,
-            )  # fmt: skip
-            self._watches[namespace] = watch
-            watch.start()
-            metrics.kube_pod_watches.set(len(self._watches))
-            log.info("watching Pods in namespace %s", namespace)
-        return watch
-
-    def _leave(self, member: str) -> None:
-        namespace = self._member_of.pop(member, None)
-        if namespace is None:
-            return
-        members = self._members.get(namespace, set())
-        members.discard(member)
-        if members:
-            return
-        self._members.pop(namespace, None)
-        watch = self._watches.pop(namespace, None)
-        if watch is not None:
-            watch.cancel()
-            metrics.kube_pod_watches.set(len(self._watches))
-            log.info("no longer watching Pods in namespace %s", namespace)
+            self._watches.leave(_CR + name)
 
     async def _acquire(self) -> None:
         if self.limiter is not None:

@@ -142,3 +142,70 @@ class NamespaceWatch:
             )
         if first:
             self._on_listed(self)
+
+
+class NamespaceWatches:
+    """The namespace watches that members (agents, CRs) need: a watch starts with its first
+    member and stops when its last one leaves; each member needs one namespace at most."""
+
+    def __init__(
+        self,
+        api: PodApi,
+        *,
+        on_gone: Callable[[PodMeta], None],
+        on_listed: Callable[[NamespaceWatch], None],
+        retry_max_seconds: float = 30.0,
+    ) -> None:
+        self.api = api
+        self._on_gone = on_gone
+        self._on_listed = on_listed
+        self._retry_max = retry_max_seconds
+        self._members: dict[str, set[str]] = {}  # namespace -> members
+        self._member_of: dict[str, str] = {}  # member -> namespace
+        self._watches: dict[str, NamespaceWatch] = {}
+
+    def namespaces(self) -> list[str]:
+        return sorted(self._watches)
+
+    def members(self, namespace: str) -> list[str]:
+        return sorted(self._members.get(namespace, ()))
+
+    def join(self, namespace: str, member: str) -> NamespaceWatch:
+        """Count `member` in `namespace` (leaving any other); start its watch if new."""
+        if self._member_of.get(member) != namespace:
+            self.leave(member)
+            self._members.setdefault(namespace, set()).add(member)
+            self._member_of[member] = namespace
+        watch = self._watches.get(namespace)
+        if watch is None:
+            watch = NamespaceWatch(
+                self.api, namespace, on_gone=self._on_gone, on_listed=self._on_listed,
+                retry_max_seconds=self._retry_max,
+            )  # fmt: skip
+            self._watches[namespace] = watch
+            watch.start()
+            metrics.kube_pod_watches.set(len(self._watches))
+            log.info("watching Pods in namespace %s", namespace)
+        return watch
+
+    def leave(self, member: str) -> None:
+        namespace = self._member_of.pop(member, None)
+        if namespace is None:
+            return
+        members = self._members.get(namespace, set())
+        members.discard(member)
+        if members:
+            return
+        self._members.pop(namespace, None)
+        watch = self._watches.pop(namespace, None)
+        if watch is not None:
+            watch.cancel()
+            metrics.kube_pod_watches.set(len(self._watches))
+            log.info("no longer watching Pods in namespace %s", namespace)
+
+    async def stop(self) -> None:
+        watches, self._watches = list(self._watches.values()), {}
+        self._members.clear()
+        self._member_of.clear()
+        await asyncio.gather(*(watch.stop() for watch in watches))
+        metrics.kube_pod_watches.set(0)
