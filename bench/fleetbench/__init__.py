@@ -1,0 +1,1 @@
+"""Fleet benchmark of the operator on the real stack (run it with `bench/run`)."""

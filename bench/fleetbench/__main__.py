@@ -1,0 +1,178 @@
+"""Fleet benchmark: the real stack on loopback, the operator and the opamp-go peer side by side.
+
+    bench/run [--agents 1000 10000] [--profile] [--json results.json]
+
+Starts etcd + kube-apiserver + PostgreSQL (the test bed), then, each in its own namespace
+and database: a saturation run (operator, then peer), and per fleet size a fleet run on
+the operator (ramp, steady window, REST latency, silent agents, reconnect storm) and on
+the peer (memory per connection). Prints Markdown tables; every number also goes to JSON.
+Bounded: each phase has a timeout; everything listens on 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from .operator_runs import FleetPlan, FleetResult, FleetScenario
+from .peer_runs import PeerFleetResult, peer_fleet
+from .saturation import SaturationPlan, SaturationResult, operator_saturation, peer_saturation
+from .stack import OperatorOptions, TestBed
+from .table import dump, fleet_table, offline_summary, profile_table, saturation_table
+
+MAX_AGENTS = 12_000  # the simulator's comfortable limit on this machine; the bench is bounded
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="bench/run", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--agents", type=int, nargs="+", default=[1000, 10000])
+    parser.add_argument(
+        "--silent",
+        type=int,
+        default=None,
+        help="silent agents per fleet (default: 10%% of it, at most 200)",
+    )
+    parser.add_argument(
+        "--ramp",
+        type=float,
+        default=200.0,
+        help="agents connected per second (the operator's default admission rate)",
+    )
+    parser.add_argument("--steady", type=float, default=60.0, help="steady window (seconds)")
+    parser.add_argument("--saturation-agents", type=int, default=500)
+    parser.add_argument("--saturation-heartbeat", type=float, default=0.05)
+    parser.add_argument("--no-saturation", action="store_true")
+    parser.add_argument("--no-peer", action="store_true")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="py-spy the operator during saturation, steady and storm windows",
+    )
+    parser.add_argument("--kube-writes-per-second", type=float, default=500.0)
+    parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--json", type=Path, default=None, help="write every number here")
+    args = parser.parse_args()  # fmt: skip
+    if any(not 10 <= n <= MAX_AGENTS for n in args.agents):
+        parser.error(f"--agents must be 10..{MAX_AGENTS}")
+    if not 1 <= args.steady <= 600:
+        parser.error("--steady must be 1..600 seconds")
+    return args
+
+
+def machine() -> dict[str, str]:
+    def run(*argv: str) -> str:
+        return subprocess.run(argv, capture_output=True, text=True).stdout.strip()
+
+    model = [line for line in run("lscpu").splitlines() if line.startswith("Model name")]
+    memory = run("free", "-h").splitlines()
+    return {
+        "nproc": run("nproc"),
+        "model": model[0].split(":", 1)[1].strip() if model else "?",
+        "memory": memory[1] if len(memory) > 1 else "?",
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "commit": run("git", "rev-parse", "--short", "HEAD"),
+    }
+
+
+def raise_fd_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+async def run(args: argparse.Namespace, bed: TestBed, workdir: Path) -> dict[str, Any]:
+    options = OperatorOptions(kube_writes_per_second=args.kube_writes_per_second)
+    results: dict[str, Any] = {"machine": machine(), "argv": sys.argv, "options": options}
+    sat_plan = SaturationPlan(
+        agents=args.saturation_agents, heartbeat=args.saturation_heartbeat, profile=args.profile
+    )
+    ours: SaturationResult | None = None
+    theirs: SaturationResult | None = None
+    if not args.no_saturation:
+        print("[saturation] operator", flush=True)
+        ours = await operator_saturation(bed, sat_plan, workdir, options)
+        if not args.no_peer:
+            print("[saturation] peer", flush=True)
+            theirs = await peer_saturation(sat_plan, workdir)
+    fleets: list[FleetResult] = []
+    peers: dict[int, PeerFleetResult] = {}
+    for n in args.agents:
+        silent = args.silent if args.silent is not None else min(200, n // 10)
+        plan = FleetPlan(
+            agents=n, silent=silent, ramp=args.ramp, steady_seconds=args.steady,
+            profile=args.profile,
+        )  # fmt: skip
+        started = time.monotonic()
+        fleets.append(await FleetScenario(bed, plan, workdir, options).run())
+        print(f"[fleet {n}] operator scenario took {time.monotonic() - started:.0f} s", flush=True)
+        if not args.no_peer:
+            print(f"[fleet {n}] peer", flush=True)
+            peers[n] = await peer_fleet(n, args.ramp, 30.0, workdir)
+    results.update(saturation={"operator": ours, "peer": theirs}, fleets=fleets, peers=peers)
+    results["offline"] = {r.plan.agents: offline_summary(r.offline_delays) for r in fleets}
+    print_report(results, ours, theirs, fleets, peers)
+    return results
+
+
+def print_report(
+    results: dict[str, Any],
+    ours: SaturationResult | None,
+    theirs: SaturationResult | None,
+    fleets: list[FleetResult],
+    peers: dict[int, PeerFleetResult],
+) -> None:
+    m = results["machine"]
+    print(f"\nMachine: nproc {m['nproc']}, {m['model']}, {m['memory']}")
+    print(f"Date: {m['date']}, commit {m['commit']}, Python {m['python']}\n")
+    if ours is not None:
+        plan = ours.plan
+        print(f"Saturation: {plan.agents} agents, heartbeat {plan.heartbeat:g} s, "
+              f"window {plan.window_seconds:g} s\n")  # fmt: skip
+        print(saturation_table(ours, theirs) + "\n")
+    if fleets:
+        print(fleet_table(fleets, peers) + "\n")
+    profiles = [p for p in [ours.profile if ours else None] if p is not None]
+    for fleet in fleets:
+        profiles.extend(fleet.profiles.values())
+    for path in profiles:
+        if path.exists():
+            print(profile_table(path) + "\n")
+
+
+def main() -> int:
+    args = parse_args()
+    raise_fd_limit()
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="fleetbench-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    print(f"[bench] work directory {workdir}", flush=True)
+    bed = TestBed(workdir)
+    started = time.monotonic()
+    try:
+        bed.start()
+        print(f"[bench] test bed up after {time.monotonic() - started:.0f} s", flush=True)
+        results = asyncio.run(run(args, bed, workdir))
+    finally:
+        bed.stop()
+    results["elapsed_seconds"] = time.monotonic() - started
+    print(f"[bench] done in {results['elapsed_seconds']:.0f} s")
+    if args.json is not None:
+        dump(args.json, results)
+    if args.workdir is None:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

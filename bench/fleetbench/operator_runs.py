@@ -1,0 +1,332 @@
+"""The operator under simulated load: the fleet scenario (saturation: see saturation.py).
+
+Fleet scenario (one operator process, its own namespace and database):
+  ramp     N - K agents connect (30 s heartbeats, the server's offer); wait until every CR
+           is Online and the write queues are empty
+  steady   a window with nothing but heartbeats: CPU, RSS, Kubernetes writes, statements
+  rest     sequential GET /api/v1/agents/{id}/status on loopback
+  offline  K more agents connect, then go silent (socket open); the CR watch times Offline
+  storm    SIGTERM the operator and start it again: every agent reconnects at once; time
+           until every CR is Online with a new session, then check the history rows
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import api_latency
+
+from tests.support.operator_process import OperatorProcess
+
+from . import profiling
+from .crwatch import CrWatch
+from .pgstats import HistoryCheck, PgCounters, counters, history_check
+from .procstat import PeakRss, cpu_percent, machine_busy_percent, machine_sample, sample
+from .stack import (
+    OperatorOptions,
+    SimPlan,
+    Simulator,
+    TestBed,
+    connections,
+    idle_queues,
+    operator_pid,
+    operator_process,
+    scrape,
+    wait_metrics,
+    writes_by_kind,
+)
+
+MAIN_RUN_LIMIT_S = 1800.0  # the main fleet is killed when the scenario ends, long before this
+SILENT_RAMP_S = 30.0  # silent agents connect over this long, so their deadlines spread out
+SILENT_AFTER_S = 35.0
+SILENT_MARGIN_S = 25.0  # after the last deadline, before the silent run ends
+
+
+@dataclass(frozen=True)
+class FleetPlan:
+    agents: int
+    silent: int
+    ramp: float = 200.0
+    steady_seconds: float = 60.0
+    rest_requests: int = 2000
+    settle_timeout: float = 420.0
+    storm_timeout: float = 420.0
+    profile: bool = False
+
+
+@dataclass
+class Window:
+    seconds: float
+    agents: int
+    operator_cpu_pct: float
+    operator_rss: int
+    sim_cpu_pct: float
+    sim_rss: int
+    machine_busy_pct: float  # all cores, every process on the machine
+    messages: float
+    kube_writes: float
+    transitions: float
+    db_rows: float
+    pg: PgCounters
+
+
+@dataclass
+class StormResult:
+    agents: int
+    stop_seconds: float  # SIGTERM to exit
+    restart_seconds: float  # spawn to /readyz
+    connected_seconds: float | None  # SIGTERM to every agent connected again
+    online_seconds: float | None  # SIGTERM to every CR Online with a new session
+    kube_writes: dict[str, float]  # by the new process until every CR was Online
+    peak_rss: int
+    history: HistoryCheck | None
+    rejected_registrations: float
+
+
+@dataclass
+class FleetResult:
+    plan: FleetPlan
+    baseline_rss: int = 0
+    connected_seconds: float | None = None
+    cr_online_seconds: float | None = None
+    ramp_kube_writes: dict[str, float] = field(default_factory=dict)
+    peak_connections: float = 0.0
+    ramp_peak_rss: int = 0
+    steady: Window | None = None
+    rest: Any = None  # api_latency.Result
+    rest_machine_busy_pct: float = 0.0
+    offline_delays: list[float] = field(default_factory=list)
+    offline_missed: int = 0
+    storm: StormResult | None = None
+    profiles: dict[str, Path] = field(default_factory=dict)
+
+
+async def measure_window(
+    op: OperatorProcess, bed: TestBed, database: str, *, sim_pid: int, seconds: float, agents: int
+) -> Window:
+    pid = operator_pid(op)
+    assert bed.pg is not None
+    m0, p0 = await scrape(op.api_url), await counters(bed.pg, database)
+    s0, q0, c0 = sample(pid), sample(sim_pid), machine_sample()
+    await asyncio.sleep(seconds)
+    m1, p1 = await scrape(op.api_url), await counters(bed.pg, database)
+    s1, q1, c1 = sample(pid), sample(sim_pid), machine_sample()
+
+    def delta(name: str) -> float:
+        return m1.value(name) - m0.value(name)
+
+    return Window(
+        seconds=s1.at - s0.at,
+        agents=agents,
+        operator_cpu_pct=cpu_percent(s0, s1),
+        operator_rss=s1.rss_bytes,
+        sim_cpu_pct=cpu_percent(q0, q1),
+        sim_rss=q1.rss_bytes,
+        machine_busy_pct=machine_busy_percent(c0, c1),
+        messages=delta("opamp_messages_received_total"),
+        kube_writes=delta("opamp_kube_writes_total"),
+        transitions=delta("opamp_agent_phase_transitions_total"),
+        db_rows=delta("opamp_db_writes_total"),
+        pg=PgCounters(
+            p1.statements - p0.statements,
+            p1.control - p0.control,
+            p1.transactions - p0.transactions,
+            p1.rows - p0.rows,
+        ),
+    )
+
+
+class FleetScenario:
+    def __init__(
+        self, bed: TestBed, plan: FleetPlan, workdir: Path, options: OperatorOptions
+    ) -> None:
+        self.bed = bed
+        self.plan = plan
+        self.workdir = workdir
+        self.options = options
+        self.result = FleetResult(plan)
+        self.namespace, self.database = bed.new_target(str(plan.agents))
+        self.op = operator_process(
+            bed, self.namespace, self.database, options, workdir / f"operator-{plan.agents}.log"
+        )
+        assert bed.endpoints is not None
+        self.watch = CrWatch(bed.endpoints, self.namespace)
+        self.main: Simulator | None = None
+        self._all_connected = 0.0  # monotonic
+
+    def say(self, text: str) -> None:
+        print(f"[fleet {self.plan.agents}] {text}", flush=True)
+
+    async def run(self) -> FleetResult:
+        try:
+            await self.op.start(within=120)
+            await self.watch.start()
+            await asyncio.sleep(2)
+            self.result.baseline_rss = sample(operator_pid(self.op)).rss_bytes
+            await self._ramp()
+            await self._steady()
+            await self._rest()
+            await self._offline()
+            await self._storm()
+        finally:
+            if self.main is not None:
+                await self.main.kill()
+            await self.op.cleanup()
+            await self.watch.stop()
+        return self.result
+
+    @property
+    def main_agents(self) -> int:
+        return self.plan.agents - self.plan.silent
+
+    async def _ramp(self) -> None:
+        n = self.main_agents
+        plan = SimPlan(agents=n, duration=MAIN_RUN_LIMIT_S, ramp=self.plan.ramp)
+        self.main = Simulator(plan, self.op.ws_url, self.workdir, f"sim-{self.plan.agents}-main")
+        rss = PeakRss(operator_pid(self.op))
+        rss.start()
+        started = time.monotonic()
+        await self.main.start()
+        self.say(f"ramping {n} agents at {self.plan.ramp:g}/s")
+        connected = await wait_metrics(
+            self.op.api_url, lambda m: connections(m) >= n, n / self.plan.ramp + 120
+        )
+        self.result.connected_seconds = None if connected is None else connected - started
+        self._all_connected = connected or time.monotonic()
+        online = await self.watch.wait_for(
+            lambda: self.watch.count(lambda _, v: v.phase == "Online") >= n,
+            self.plan.settle_timeout,
+        )
+        self.result.cr_online_seconds = None if online is None else online - started
+        await wait_metrics(self.op.api_url, idle_queues, 120)
+        metrics = await scrape(self.op.api_url)
+        self.result.ramp_kube_writes = writes_by_kind(metrics)
+        self.result.peak_connections = connections(metrics)
+        self.result.ramp_peak_rss = await rss.stop()
+        self.say(
+            f"connected after {self.result.connected_seconds}, CRs Online after "
+            f"{self.result.cr_online_seconds} s, writes {self.result.ramp_kube_writes}"
+        )
+
+    async def _steady(self) -> None:
+        assert self.main is not None
+        seconds = self.plan.steady_seconds
+        # Steady means every agent is past its first heartbeat and its CR past its first
+        # lastSeenAt refresh: from then on the pattern repeats.
+        warm = max(self.options.heartbeat_interval, self.options.last_seen_refresh)
+        await asyncio.sleep(max(0.0, self._all_connected + warm - time.monotonic()))
+        self.say(f"steady window {seconds:g} s")
+        profile = self._profile("steady", seconds) if self.plan.profile else None
+        self.result.steady = window = await measure_window(
+            self.op, self.bed, self.database.database,
+            sim_pid=self.main.pid, seconds=seconds, agents=self.main_agents,
+        )  # fmt: skip
+        self.say(f"steady: {window}")
+        if profile is not None:
+            await profile
+
+    async def _rest(self) -> None:
+        ids = [a for a, v in self.watch.crs.items() if v.phase == "Online"]
+        sample_ids = random.Random(1).sample(ids, min(len(ids), 2000))
+        paths = [f"/api/v1/agents/{agent_id}/status" for agent_id in sample_ids]
+        before = machine_sample()
+        self.result.rest = await api_latency._measure(
+            self.op.config.api_port, paths, self.plan.rest_requests, self.plan.agents,
+            "GET /agents/{id}/status",
+        )  # fmt: skip
+        self.result.rest_machine_busy_pct = machine_busy_percent(before, machine_sample())
+        self.say(f"rest: {self.result.rest}")
+
+    async def _offline(self) -> None:
+        k = self.plan.silent
+        if not k:
+            return
+        duration = SILENT_AFTER_S + self.options.heartbeat_timeout + SILENT_MARGIN_S
+        plan = SimPlan(
+            agents=k, duration=duration, ramp=k / SILENT_RAMP_S, silent=k,
+            silent_after=SILENT_AFTER_S, name_prefix="silent", seed=2,
+        )  # fmt: skip
+        sim = Simulator(plan, self.op.ws_url, self.workdir, f"sim-{self.plan.agents}-silent")
+        self.say(f"{k} agents connect over {SILENT_RAMP_S:g} s, then go silent")
+        await sim.start()
+        await asyncio.sleep(SILENT_AFTER_S - 2)  # all connected, none silent yet
+        held = connections(await scrape(self.op.api_url))
+        self.result.peak_connections = max(self.result.peak_connections, held)
+        report = await sim.wait()
+        await asyncio.sleep(2)
+        for agent in report["silent"]:
+            last = agent["last_message_wall"]
+            if last is None:
+                continue
+            deadline = last + self.options.heartbeat_timeout
+            seen = self.watch.first_seen(
+                agent["instance_uid"], "Offline", agent["went_silent_wall"]
+            )
+            if seen is None:
+                self.result.offline_missed += 1
+            else:
+                self.result.offline_delays.append(seen - deadline)
+        await wait_metrics(self.op.api_url, idle_queues, 60)
+
+    async def _storm(self) -> None:
+        ids = [a for a, v in self.watch.crs.items() if v.phase == "Online"]
+        n = len(ids)
+        self.say(f"storm: restarting the operator with {n} agents connected")
+        t_term = time.monotonic()
+        await self.op.terminate(within=90)
+        t_stopped = time.monotonic()
+        spawn_wall = time.time()
+        t_spawn = time.monotonic()
+        await self.op.start(within=120)
+        t_ready = time.monotonic()
+        rss = PeakRss(operator_pid(self.op))
+        rss.start()
+        profile = self._profile("storm", 60) if self.plan.profile else None
+        since = math.floor(spawn_wall)
+        wanted = set(ids)
+
+        def reconnected() -> bool:
+            return (
+                self.watch.count(
+                    lambda a, v: (
+                        a in wanted and v.phase == "Online" and (v.last_connected_at or 0) >= since
+                    )
+                )
+                >= n
+            )
+
+        connected_task = asyncio.create_task(
+            wait_metrics(self.op.api_url, lambda m: connections(m) >= n, self.plan.storm_timeout)
+        )
+        online = await self.watch.wait_for(reconnected, self.plan.storm_timeout)
+        connected = await connected_task
+        metrics = await scrape(self.op.api_url)
+        peak = await rss.stop()
+        if profile is not None:
+            await profile
+        await wait_metrics(self.op.api_url, idle_queues, 120)
+        await asyncio.sleep(3)  # one more flush interval, and then some
+        history = await history_check(self.database, ids, spawn_wall)
+        self.result.storm = StormResult(
+            agents=n,
+            stop_seconds=t_stopped - t_term,
+            restart_seconds=t_ready - t_spawn,
+            connected_seconds=None if connected is None else connected - t_term,
+            online_seconds=None if online is None else online - t_term,
+            kube_writes=writes_by_kind(metrics),
+            peak_rss=peak,
+            history=history,
+            rejected_registrations=metrics.value("opamp_registrations_rejected_total"),
+        )
+        self.say(f"storm: {self.result.storm}")
+
+    def _profile(self, name: str, seconds: float) -> asyncio.Task[Path | None]:
+        out = self.workdir / f"profile-{self.plan.agents}-{name}.txt"
+        self.result.profiles[name] = out
+        return asyncio.create_task(profiling.record(operator_pid(self.op), seconds, out))

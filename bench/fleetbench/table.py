@@ -1,0 +1,225 @@
+"""The benchmark's tables (Markdown) and a JSON dump of every number behind them."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from . import profiling
+from .operator_runs import FleetResult
+from .peer_runs import PeerFleetResult
+from .saturation import SaturationResult
+
+MIB = 1024 * 1024
+
+
+def _pct(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def _s(value: float | None, digits: int = 1) -> str:
+    return "not reached" if value is None else f"{value:.{digits}f} s"
+
+
+def _row(name: str, cells: Sequence[str]) -> str:
+    return f"| {name} | " + " | ".join(cells) + " |"
+
+
+def fleet_table(results: Sequence[FleetResult], peers: dict[int, PeerFleetResult]) -> str:
+    head = [f"{r.plan.agents:,} agents" for r in results]
+    lines = [_row("", head), "|---|" + "---:|" * len(results)]
+
+    def add(name: str, cell: Any) -> None:
+        lines.append(_row(name, [cell(r) for r in results]))
+
+    add("agents held connected at once", lambda r: f"{r.peak_connections:,.0f}")
+    add(
+        "all connected after (ramp)",
+        lambda r: f"{_s(r.connected_seconds)} ({r.plan.ramp:g}/s)",
+    )
+    add("all CRs Online after", lambda r: _s(r.cr_online_seconds))
+    add(
+        "Kubernetes writes to bring the fleet up (per agent)",
+        lambda r: (
+            f"{sum(r.ramp_kube_writes.values()):,.0f} "
+            f"({sum(r.ramp_kube_writes.values()) / (r.plan.agents - r.plan.silent):.1f})"
+        ),
+    )
+    add("operator CPU, steady (% of one core)", lambda r: f"{r.steady.operator_cpu_pct:.1f} %")
+    add("machine busy, steady (all processes, 2 cores = 100 %)",
+        lambda r: f"{r.steady.machine_busy_pct:.0f} %")  # fmt: skip
+    add(
+        "operator RSS: before agents / steady / peak",
+        lambda r: (
+            f"{r.baseline_rss / MIB:.0f} / {r.steady.operator_rss / MIB:.0f} / "
+            f"{max(r.ramp_peak_rss, r.steady.operator_rss) / MIB:.0f} MiB"
+        ),
+    )
+    add(
+        "operator memory per connected agent",
+        lambda r: f"{(r.steady.operator_rss - r.baseline_rss) / r.steady.agents / 1024:.1f} KiB",
+    )
+    add(
+        "simulator CPU / RSS, steady",
+        lambda r: f"{r.steady.sim_cpu_pct:.1f} % / {r.steady.sim_rss / MIB:.0f} MiB",
+    )
+    add(
+        "heartbeats handled, steady",
+        lambda r: f"{r.steady.messages / r.steady.seconds:,.0f}/s",
+    )
+    add(
+        "Kubernetes writes per heartbeat, steady",
+        lambda r: (
+            f"{r.steady.kube_writes / max(r.steady.messages, 1):.3f} "
+            f"({r.steady.kube_writes:,.0f} in {r.steady.seconds:.0f} s; "
+            f"{r.steady.transitions:.0f} transitions)"
+        ),
+    )
+    add(
+        "Postgres statements/s (BEGIN/COMMIT incl.), steady",
+        lambda r: (
+            f"{r.steady.pg.statements / r.steady.seconds:.1f} "
+            f"({r.steady.pg.control / r.steady.seconds:.1f}); "
+            f"{r.steady.pg.transactions / r.steady.seconds:.1f} xact/s, "
+            f"{r.steady.pg.rows / r.steady.seconds:,.0f} rows/s"
+        ),
+    )
+    add(
+        "REST GET /agents/{id}/status p50 / p99 / max",
+        lambda r: (
+            f"{r.rest.p50_ms:.2f} / {r.rest.p99_ms:.2f} / {r.rest.max_ms:.2f} ms "
+            f"(machine {r.rest_machine_busy_pct:.0f} % busy)"
+        ),
+    )
+    add("offline detection after the deadline p50 / p99 / max", _offline)
+    add(
+        "storm: SIGTERM to exit / restart to ready",
+        lambda r: (
+            f"{r.storm.stop_seconds:.1f} s / {r.storm.restart_seconds:.1f} s" if r.storm else "-"
+        ),
+    )
+    add(
+        "storm: SIGTERM to all reconnected / all CRs Online",
+        lambda r: (
+            f"{_s(r.storm.connected_seconds)} / {_s(r.storm.online_seconds)}" if r.storm else "-"
+        ),
+    )
+    add(
+        "storm: Kubernetes writes; registrations refused (retried)",
+        lambda r: (
+            f"{sum(r.storm.kube_writes.values()):,.0f}; {r.storm.rejected_registrations:,.0f}"
+            if r.storm
+            else "-"
+        ),
+    )
+    add("storm: history rows missing", _history)
+    if peers:
+        add("peer (opamp-go): memory per connection", lambda r: _peer_memory(peers, r))
+        add("peer (opamp-go): CPU, steady", lambda r: _peer_cpu(peers, r))
+        add("operator / peer: memory per connection", lambda r: _memory_ratio(peers, r))
+    return "\n".join(lines)
+
+
+def _offline(r: FleetResult) -> str:
+    d = r.offline_delays
+    if not d:
+        return "no samples"
+    missed = f", {r.offline_missed} not seen" if r.offline_missed else ""
+    return (
+        f"{_pct(d, 50):.2f} / {_pct(d, 99):.2f} / {max(d):.2f} s (n={len(d)}{missed}; "
+        f"min {min(d):.2f})"
+    )
+
+
+def _history(r: FleetResult) -> str:
+    if r.storm is None or r.storm.history is None:
+        return "-"
+    h = r.storm.history
+    return (
+        f"{h.missing} of {h.agents:,} agents (no row before: {h.without_session_before}, "
+        f"left open: {h.left_open_before}, no new open row: {h.without_session_after})"
+    )
+
+
+def _peer_memory(peers: dict[int, PeerFleetResult], r: FleetResult) -> str:
+    p = peers.get(r.plan.agents)
+    return "-" if p is None else f"{p.per_agent_bytes / 1024:.1f} KiB ({p.connected:,} connected)"
+
+
+def _peer_cpu(peers: dict[int, PeerFleetResult], r: FleetResult) -> str:
+    p = peers.get(r.plan.agents)
+    return "-" if p is None else f"{p.cpu_pct:.1f} % ({p.messages / p.window_seconds:,.0f} msg/s)"
+
+
+def _memory_ratio(peers: dict[int, PeerFleetResult], r: FleetResult) -> str:
+    p = peers.get(r.plan.agents)
+    if p is None or not p.per_agent_bytes or r.steady is None:
+        return "-"
+    ours = (r.steady.operator_rss - r.baseline_rss) / r.steady.agents
+    return f"{ours / p.per_agent_bytes:.1f}x"
+
+
+def saturation_table(ours: SaturationResult, peer: SaturationResult | None) -> str:
+    runs = [("operator", ours)] + ([("opamp-go peer", peer)] if peer else [])
+    lines = [
+        "| server | messages handled/s | server CPU | messages per CPU-second "
+        "| server RSS | simulator CPU | machine busy | settled |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for name, r in runs:
+        lines.append(
+            f"| {name} | {r.per_second:,.0f} | {r.server_cpu_pct:.0f} % | "
+            f"{r.per_cpu_second:,.0f} | {r.server_rss / MIB:.0f} MiB | {r.sim_cpu_pct:.0f} % | "
+            f"{r.machine_busy_pct:.0f} % | {'yes' if r.settled else 'no'} |"
+        )
+    if peer is not None and peer.per_second and peer.per_cpu_second:
+        lines.append("")
+        lines.append(
+            f"Ratios operator / peer: messages/s {ours.per_second / peer.per_second:.2f}, "
+            f"messages per CPU-second {ours.per_cpu_second / peer.per_cpu_second:.2f}."
+        )
+    return "\n".join(lines)
+
+
+def profile_table(path: Path, top: int = 15) -> str:
+    samples, own, total = profiling.summarize(path, top)
+    if not samples:
+        return f"(no samples in {path.name})"
+    lines = [f"{samples:,} samples (GIL held) in {path.name}", "", "| self | total | function |"]
+    lines.append("|---:|---:|---|")
+    seen = set()
+    for hot in own + total:
+        if hot.where in seen:
+            continue
+        seen.add(hot.where)
+        lines.append(f"| {hot.self_share:.1%} | {hot.total_share:.1%} | `{hot.where}` |")
+    return "\n".join(lines)
+
+
+def dump(path: Path, payload: dict[str, Any]) -> None:
+    def default(value: Any) -> Any:
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            return dataclasses.asdict(value)
+        if isinstance(value, Path):
+            return str(value)
+        raise TypeError(type(value).__name__)
+
+    path.write_text(json.dumps(payload, default=default, indent=2) + "\n")
+
+
+def offline_summary(delays: Sequence[float]) -> dict[str, float]:
+    if not delays:
+        return {}
+    return {
+        "n": len(delays),
+        "p50": _pct(delays, 50),
+        "p99": _pct(delays, 99),
+        "max": max(delays),
+        "mean": statistics.fmean(delays),
+    }
