@@ -50,7 +50,7 @@ class Gone(Exception):
 
 
 class NotServed(Exception):
-    """404 on the list: the CRD is not installed (yet)."""
+    """404 or 403 on the list: the CRD is not installed (yet), or we may not read it."""
 
 
 @dataclass(frozen=True)
@@ -135,10 +135,10 @@ class Informer:
                 except Gone:
                     log.info("watch of %s expired; listing again", self.plural)
                     version = None
-                except NotServed:
-                    # Without the CRD there is nothing of this kind: say so, look again later.
+                except NotServed as error:
+                    # Nothing of this kind we can see: say so once, look again later.
                     if not self.synced.is_set():
-                        log.warning("%s are not served (CRD not installed?)", self.plural)
+                        log.warning("cannot list %s (%s); looking again later", self.plural, error)
                     self.handler.replace([])
                     self.synced.set()
                     await asyncio.sleep(self.retry_max_seconds)
@@ -167,8 +167,10 @@ class Informer:
             ) as response:
                 if response.status == 410:
                     raise Gone()
-                if response.status == 404:
-                    raise NotServed()
+                if response.status in (403, 404):
+                    metrics.kube_informer_errors.labels(self.plural).inc()
+                    detail = "forbidden" if response.status == 403 else "CRD not installed?"
+                    raise NotServed(f"{response.status}: {detail}")
                 await _raise_for_status(response, "list " + self.plural)
                 page = await response.json(loads=json.loads)
             items.extend(page.get("items") or [])
