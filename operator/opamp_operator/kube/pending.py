@@ -100,18 +100,42 @@ class PendingUpdates:
         self._in_flight.discard(agent_id)
         self._attempts.pop(agent_id, None)
 
-    def failed(self, agent_id: str, now: float, max_delay: float) -> tuple[int, float]:
-        """Schedule another try with exponential backoff; return (attempts, delay)."""
+    def failed(
+        self, agent_id: str, now: float, max_delay: float, probe_delay: float | None = None
+    ) -> tuple[int, float]:
+        """Schedule another try with exponential backoff; return (attempts, delay).
+
+        With `probe_delay`, when no other retry is due within it, this one is (at most that
+        late): one agent keeps probing the API server, so the first success after an outage
+        comes soon and can release every other retry (`retry_all_now`).
+        """
         self._in_flight.discard(agent_id)
         attempts = self._attempts.get(agent_id, 0) + 1
         self._attempts[agent_id] = attempts
         delay = min(max_delay, 0.5 * 2 ** min(attempts - 1, 16)) * random.uniform(1.0, 1.2)
+        if probe_delay is not None and not self._retry_due_within(now + probe_delay):
+            delay = min(delay, probe_delay)
         self._urgent.pop(agent_id, None)
         self._refresh.pop(agent_id, None)
         due = now + delay
         self._retry_due[agent_id] = due
         heapq.heappush(self._retry, (due, agent_id))
         return attempts, delay
+
+    def retry_all_now(self) -> int:
+        """Every agent waiting out a backoff is due now (the API answers again); how many."""
+        waiting = list(self._retry_due)
+        for agent_id in waiting:
+            self._urgent[agent_id] = None
+        self._retry_due.clear()
+        self._retry.clear()
+        return len(waiting)
+
+    def _retry_due_within(self, moment: float) -> bool:
+        retry = self._retry
+        while retry and self._retry_due.get(retry[0][1]) != retry[0][0]:
+            heapq.heappop(retry)  # stale: that agent was retried or rescheduled since
+        return bool(retry) and retry[0][0] <= moment
 
     def abandoned(self, agent_id: str) -> None:
         """Stop trying `agent_id` (a request the API server will never accept)."""

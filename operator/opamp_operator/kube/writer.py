@@ -44,6 +44,7 @@ from .status import build_status, format_time, merge_patch, parse_time
 log = logging.getLogger(__name__)
 
 _CONFLICT_RETRIES = 3
+_PROBE_SECONDS = 2.0  # while the API server is unreachable, a retry at least this often
 _Patch = Callable[[str], Awaitable[dict[str, Any]]]  # resourceVersion -> the CR as written
 
 
@@ -243,7 +244,13 @@ class StatusWriter:
             self.pending.abandoned(agent_id)
             log.error("kube API refused the CR of agent %s for good: %s", agent_id, error)
             return
-        attempts, delay = self.pending.failed(agent_id, now, self.settings.retry_max_seconds)
+        # While the API server does not answer, one agent at a time retries every few
+        # seconds; its first success releases the others (see `_count`) instead of each
+        # waiting out its own backoff (up to retry_max_seconds) after the server is back.
+        probe = _PROBE_SECONDS if error.outcome == "unreachable" or error.status == 503 else None
+        attempts, delay = self.pending.failed(
+            agent_id, now, self.settings.retry_max_seconds, probe_delay=probe
+        )
         if attempts == 1 or attempts.bit_count() == 1:  # 1, 2, 4, 8...: log, do not flood
             log.warning(
                 "kube write for agent %s failed (attempt %d, again in %.1fs): %s",
@@ -442,6 +449,8 @@ class StatusWriter:
 
     def _count(self, kind: str, outcome: str) -> None:
         if outcome == "ok":
+            if not self._api_ok and self.pending.retry_all_now():
+                self._wake()  # the API server answers again: no need to wait out backoffs
             self._api_ok = True
         elif outcome in ("unreachable", "throttled", "error"):
             self._api_ok = False
