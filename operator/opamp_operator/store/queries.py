@@ -39,7 +39,14 @@ SELECT u.id, u.status, u.connected, u.disconnected, u.reason, u.first_at, $7
 FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[], $5::text[],
             $6::timestamptz[]) AS u(id, status, connected, disconnected, reason, first_at)
 ON CONFLICT (id) DO UPDATE SET
-    status = excluded.status,
+    status = CASE WHEN excluded.status <> 'online' AND EXISTS (
+        -- Another replica holds the agent's newest session: that replica owns the status.
+        -- This one's news (a stale session timing out after the agent moved, its Error
+        -- timer later) is older and must not mark an agent connected elsewhere offline.
+        SELECT 1 FROM agent_connection_history h
+        WHERE h.agent_id = a.id AND h.disconnected_at IS NULL AND h.replica_id <> $8
+          AND h.connected_at >= COALESCE(a.last_connected_at, h.connected_at))
+        THEN a.status ELSE excluded.status END,
     last_connected_at = COALESCE(excluded.last_connected_at, a.last_connected_at),
     last_disconnected_at = COALESCE(excluded.last_disconnected_at, a.last_disconnected_at),
     disconnect_reason = CASE WHEN excluded.last_disconnected_at IS NULL
@@ -48,7 +55,9 @@ ON CONFLICT (id) DO UPDATE SET
 """
 
 
-async def upsert_agent_states(conn: Conn, rows: Sequence[AgentStateRow], now: datetime) -> str:
+async def upsert_agent_states(
+    conn: Conn, rows: Sequence[AgentStateRow], now: datetime, replica_id: str
+) -> str:
     return str(
         await conn.execute(
             UPSERT_AGENT_STATES,
@@ -59,6 +68,7 @@ async def upsert_agent_states(conn: Conn, rows: Sequence[AgentStateRow], now: da
             [clean_text(r.disconnect_reason) for r in rows],
             [r.first_at for r in rows],
             now,
+            replica_id,
         )
     )
 
@@ -200,7 +210,14 @@ FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[], $5::ti
      AS u(id, status, seen, connected, disconnected, reason, description, capabilities,
           first_at)
 ON CONFLICT (id) DO UPDATE SET
-    status = excluded.status,
+    status = CASE WHEN excluded.status <> 'online' AND EXISTS (
+        -- Another replica holds the agent's newest session: that replica owns the status.
+        -- This one's news (a stale session timing out after the agent moved, its Error
+        -- timer later) is older and must not mark an agent connected elsewhere offline.
+        SELECT 1 FROM agent_connection_history h
+        WHERE h.agent_id = a.id AND h.disconnected_at IS NULL AND h.replica_id <> $11
+          AND h.connected_at >= COALESCE(a.last_connected_at, h.connected_at))
+        THEN a.status ELSE excluded.status END,
     last_seen_at = GREATEST(a.last_seen_at, excluded.last_seen_at),
     last_connected_at = COALESCE(excluded.last_connected_at, a.last_connected_at),
     last_disconnected_at = COALESCE(excluded.last_disconnected_at, a.last_disconnected_at),
@@ -211,7 +228,9 @@ ON CONFLICT (id) DO UPDATE SET
 """
 
 
-async def upsert_snapshots(conn: Conn, rows: Sequence[SnapshotRow], now: datetime) -> str:
+async def upsert_snapshots(
+    conn: Conn, rows: Sequence[SnapshotRow], now: datetime, replica_id: str
+) -> str:
     return str(
         await conn.execute(
             UPSERT_SNAPSHOTS,
@@ -225,6 +244,7 @@ async def upsert_snapshots(conn: Conn, rows: Sequence[SnapshotRow], now: datetim
             [r.capabilities_json for r in rows],
             [r.first_at for r in rows],
             now,
+            replica_id,
         )
     )
 

@@ -246,7 +246,9 @@ class StoreWriter:
         async with acquire as conn, conn.transaction():
             if batch.events:
                 states = plan_agent_states(batch.events, self._current_status)
-                await self._run("agents", queries.upsert_agent_states(conn, states, now))
+                await self._run(
+                    "agents", queries.upsert_agent_states(conn, states, now, self.replica_id)
+                )
             if opened:
                 await self._run(
                     "history_open",
@@ -264,7 +266,9 @@ class StoreWriter:
                 await self._run("descriptions", queries.upsert_descriptions(conn, rows, now))
             if snapshots:
                 full = [snapshot_row(s) for s in snapshots]
-                await self._run("resync", queries.upsert_snapshots(conn, full, now))
+                await self._run(
+                    "resync", queries.upsert_snapshots(conn, full, now, self.replica_id)
+                )
             if batch.seen:
                 await self._run("last_seen", queries.update_last_seen(conn, batch.seen, now))
         metrics.db_flush_seconds.observe(time.perf_counter() - started)
