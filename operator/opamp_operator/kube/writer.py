@@ -438,8 +438,12 @@ class StatusWriter:
         replica = (previous.get("connection") or {}).get("replica")
         seen = parse_time(previous.get("lastSeenAt"))
         ours = parse_time(format_time(snapshot.last_seen_at))
-        fresher = seen is not None and ours is not None and seen > ours
-        return fresher and replica != self.settings.replica_id
+        if seen is None or ours is None or replica == self.settings.replica_id:
+            return False
+        # lastSeenAt has whole seconds: an agent that reached the other replica within the
+        # second of its last message here is tied, and the other replica says it is Online.
+        tied_online = seen == ours and previous.get("phase") == "Online"
+        return seen > ours or tied_online
 
     def _remember(self, agent_id: str, body: dict[str, Any]) -> Mirror:
         mirror = Mirror.from_body(body, self.clock.now(), self._refresh)
