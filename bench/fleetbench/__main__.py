@@ -53,12 +53,19 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--saturation-heartbeat", type=float, default=0.05)
     parser.add_argument("--no-saturation", action="store_true")
     parser.add_argument("--no-peer", action="store_true")
+    parser.add_argument("--no-storm", action="store_true", help="skip the reconnect storm")
     parser.add_argument(
         "--profile",
         action="store_true",
         help="py-spy the operator during saturation, steady and storm windows",
     )
     parser.add_argument("--kube-writes-per-second", type=float, default=500.0)
+    parser.add_argument("--last-seen-refresh", type=float, default=60.0)
+    parser.add_argument(
+        "--no-gc-stats",
+        action="store_true",
+        help="run the operator without the collector-pause hook",
+    )
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None, help="write every number here")
     args = parser.parse_args()  # fmt: skip
@@ -93,7 +100,11 @@ def raise_fd_limit() -> None:
 
 
 async def run(args: argparse.Namespace, bed: TestBed, workdir: Path) -> dict[str, Any]:
-    options = OperatorOptions(kube_writes_per_second=args.kube_writes_per_second)
+    options = OperatorOptions(
+        kube_writes_per_second=args.kube_writes_per_second,
+        last_seen_refresh=args.last_seen_refresh,
+        gc_stats=not args.no_gc_stats,
+    )
     results: dict[str, Any] = {"machine": machine(), "argv": sys.argv, "options": options}
     sat_plan = SaturationPlan(
         agents=args.saturation_agents, heartbeat=args.saturation_heartbeat, profile=args.profile
@@ -112,7 +123,7 @@ async def run(args: argparse.Namespace, bed: TestBed, workdir: Path) -> dict[str
         silent = args.silent if args.silent is not None else min(200, n // 10)
         plan = FleetPlan(
             agents=n, silent=silent, ramp=args.ramp, steady_seconds=args.steady,
-            profile=args.profile,
+            profile=args.profile, storm=not args.no_storm,
         )  # fmt: skip
         started = time.monotonic()
         fleets.append(await FleetScenario(bed, plan, workdir, options).run())

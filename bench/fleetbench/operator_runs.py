@@ -24,7 +24,7 @@ import api_latency
 
 from tests.support.operator_process import OperatorProcess
 
-from . import profiling
+from . import gcwatch, profiling
 from .crwatch import CrWatch
 from .pgstats import HistoryCheck, PgCounters, counters, history_check
 from .procstat import PeakRss, cpu_percent, machine_busy_percent, machine_sample, sample
@@ -34,6 +34,7 @@ from .stack import (
     Simulator,
     TestBed,
     connections,
+    gc_stats_path,
     idle_queues,
     operator_pid,
     operator_process,
@@ -58,6 +59,7 @@ class FleetPlan:
     settle_timeout: float = 420.0
     storm_timeout: float = 420.0
     profile: bool = False
+    storm: bool = True
 
 
 @dataclass
@@ -74,6 +76,7 @@ class Window:
     transitions: float
     db_rows: float
     pg: PgCounters
+    gc: gcwatch.GcWindow | None = None
 
 
 @dataclass
@@ -101,6 +104,7 @@ class FleetResult:
     steady: Window | None = None
     rest: Any = None  # api_latency.Result
     rest_machine_busy_pct: float = 0.0
+    rest_gc: gcwatch.GcWindow | None = None
     offline_delays: list[float] = field(default_factory=list)
     offline_missed: int = 0
     storm: StormResult | None = None
@@ -112,11 +116,14 @@ async def measure_window(
 ) -> Window:
     pid = operator_pid(op)
     assert bed.pg is not None
+    gc0 = _gc(op)
     m0, p0 = await scrape(op.api_url), await counters(bed.pg, database)
     s0, q0, c0 = sample(pid), sample(sim_pid), machine_sample()
     await asyncio.sleep(seconds)
     m1, p1 = await scrape(op.api_url), await counters(bed.pg, database)
     s1, q1, c1 = sample(pid), sample(sim_pid), machine_sample()
+    await asyncio.sleep(1.1)  # the gc stats file is rewritten every second
+    gc1 = _gc(op)
 
     def delta(name: str) -> float:
         return m1.value(name) - m0.value(name)
@@ -139,7 +146,13 @@ async def measure_window(
             p1.transactions - p0.transactions,
             p1.rows - p0.rows,
         ),
+        gc=gcwatch.between(gc0, gc1),
     )
+
+
+def _gc(op: OperatorProcess) -> dict[str, Any] | None:
+    path = gc_stats_path(op)
+    return None if path is None else gcwatch.read(path)
 
 
 class FleetScenario:
@@ -173,7 +186,8 @@ class FleetScenario:
             await self._steady()
             await self._rest()
             await self._offline()
-            await self._storm()
+            if self.plan.storm:
+                await self._storm()
         finally:
             if self.main is not None:
                 await self.main.kill()
@@ -235,12 +249,14 @@ class FleetScenario:
         ids = [a for a, v in self.watch.crs.items() if v.phase == "Online"]
         sample_ids = random.Random(1).sample(ids, min(len(ids), 2000))
         paths = [f"/api/v1/agents/{agent_id}/status" for agent_id in sample_ids]
-        before = machine_sample()
+        before, gc0 = machine_sample(), _gc(self.op)
         self.result.rest = await api_latency._measure(
             self.op.config.api_port, paths, self.plan.rest_requests, self.plan.agents,
             "GET /agents/{id}/status",
         )  # fmt: skip
         self.result.rest_machine_busy_pct = machine_busy_percent(before, machine_sample())
+        await asyncio.sleep(1.1)
+        self.result.rest_gc = gcwatch.between(gc0, _gc(self.op))
         self.say(f"rest: {self.result.rest}")
 
     async def _offline(self) -> None:

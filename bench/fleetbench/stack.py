@@ -89,6 +89,7 @@ class OperatorOptions:
     heartbeat_timeout: float = 60.0
     kube_writes_per_second: float = 500.0
     last_seen_refresh: float = 60.0
+    gc_stats: bool = True  # run it under fleetbench.gcwatch (collector pauses recorded)
 
     def extra_args(self) -> list[str]:
         return [
@@ -97,10 +98,24 @@ class OperatorOptions:
         ]  # fmt: skip
 
 
+@dataclass
+class BenchOperatorConfig(OperatorConfig):
+    """The tests' operator command line, optionally under fleetbench.gcwatch."""
+
+    gc_stats_path: Path | None = None
+
+    def argv(self) -> list[str]:
+        argv = super().argv()
+        if self.gc_stats_path is None:
+            return argv
+        assert argv[1:3] == ["-m", "opamp_operator"]
+        return [argv[0], "-m", "fleetbench.gcwatch", str(self.gc_stats_path), *argv[3:]]
+
+
 def operator_process(
     bed: TestBed, namespace: str, database: PostgresEndpoint, options: OperatorOptions, log: Path
 ) -> OperatorProcess:
-    config = OperatorConfig(
+    config = BenchOperatorConfig(
         bed.kubeconfig,
         namespace,
         database.dsn,
@@ -110,8 +125,14 @@ def operator_process(
         last_seen_refresh=options.last_seen_refresh,
         replica_id="bench",
         extra_args=options.extra_args(),
+        gc_stats_path=log.with_suffix(".gc.json") if options.gc_stats else None,
     )
     return OperatorProcess(config, log)
+
+
+def gc_stats_path(process: OperatorProcess) -> Path | None:
+    config = process.config
+    return config.gc_stats_path if isinstance(config, BenchOperatorConfig) else None
 
 
 def operator_pid(process: OperatorProcess) -> int:

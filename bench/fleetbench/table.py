@@ -97,6 +97,14 @@ def fleet_table(results: Sequence[FleetResult], peers: dict[int, PeerFleetResult
             f"(machine {r.rest_machine_busy_pct:.0f} % busy)"
         ),
     )
+    add(
+        "operator GC in the steady window: collections, time, longest pause",
+        lambda r: r.steady.gc.describe() if r.steady.gc else "-",
+    )
+    add(
+        "operator GC during the REST requests",
+        lambda r: r.rest_gc.describe() if r.rest_gc else "-",
+    )
     add("offline detection after the deadline p50 / p99 / max", _offline)
     add(
         "storm: SIGTERM to exit / restart to ready",

@@ -1,0 +1,112 @@
+"""Run the operator with the garbage collector's pauses recorded (the bench's `--gc-stats`).
+
+    python -m fleetbench.gcwatch STATS.json <opamp-operator arguments>
+
+Same as `python -m opamp_operator ...`, plus a gc.callbacks hook that times every
+collection; a daemon thread writes the totals to STATS.json every second. The hook costs
+two perf_counter() calls per collection; the operator's code is untouched.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+_SLOW_S = 0.010  # collections at least this long are kept one by one
+_SLOW_KEPT = 2000
+
+
+class GcStats:
+    def __init__(self) -> None:
+        self.started = 0.0
+        self.count = [0, 0, 0]
+        self.seconds = [0.0, 0.0, 0.0]
+        self.max = [0.0, 0.0, 0.0]
+        self.slow: list[tuple[float, int, float, int]] = []  # (wall, gen, seconds, collected)
+
+    def hook(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self.started = time.perf_counter()
+            return
+        elapsed = time.perf_counter() - self.started
+        generation = int(info["generation"])
+        self.count[generation] += 1
+        self.seconds[generation] += elapsed
+        self.max[generation] = max(self.max[generation], elapsed)
+        if elapsed >= _SLOW_S and len(self.slow) < _SLOW_KEPT:
+            self.slow.append((time.time(), generation, elapsed, int(info["collected"])))
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "count": list(self.count),
+            "seconds": list(self.seconds),
+            "max": list(self.max),
+            "slow": list(self.slow),
+            "freeze_count": gc.get_freeze_count(),
+            "thresholds": gc.get_threshold(),
+            "at": time.time(),
+        }
+
+
+def _writer(stats: GcStats, path: Path) -> None:
+    while True:
+        time.sleep(1.0)
+        temporary = path.with_suffix(".tmp")
+        temporary.write_text(json.dumps(stats.snapshot()))
+        temporary.replace(path)
+
+
+def main() -> None:
+    stats = GcStats()
+    gc.callbacks.append(stats.hook)
+    target = Path(sys.argv[1])
+    threading.Thread(target=_writer, args=(stats, target), daemon=True).start()
+    from opamp_operator.cli import main as operator_main
+
+    raise SystemExit(operator_main(sys.argv[2:]))
+
+
+def read(path: Path) -> dict[str, Any] | None:
+    """The latest totals written by a gcwatch process (None before the first write)."""
+    try:
+        data: dict[str, Any] = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data
+
+
+if __name__ == "__main__":
+    main()
+
+
+@dataclass(frozen=True)
+class GcWindow:
+    """Collections between two reads: how many full (generation 2), time, longest pause."""
+
+    collections: int
+    full: int
+    seconds: float
+    longest: float | None  # None: no pause reached the 10 ms recording threshold
+
+    def describe(self) -> str:
+        longest = "< 10 ms" if self.longest is None else f"{self.longest * 1000:.0f} ms"
+        return f"{self.collections} ({self.full} full), {self.seconds:.2f} s, longest {longest}"
+
+
+def between(before: dict[str, Any] | None, after: dict[str, Any] | None) -> GcWindow | None:
+    if before is None or after is None:
+        return None
+    start, end = float(before["at"]), float(after["at"])
+    pauses = [seconds for wall, _, seconds, _ in after["slow"] if start <= wall <= end]
+    return GcWindow(
+        collections=sum(after["count"]) - sum(before["count"]),
+        full=after["count"][2] - before["count"][2],
+        seconds=sum(after["seconds"]) - sum(before["seconds"]),
+        longest=max(pauses) if pauses else None,
+    )
