@@ -41,6 +41,21 @@ log = logging.getLogger(__name__)
 # large fleet's churn can be silenced without hiding ours.
 protocol_log = logging.getLogger(__name__ + ".protocol")
 
+
+class _RedactCredentials(logging.Filter):
+    """websockets logs every request header at DEBUG ("< %s: %s"): never a credential."""
+
+    HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) == 2 and str(args[0]).lower() in self.HEADERS:
+            record.args = (args[0], "<redacted>")
+        return True
+
+
+protocol_log.addFilter(_RedactCredentials())
+
 _MAX_QUEUE: Final = 4  # unread messages buffered per connection before reading pauses
 _CLOSE_REASON_BYTES: Final = 123  # the most a close frame's reason may hold
 # Close codes websockets sends itself when a peer breaks the protocol, as metric reasons.
