@@ -30,11 +30,18 @@ def health_to_dict(health: Any, depth: int = 0) -> dict[str, Any]:
 def remote_config_status_to_dict(status: Any) -> dict[str, Any]:
     return {
         "lastRemoteConfigHash": bytes(status.last_remote_config_hash).hex(),
-        "status": opamp_pb2.RemoteConfigStatuses.Name(status.status).removeprefix(
-            "RemoteConfigStatuses_"
-        ),
+        "status": _remote_config_status_name(int(status.status)),
         "errorMessage": status.error_message,
     }
+
+
+def _remote_config_status_name(number: int) -> str:
+    # Enums are open on the wire: a value we do not know (a newer agent, a broken one) is
+    # shown as such; Name() would raise and fail the agent's whole message.
+    names = opamp_pb2.RemoteConfigStatuses
+    if number not in names.values():
+        return f"UNKNOWN_{number}"
+    return names.Name(number).removeprefix("RemoteConfigStatuses_")
 
 
 def effective_config_hash(effective_config: Any) -> str:
