@@ -95,8 +95,8 @@ async def test_operator_survives_an_apiserver_restart_and_crs_converge(
                              lambda n=name: _cr_phase(kubeconfig, namespace, ids[n], "Online"),  # type: ignore[misc]
                              within=20)  # fmt: skip
         stopped_at = time.monotonic()
-        await asyncio.to_thread(controlplane.stop_apiserver)
         try:
+            await asyncio.to_thread(controlplane.stop_apiserver)
             # The OpAMP side does not need Kubernetes: agents come, go and time out.
             await start("arrives")
             assert await agents["leaves"].stop() == 0
