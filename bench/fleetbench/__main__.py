@@ -35,7 +35,13 @@ MAX_AGENTS = 12_000  # the simulator's comfortable limit on this machine; the be
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="bench/run", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--agents", type=int, nargs="+", default=[1000, 10000])
+    parser.add_argument(
+        "--agents",
+        type=int,
+        nargs="*",
+        default=[1000, 10000],
+        help="fleet sizes (none: saturation only)",
+    )
     parser.add_argument(
         "--silent",
         type=int,

@@ -58,7 +58,13 @@ class CrWatch:
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="cr-watch")
-        await asyncio.wait_for(self._synced.wait(), 60)
+        synced = asyncio.create_task(self._synced.wait())
+        await asyncio.wait({self._task, synced}, timeout=60, return_when=asyncio.FIRST_COMPLETED)
+        if self._task.done():
+            self._task.result()  # raises what stopped the watch
+        if not synced.done():
+            synced.cancel()
+            raise TimeoutError("the OpAMPAgent list did not succeed within 60 s")
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -98,14 +104,15 @@ class CrWatch:
         timeout = aiohttp.ClientTimeout(total=None, sock_read=_WATCH_TIMEOUT_S + 30)
         connector = aiohttp.TCPConnector(ssl=self._ssl, limit=2)
         async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
-            version: str | None = await self._list(session)
-            self._synced.set()
+            version: str | None = None
             while True:
-                if version is None:  # expired (410): start over from a fresh list
-                    version = await self._list(session)
                 try:
+                    if version is None:  # first, or expired (410): start from a fresh list
+                        version = await self._list(session)
+                        self._synced.set()
                     version = await self._watch(session, version)
                 except aiohttp.ClientError as error:
+                    # e.g. 429 "storage is (re)initializing" right after the API server starts
                     log.warning("CR watch interrupted (%s); resuming", error)
                     await asyncio.sleep(0.5)
 

@@ -5,15 +5,23 @@
 Same as `python -m opamp_operator ...`, plus a gc.callbacks hook that times every
 collection; a daemon thread writes the totals to STATS.json every second. The hook costs
 two perf_counter() calls per collection; the operator's code is untouched.
+
+For experiments, $FLEETBENCH_GC_THRESHOLD ("a,b,c") sets the collector's thresholds before
+the operator starts, and $FLEETBENCH_GC_FREEZE_AFTER (seconds) calls gc.freeze() once
+that long after start (to compare collector settings without editing the operator).
 """
 
 from __future__ import annotations
 
 import gc
 import json
+import os
+import signal
 import sys
 import threading
 import time
+import types
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,11 +70,60 @@ def _writer(stats: GcStats, path: Path) -> None:
         temporary.replace(path)
 
 
+def _census(path: Path, seconds: float) -> None:
+    """What cyclic garbage the process makes: keep all of it for `seconds`, count by type."""
+    gc.collect()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+
+    def finish() -> None:
+        gc.collect()
+        kinds = Counter(f"{type(o).__module__}.{type(o).__qualname__}" for o in gc.garbage)
+        # Frames and coroutines name the code that made the cycle.
+        code = Counter(
+            f"{o.f_code.co_filename}:{o.f_code.co_name}"
+            for o in gc.garbage
+            if isinstance(o, types.FrameType)
+        )
+        total = len(gc.garbage)
+        gc.garbage.clear()
+        gc.set_debug(0)
+        report = {"seconds": seconds, "objects": total, "types": kinds.most_common(40)}
+        report["frames"] = code.most_common(40)
+        path.write_text(json.dumps(report, indent=1))
+
+    timer = threading.Timer(seconds, finish)
+    timer.daemon = True
+    timer.start()
+
+
+def _freezer(every: float) -> None:
+    """Experiment: collect, then freeze the survivors, every `every` seconds."""
+    while True:
+        time.sleep(every)
+        gc.collect()
+        gc.freeze()
+
+
 def main() -> None:
     stats = GcStats()
     gc.callbacks.append(stats.hook)
     target = Path(sys.argv[1])
     threading.Thread(target=_writer, args=(stats, target), daemon=True).start()
+    threshold = os.environ.get("FLEETBENCH_GC_THRESHOLD")
+    if threshold:
+        first, second, third = (int(part) for part in threshold.split(","))
+        gc.set_threshold(first, second, third)
+    # kill -USR1 <pid>: a census of 5 s of cyclic garbage into STATS.census.json
+    census = target.with_suffix(".census.json")
+    signal.signal(signal.SIGUSR1, lambda *_: _census(census, 5.0))
+    freeze_every = os.environ.get("FLEETBENCH_GC_FREEZE_EVERY")
+    if freeze_every:
+        threading.Thread(target=_freezer, args=(float(freeze_every),), daemon=True).start()
+    freeze_after = os.environ.get("FLEETBENCH_GC_FREEZE_AFTER")
+    if freeze_after:
+        timer = threading.Timer(float(freeze_after), gc.freeze)
+        timer.daemon = True
+        timer.start()
     from opamp_operator.cli import main as operator_main
 
     raise SystemExit(operator_main(sys.argv[2:]))

@@ -55,6 +55,8 @@ class HistoryCheck:
     left_open_before: int  # a row from before the restart still open
     without_session_after: int  # no open row connected after the restart
     open_rows_total: int
+    #: disconnect_reason of the rows the restart closed -> count (operator_shutdown expected)
+    closed_by_restart: dict[str, int]
 
     @property
     def missing(self) -> int:
@@ -78,6 +80,17 @@ FROM wanted LEFT JOIN before USING (agent_id) LEFT JOIN after USING (agent_id)
 """
 
 
+# The last session before the restart of each agent, and how it ended.
+_CLOSED_BY_RESTART = """
+SELECT disconnect_reason, count(*) AS n FROM (
+    SELECT DISTINCT ON (agent_id) agent_id, disconnect_reason
+    FROM agent_connection_history
+    WHERE agent_id = ANY($1::text[]) AND connected_at < $2
+    ORDER BY agent_id, connected_at DESC
+) AS last GROUP BY disconnect_reason
+"""
+
+
 async def history_check(
     database: PostgresEndpoint, agent_ids: list[str], restart_wall: float
 ) -> HistoryCheck:
@@ -88,6 +101,7 @@ async def history_check(
         open_rows = await connection.fetchval(
             "SELECT count(*) FROM agent_connection_history WHERE disconnected_at IS NULL"
         )
+        reasons = await connection.fetch(_CLOSED_BY_RESTART, agent_ids, restart)
     finally:
         await connection.close()
     return HistoryCheck(
@@ -96,4 +110,5 @@ async def history_check(
         int(row["open_before"]),
         int(row["without_after"]),
         int(open_rows),
+        {str(r["disconnect_reason"]): int(r["n"]) for r in reasons},
     )

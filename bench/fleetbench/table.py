@@ -149,9 +149,11 @@ def _history(r: FleetResult) -> str:
     if r.storm is None or r.storm.history is None:
         return "-"
     h = r.storm.history
+    reasons = ", ".join(f"{k} {v:,}" for k, v in sorted(h.closed_by_restart.items()))
     return (
         f"{h.missing} of {h.agents:,} agents (no row before: {h.without_session_before}, "
-        f"left open: {h.left_open_before}, no new open row: {h.without_session_after})"
+        f"left open: {h.left_open_before}, no new open row: {h.without_session_after}); "
+        f"old sessions ended as: {reasons}"
     )
 
 
