@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
 from opamp_operator.testbed.controlplane import ControlPlane, ControlPlaneEndpoints
 from opamp_operator.testbed.postgres import PostgresEndpoint, PostgresServer
+from tests.support.gitops import install_crd
 
 CRD_FILE = Path(__file__).resolve().parents[1] / "crds" / "opampagents.opamp.dev.yaml"
 
@@ -80,21 +79,4 @@ def postgres_dsn(postgres: PostgresEndpoint) -> str:
 @pytest.fixture(scope="session")
 def opampagent_crd(kube_api: k8s.ApiClient) -> str:
     """The OpAMPAgent CRD from crds/, installed (or updated) and Established."""
-    manifest = yaml.safe_load(CRD_FILE.read_text())
-    name = str(manifest["metadata"]["name"])
-    extensions = k8s.ApiextensionsV1Api(kube_api)
-    try:
-        extensions.create_custom_resource_definition(manifest)
-    except k8s.ApiException as error:
-        if error.status != 409:
-            raise
-        current = extensions.read_custom_resource_definition(name)
-        manifest["metadata"]["resourceVersion"] = current.metadata.resource_version
-        extensions.replace_custom_resource_definition(name, manifest)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        conditions = extensions.read_custom_resource_definition(name).status.conditions or []
-        if any(c.type == "Established" and c.status == "True" for c in conditions):
-            return name
-        time.sleep(0.1)
-    raise AssertionError(f"CRD {name} never became Established")
+    return install_crd(kube_api, CRD_FILE)
