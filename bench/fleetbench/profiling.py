@@ -90,3 +90,33 @@ def summarize(raw: Path, top: int = 20) -> tuple[int, list[Hot], list[Hot]]:
         ]
 
     return samples, ranked(own), ranked(total)
+
+
+# Where a sample's time goes, by the first matching marker anywhere in its stack.
+_CATEGORIES: tuple[tuple[str, str], ...] = (
+    ("kopf/", "Kopf: OpAMPAgent watch events and handlers"),
+    ("Thread._bootstrap", "kubernetes client threads (requests, JSON, pydantic)"),
+    ("Informer", "GitOps informer watches"),
+    ("opamp_operator/kube/", "status writer, liveness, pod links"),
+    ("handle_message", "fleet: handle_message"),
+    ("opamp_operator/store/", "store writer (asyncpg)"),
+    ("opamp_operator/api/", "REST API and /metrics"),
+    ("websocket", "WebSocket framing and sessions"),
+    ("selector_events", "asyncio socket transport"),
+)
+
+
+def categories(raw: Path) -> list[tuple[str, float]]:
+    """Share of samples per part of the operator (the rest: event loop and other)."""
+    counts: Counter[str] = Counter()
+    samples = 0
+    for line in raw.read_text().splitlines():
+        match = _LINE.match(line)
+        if match is None:
+            continue
+        count = int(match[2])
+        samples += count
+        stack = match[1]
+        name = next((label for marker, label in _CATEGORIES if marker in stack), "other")
+        counts[name] += count
+    return [(name, count / samples) for name, count in counts.most_common()] if samples else []

@@ -201,7 +201,9 @@ def profile_table(path: Path, top: int = 15) -> str:
     samples, own, total = profiling.summarize(path, top)
     if not samples:
         return f"(no samples in {path.name})"
-    lines = [f"{samples:,} samples (GIL held) in {path.name}", "", "| self | total | function |"]
+    lines = [f"{samples:,} samples (GIL held) in {path.name}", "", "| share | part |", "|---:|---|"]
+    lines += [f"| {share:.1%} | {name} |" for name, share in profiling.categories(path)]
+    lines += ["", "| self | total | function |"]
     lines.append("|---:|---:|---|")
     seen = set()
     for hot in own + total:
