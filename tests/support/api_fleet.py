@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -15,23 +13,22 @@ from opamp_operator.api.server import ApiServer
 from opamp_operator.config import ApiSettings, FleetSettings
 from opamp_operator.fleet.clock import FakeClock
 from opamp_operator.fleet.events import EventBus
-from opamp_operator.fleet.model import Transport
 from opamp_operator.fleet.registry import Fleet
-from opamp_operator.opamp.generated import opamp_pb2
-from opamp_operator.opamp.generated.anyvalue_pb2 import AnyValue, KeyValue
 from opamp_operator.opamp.messages import AgentToServer
+from tests.support.fake_agents import FakeChannel, heartbeat, hello, new_agent_id
 
-
-@dataclass(eq=False)
-class FakeChannel:
-    """A transport connection that records what the fleet asked of it."""
-
-    transport: Transport = Transport.WEBSOCKET
-    remote_addr: str = "127.0.0.1:50000"
-    close_requests: list[str] = field(default_factory=list)
-
-    def request_close(self, reason: str) -> None:
-        self.close_requests.append(reason)
+__all__ = [
+    "FakeAuthorizer",
+    "FakeChannel",
+    "api_settings",
+    "disconnect",
+    "heartbeat",
+    "hello",
+    "make_fleet",
+    "new_agent_id",
+    "serving",
+    "visit",
+]
 
 
 def make_fleet(
@@ -43,41 +40,10 @@ def make_fleet(
     return Fleet(settings, clock, bus), clock, bus
 
 
-def hello(agent_id: str, sequence_num: int = 0, service: str = "otelcol") -> AgentToServer:
-    """A first message: description, capabilities and health, as a real agent sends them."""
-    message = AgentToServer(
-        instance_uid=uuid.UUID(agent_id).bytes,
-        sequence_num=sequence_num,
-        capabilities=int(opamp_pb2.AgentCapabilities_ReportsStatus)
-        | int(opamp_pb2.AgentCapabilities_ReportsHealth),
-    )
-    description = message.agent_description
-    description.identifying_attributes.append(
-        KeyValue(key="service.name", value=AnyValue(string_value=service))
-    )
-    description.identifying_attributes.append(
-        KeyValue(key="service.instance.id", value=AnyValue(bytes_value=b"\x00\xffid"))
-    )
-    description.non_identifying_attributes.append(
-        KeyValue(key="host.name", value=AnyValue(string_value="node-1"))
-    )
-    message.health.healthy = True
-    message.health.status = "StatusOK"
-    return message
-
-
-def heartbeat(agent_id: str, sequence_num: int) -> AgentToServer:
-    return AgentToServer(instance_uid=uuid.UUID(agent_id).bytes, sequence_num=sequence_num)
-
-
 def disconnect(agent_id: str, sequence_num: int) -> AgentToServer:
     message = heartbeat(agent_id, sequence_num)
     message.agent_disconnect.SetInParent()
     return message
-
-
-def new_agent_id() -> str:
-    return str(uuid.uuid4())
 
 
 class FakeAuthorizer:

@@ -17,22 +17,15 @@ from typing import Any, TypeVar
 
 from kubernetes import client as k8s
 
-from opamp_operator.fleet.model import Transport
 from opamp_operator.opamp.generated import anyvalue_pb2, opamp_pb2
+from tests.support import fake_agents
 
 T = TypeVar("T")
 
 
 @dataclass(eq=False)
-class FakeChannel:
-    """A connection as the fleet sees it; remembers close requests."""
-
-    transport: Transport = Transport.WEBSOCKET
+class FakeChannel(fake_agents.FakeChannel):
     remote_addr: str = "127.0.0.1:40001"
-    close_requests: list[str] = field(default_factory=list)
-
-    def request_close(self, reason: str) -> None:
-        self.close_requests.append(reason)
 
 
 @dataclass

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -14,56 +13,31 @@ import asyncpg
 from opamp_operator.config import FleetSettings, StoreSettings
 from opamp_operator.fleet.clock import FakeClock
 from opamp_operator.fleet.events import EventBus
-from opamp_operator.fleet.model import Transport
 from opamp_operator.fleet.registry import Fleet
-from opamp_operator.opamp.generated import opamp_pb2
-from opamp_operator.opamp.generated.anyvalue_pb2 import AnyValue, KeyValue
 from opamp_operator.opamp.messages import AgentToServer
 from opamp_operator.store.migrations import migrate
 from opamp_operator.store.pool import create_pool
 from opamp_operator.store.writer import StoreWriter
 from opamp_operator.testbed.postgres import PostgresServer
+from tests.support.fake_agents import FakeChannel, heartbeat, new_agent_id
+from tests.support.fake_agents import hello as fake_hello
 
-
-@dataclass(eq=False)
-class FakeChannel:
-    """A transport connection that records what the fleet asked of it."""
-
-    transport: Transport = Transport.WEBSOCKET
-    remote_addr: str = "127.0.0.1:50000"
-    close_requests: list[str] = field(default_factory=list)
-
-    def request_close(self, reason: str) -> None:
-        self.close_requests.append(reason)
-
-
-def new_agent_id() -> str:
-    return str(uuid.uuid4())
+__all__ = [
+    "FakeChannel",
+    "StoreRig",
+    "eventually",
+    "fleet_settings",
+    "heartbeat",
+    "hello",
+    "new_agent_id",
+    "stop_postgres",
+    "store_rig",
+]
 
 
 def hello(agent_id: str, sequence_num: int = 0, service: str = "otelcol") -> AgentToServer:
-    """A first message with a description and capabilities, as real agents send."""
-    message = AgentToServer(
-        instance_uid=uuid.UUID(agent_id).bytes,
-        sequence_num=sequence_num,
-        capabilities=int(opamp_pb2.AgentCapabilities_ReportsStatus)
-        | int(opamp_pb2.AgentCapabilities_ReportsHealth),
-    )
-    description = message.agent_description
-    description.identifying_attributes.append(
-        KeyValue(key="service.name", value=AnyValue(string_value=service))
-    )
-    description.identifying_attributes.append(
-        KeyValue(key="service.instance.id", value=AnyValue(bytes_value=b"\x00\xffid"))
-    )
-    description.non_identifying_attributes.append(
-        KeyValue(key="host.name", value=AnyValue(string_value="node-\x00-1"))
-    )
-    return message
-
-
-def heartbeat(agent_id: str, sequence_num: int) -> AgentToServer:
-    return AgentToServer(instance_uid=uuid.UUID(agent_id).bytes, sequence_num=sequence_num)
+    """A first message whose host name carries a NUL byte, which PostgreSQL text refuses."""
+    return fake_hello(agent_id, sequence_num, service, host_name="node-\x00-1", healthy=None)
 
 
 @dataclass
