@@ -32,6 +32,21 @@ Conn: TypeAlias = asyncpg.Connection  # or a Pool: both run a single statement t
 
 # -- writes ------------------------------------------------------------------------------
 
+
+def _status_unless_held_elsewhere(replica_param: str) -> str:
+    """SQL for agents.status on conflict; `replica_param` is this replica's `$n` placeholder.
+
+    Another replica holding the agent's newest open session owns its status: this one's
+    news (a stale session timing out after the agent moved, its Error timer later) is older
+    and must not mark an agent connected elsewhere offline.
+    """
+    return f"""CASE WHEN excluded.status <> 'online' AND EXISTS (
+        SELECT 1 FROM agent_connection_history h
+        WHERE h.agent_id = a.id AND h.disconnected_at IS NULL AND h.replica_id <> {replica_param}
+          AND h.connected_at >= COALESCE(a.last_connected_at, h.connected_at))
+        THEN a.status ELSE excluded.status END"""
+
+
 UPSERT_AGENT_STATES = """
 INSERT INTO agents AS a (id, status, last_connected_at, last_disconnected_at,
                          disconnect_reason, created_at, updated_at)
@@ -39,20 +54,13 @@ SELECT u.id, u.status, u.connected, u.disconnected, u.reason, u.first_at, $7
 FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[], $5::text[],
             $6::timestamptz[]) AS u(id, status, connected, disconnected, reason, first_at)
 ON CONFLICT (id) DO UPDATE SET
-    status = CASE WHEN excluded.status <> 'online' AND EXISTS (
-        -- Another replica holds the agent's newest session: that replica owns the status.
-        -- This one's news (a stale session timing out after the agent moved, its Error
-        -- timer later) is older and must not mark an agent connected elsewhere offline.
-        SELECT 1 FROM agent_connection_history h
-        WHERE h.agent_id = a.id AND h.disconnected_at IS NULL AND h.replica_id <> $8
-          AND h.connected_at >= COALESCE(a.last_connected_at, h.connected_at))
-        THEN a.status ELSE excluded.status END,
+    status = {status},
     last_connected_at = COALESCE(excluded.last_connected_at, a.last_connected_at),
     last_disconnected_at = COALESCE(excluded.last_disconnected_at, a.last_disconnected_at),
     disconnect_reason = CASE WHEN excluded.last_disconnected_at IS NULL
                              THEN a.disconnect_reason ELSE excluded.disconnect_reason END,
     updated_at = excluded.updated_at
-"""
+""".format(status=_status_unless_held_elsewhere("$8"))
 
 
 async def upsert_agent_states(
@@ -210,14 +218,7 @@ FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[], $5::ti
      AS u(id, status, seen, connected, disconnected, reason, description, capabilities,
           first_at)
 ON CONFLICT (id) DO UPDATE SET
-    status = CASE WHEN excluded.status <> 'online' AND EXISTS (
-        -- Another replica holds the agent's newest session: that replica owns the status.
-        -- This one's news (a stale session timing out after the agent moved, its Error
-        -- timer later) is older and must not mark an agent connected elsewhere offline.
-        SELECT 1 FROM agent_connection_history h
-        WHERE h.agent_id = a.id AND h.disconnected_at IS NULL AND h.replica_id <> $11
-          AND h.connected_at >= COALESCE(a.last_connected_at, h.connected_at))
-        THEN a.status ELSE excluded.status END,
+    status = {status},
     last_seen_at = GREATEST(a.last_seen_at, excluded.last_seen_at),
     last_connected_at = COALESCE(excluded.last_connected_at, a.last_connected_at),
     last_disconnected_at = COALESCE(excluded.last_disconnected_at, a.last_disconnected_at),
@@ -225,7 +226,7 @@ ON CONFLICT (id) DO UPDATE SET
     description = excluded.description,
     capabilities = excluded.capabilities,
     updated_at = excluded.updated_at
-"""
+""".format(status=_status_unless_held_elsewhere("$11"))
 
 
 async def upsert_snapshots(
