@@ -50,6 +50,9 @@ func newAgent(cfg *config, out *emitter) *agent {
 	caps := protobufs.AgentCapabilities_AgentCapabilities_ReportsStatus |
 		protobufs.AgentCapabilities_AgentCapabilities_ReportsHealth |
 		protobufs.AgentCapabilities_AgentCapabilities_ReportsHeartbeat
+	if cfg.NoReportsHeartbeat {
+		caps &^= protobufs.AgentCapabilities_AgentCapabilities_ReportsHeartbeat
+	}
 	if cfg.AcceptRemoteConfig {
 		caps |= protobufs.AgentCapabilities_AgentCapabilities_AcceptsRemoteConfig |
 			protobufs.AgentCapabilities_AgentCapabilities_ReportsRemoteConfig |
