@@ -26,7 +26,7 @@ from .fleet.clock import Clock, SystemClock
 from .fleet.events import EventBus
 from .fleet.registry import Fleet
 from .fleet.ticker import run_deadline_ticker
-from .fleet_metrics import FleetMetrics, count_rejected_registration
+from .fleet_metrics import FleetMetrics, count_rejected_registration, count_slow_agent
 from .kube.client import KubeApi, load_configuration
 from .kube.gitops import GitOpsController
 from .kube.handlers import build_registry
@@ -37,6 +37,7 @@ from .kube.writer import StatusWriter
 from .store.migrations import migrate
 from .store.pool import StoreUnavailable, create_pool
 from .store.recovery import close_orphaned_sessions
+from .store.retention import HistoryPruner
 from .store.writer import StoreWriter
 from .transport import OpAMPListener
 
@@ -67,8 +68,9 @@ class OperatorApp:
         self.clock = clock or SystemClock()
         self.bus = EventBus()
         self.fleet = Fleet(
-            settings.fleet, self.clock, self.bus, on_rejected=count_rejected_registration
-        )
+            settings.fleet, self.clock, self.bus,
+            on_rejected=count_rejected_registration, on_slow_agent=count_slow_agent,
+        )  # fmt: skip
         # Subscribe before anything can publish, so no subscriber misses the first events.
         self._store_events = self.bus.subscribe("store", settings.store.queue_size)
         self._kube_events = self.bus.subscribe("kube", settings.kube.write_queue_size)
@@ -82,6 +84,8 @@ class OperatorApp:
         self.kopf_registry: kopf.OperatorRegistry | None = None
 
     async def start(self) -> None:
+        for warning in self.settings.fleet.warnings():
+            log.warning("settings: %s", warning)
         await self._start_store()
         await self._start_kube()
         self._spawn(run_deadline_ticker(self.fleet), "deadline-ticker")
@@ -149,6 +153,8 @@ class OperatorApp:
         )  # fmt: skip
         await store.start()
         self.running.store = store
+        if settings.history_retention_seconds is not None:
+            self._spawn(HistoryPruner(settings, pool, self.clock).run(), "history-retention")
 
     async def _start_kube(self) -> None:
         settings = self.settings.kube
