@@ -169,15 +169,20 @@ async def test_closed_websocket_is_offline_at_once_with_its_reason(
     agent_id = str(uuid.uuid4())
     async with GoAgent() as agent:
         await agent.start(url=operator.ws_url, instance_uid=agent_id, service_name="quitter",
-                          heartbeat=1, no_disconnect=True, run_for=2)  # fmt: skip
+                          service_version="1.2.3", heartbeat=1, no_disconnect=True,
+                          run_for=2)  # fmt: skip
         await eventually("Online", lambda: _cr_in_phase(kubeconfig, namespace, agent_id, "Online"),
                          within=20)  # fmt: skip
+        listed = await operator.get_json("/api/v1/agents")
+        assert [item["serviceVersion"] for item in listed["items"]] == ["1.2.3"]
         cr = await eventually(
             "Offline long before the 30 s heartbeat timeout",
             lambda: _cr_in_phase(kubeconfig, namespace, agent_id, "Offline"),
             within=8,
         )
     assert cr["status"]["disconnectReason"] == "connection_closed"
+    offline = await operator.get_json("/api/v1/agents/offline")
+    assert [item["serviceVersion"] for item in offline["items"]] == ["1.2.3"]
     rows = await eventually(
         "a closed history row", lambda: _closed_rows(postgres_dsn, agent_id), within=5
     )

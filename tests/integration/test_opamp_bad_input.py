@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import logging
+import re
 import uuid
 from collections.abc import AsyncIterator, Callable
 
@@ -185,6 +187,68 @@ async def test_bad_request_head(server: OpAMPServer, data: bytes, status: int, r
     before = bad_input("http", reason)
     assert await raw_status(server, data) == status
     assert bad_input("http", reason) == before + 1
+    await still_serves(server)
+
+
+_POST_HEAD = b"POST /v1/opamp HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\n"
+_GOOD_POST = _POST_HEAD + b"Content-Length: 0\r\n\r\n"
+_BIG_HEAD = b"GET / HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * 9000 + b"\r\n\r\n"
+_STATUS_LINE = re.compile(rb"HTTP/1\.[01] (\d{3}) ")
+
+
+async def raw_statuses(server: OpAMPServer, *parts: bytes) -> list[int]:
+    """Send `parts` on one connection (a pause between them); the status of every response."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.listener.port)
+    try:
+        for part in parts:
+            writer.write(part)
+            await writer.drain()
+            await asyncio.sleep(0.1)  # a later part arrives as its own read, as over a network
+        async with asyncio.timeout(5):
+            response = await reader.read()
+    finally:
+        writer.close()
+    return [int(status) for status in _STATUS_LINE.findall(response)]
+
+
+# What aiohttp's HTTP parser refuses (after the front protocol handed the connection over).
+@pytest.mark.parametrize(
+    ("parts", "statuses", "reason"),
+    [
+        (
+            [_POST_HEAD + b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"],
+            [400], "bad_request",
+        ),
+        ([_POST_HEAD + b"Content-Length: abc\r\n\r\n"], [400], "bad_request"),
+        ([_POST_HEAD + b"Transfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n"], [400],
+         "bad_request"),
+        # aiohttp's C parser drops the body under way without failing it: the handler can
+        # only time out waiting for it (408 after --handshake-timeout).
+        (
+            [_POST_HEAD + b"Transfer-Encoding: chunked\r\n\r\n", b"zz\r\nabc\r\n0\r\n\r\n"],
+            [408], "body_timeout",
+        ),
+        ([_GOOD_POST, b"HELLO WORLD\r\n\r\n"], [200, 400], "bad_request_line"),
+        ([_GOOD_POST, _BIG_HEAD], [200, 400], "head_too_large"),
+    ],
+    ids=["length-and-chunked", "bad-length", "bad-chunk-size", "bad-chunk-later",
+         "keep-alive-garbage", "keep-alive-too-large"],
+)  # fmt: skip
+async def test_request_the_http_parser_refuses_is_answered_logged_once_and_counted(
+    server: OpAMPServer,
+    caplog: pytest.LogCaptureFixture,
+    parts: list[bytes],
+    statuses: list[int],
+    reason: str,
+) -> None:
+    caplog.set_level(logging.INFO)
+    before = bad_input("http", reason)
+    assert await raw_statuses(server, *parts) == statuses
+    await eventually(lambda: bad_input("http", reason) == before + 1)
+    loud = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(loud) == 1, [r.getMessage() for r in loud]
+    assert "127.0.0.1" in loud[0].getMessage()
+    assert loud[0].exc_info is None and "Traceback" not in caplog.text
     await still_serves(server)
 
 

@@ -1,4 +1,4 @@
-"""Remote config in the fleet: hashing, delivery over push and reply, progress and drift."""
+"""Remote config in the fleet: hashing, delivery over push and reply, progress."""
 
 from __future__ import annotations
 
@@ -12,7 +12,12 @@ from opamp_operator.fleet.clock import FakeClock
 from opamp_operator.fleet.events import AgentChanged, EventBus, Subscription
 from opamp_operator.fleet.model import Transport
 from opamp_operator.fleet.registry import Fleet
-from opamp_operator.fleet.remoteconfig import ConfigFile, ConfigState, DesiredConfig
+from opamp_operator.fleet.remoteconfig import (
+    EFFECTIVE_HASH_CHARS,
+    ConfigFile,
+    ConfigState,
+    DesiredConfig,
+)
 from opamp_operator.fleet.reports import effective_config_hash
 from opamp_operator.opamp.generated import anyvalue_pb2, opamp_pb2
 from opamp_operator.opamp.messages import ServerToAgent
@@ -146,7 +151,7 @@ def test_hash_is_deterministic_and_covers_names_bodies_and_content_types() -> No
 def test_effective_hash_of_the_same_files_matches_what_agents_report() -> None:
     config = desired("exporters: {}\n")
     reported = Agent().message(effective=config).effective_config
-    assert effective_config_hash(reported) == config.effective_hash
+    assert effective_config_hash(reported) == config.hash_hex[:EFFECTIVE_HASH_CHARS]
 
 
 def test_to_proto_carries_every_file_and_the_hash() -> None:
@@ -290,30 +295,27 @@ def test_full_state_requested_waits_for_the_full_report_before_sending(bus: Even
     assert snapshot is not None and snapshot.remote_config_state is ConfigState.APPLIED
 
 
-# -- drift --------------------------------------------------------------------------------
+# -- effective config -----------------------------------------------------------------------
 
 
-def test_effective_config_other_than_the_applied_one_is_drift(
-    fleet: Fleet, events: Subscription
+def test_applied_follows_the_remote_config_status_whatever_effective_config_is_reported(
+    fleet: Fleet,
 ) -> None:
+    """The Collector's Supervisor reports its merged config: never the pushed hash."""
     agent, config = Agent(), desired()
     fleet.set_desired_config(agent.id, config)
     fleet.handle_message(PollChannel(), agent.message())
-    # APPLIED first; the new effective config comes a message later: not judged yet.
-    fleet.handle_message(PollChannel(), agent.message(status=(config.hash, APPLIED, "")))
+    merged = desired("extensions: {opamp: {}}\n" + "exporters: {}\n")
+    fleet.handle_message(
+        PollChannel(), agent.message(status=(config.hash, APPLIED, ""), effective=merged)
+    )
     snapshot = fleet.get(agent.id)
     assert snapshot is not None and snapshot.remote_config_state is ConfigState.APPLIED
-    fleet.handle_message(PollChannel(), agent.message(describe=False, effective=config))
+    # A restart of the same kind: another merged config, the same status.
+    again = desired("extensions: {opamp: {port: 4}}\n")
+    fleet.handle_message(PollChannel(), agent.message(describe=False, effective=again))
     snapshot = fleet.get(agent.id)
     assert snapshot is not None and snapshot.remote_config_state is ConfigState.APPLIED
-    changed_fields(events)
-    # Edited locally: the effective config changes under the same remote config.
-    local = desired("edited by hand")
-    fleet.handle_message(PollChannel(), agent.message(describe=False, effective=local))
-    snapshot = fleet.get(agent.id)
-    assert snapshot is not None and snapshot.remote_config_state is ConfigState.DRIFTED
-    assert local.effective_hash in snapshot.remote_config_message
-    assert "remote_config" in changed_fields(events)
 
 
 def test_pending_while_offline(fleet: Fleet) -> None:

@@ -65,7 +65,6 @@ def agent(state: ConfigState | None, *, generation: int = 2, observed: int = 2,
         (ConfigState.PENDING, "Progressing"),
         (ConfigState.APPLYING, "Progressing"),
         (ConfigState.FAILED, "Degraded"),
-        (ConfigState.DRIFTED, "Degraded"),
         (ConfigState.UNSUPPORTED, "Degraded"),
     ],
 )
@@ -110,7 +109,7 @@ def fleet_config(selected: list[AgentView], *, generation: int = 1, observed: in
         (["Applied", "Applied"], "Healthy"),
         (["Applied", "Pending"], "Progressing"),
         (["Applied", "Failed"], "Degraded"),
-        (["Pending", "Drifted"], "Degraded"),
+        (["Pending", "NotSupported"], "Degraded"),
     ],
 )
 def test_fleet_config_health(agents: list[str], expected: str) -> None:

@@ -203,7 +203,6 @@ def kinds(conditions: list[dict[str, Any]]) -> dict[str, tuple[str, str]]:
         (ConfigState.APPLYING, "Unknown", "True", "False"),
         (ConfigState.PENDING, "Unknown", "True", "False"),
         (ConfigState.FAILED, "False", "False", "True"),
-        (ConfigState.DRIFTED, "False", "False", "True"),
         (ConfigState.UNSUPPORTED, "False", "False", "True"),
     ],
 )
@@ -268,7 +267,7 @@ def test_config_status_counts_and_conditions() -> None:
     )  # fmt: skip
     assert {k: v for k, v in status.items() if k.endswith("Agents")} == {
         "matchedAgents": 5, "selectedAgents": 4, "appliedAgents": 1, "pendingAgents": 2,
-        "failedAgents": 1, "driftedAgents": 0, "conflictingAgents": 0,
+        "failedAgents": 1, "conflictingAgents": 0,
     }  # fmt: skip
     assert status["observedGeneration"] == 4 and status["configHash"] == h
     assert status["problems"] == [

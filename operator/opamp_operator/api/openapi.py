@@ -68,6 +68,7 @@ SCHEMAS: dict[str, Any] = {
             "connected": {"type": "boolean"},
             "transport": {"oneOf": [_TRANSPORT, {"type": "null"}]},
             "serviceName": _NULLABLE_TEXT,
+            "serviceVersion": _NULLABLE_TEXT,
             "hostName": _NULLABLE_TEXT,
         }
     ),
@@ -113,6 +114,7 @@ SCHEMAS: dict[str, Any] = {
             "secondsInPhase": {"type": "number", "minimum": 0},
             "lastSeen": _TIME,
             "serviceName": _NULLABLE_TEXT,
+            "serviceVersion": _NULLABLE_TEXT,
             "hostName": _NULLABLE_TEXT,
         }
     ),

@@ -47,6 +47,7 @@ def agent_summary(snapshot: AgentSnapshot) -> dict[str, Any]:
         "connected": snapshot.connected,
         "transport": snapshot.session.transport.value if snapshot.session else None,
         "serviceName": snapshot.service_name,
+        "serviceVersion": snapshot.service_version,
         "hostName": snapshot.host_name,
     }
 
@@ -97,6 +98,7 @@ def offline_agent(snapshot: AgentSnapshot, now: datetime) -> dict[str, Any]:
         "secondsInPhase": max(0.0, (now - snapshot.phase_since).total_seconds()),
         "lastSeen": timestamp(snapshot.last_seen_at),
         "serviceName": snapshot.service_name,
+        "serviceVersion": snapshot.service_version,
         "hostName": snapshot.host_name,
     }
 

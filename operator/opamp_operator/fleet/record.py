@@ -52,14 +52,9 @@ class AgentRecord:
     pending_reconnect: bool = False
     offered_settings: bool = False
     # Remote config: what the operator wants the agent to run; the hash sent to it in the
-    # current session (sent again in a new session when the agent reports another hash);
-    # which report (counted per message) last carried a remote config status and an
-    # effective config, to judge drift only on an effective config at least as new.
+    # current session (sent again in a new session when the agent reports another hash).
     desired: DesiredConfig | None = None
     config_sent_hash: bytes | None = None
-    reports: int = 0
-    remote_status_report: int = 0
-    effective_config_report: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
     # Monotonic time of the last message, and whether "slower than the timeout" was logged.
     last_message_monotonic: float | None = None
@@ -108,8 +103,6 @@ class AgentRecord:
             capabilities=self.capabilities,
             connected=self.session is not None,
             reported=self.remote_config_status,
-            effective_hash=self.effective_config_hash,
-            effective_is_current=self.effective_config_report >= self.remote_status_report,
             sent=desired is not None and self.config_sent_hash == desired.hash,
         )
 
@@ -129,7 +122,6 @@ def is_full_report(message: AgentToServer) -> bool:
 def apply_report(record: AgentRecord, message: AgentToServer) -> frozenset[str]:
     """Copy what the message reports into `record`; return the names of what changed."""
     changed: set[str] = set()
-    record.reports += 1
     if message.HasField("agent_description"):
         view = AgentDescriptionView.from_proto(message.agent_description)
         if view != record.description:
@@ -144,13 +136,11 @@ def apply_report(record: AgentRecord, message: AgentToServer) -> frozenset[str]:
             record.health = health
             changed.add("health")
     if message.HasField("effective_config"):
-        record.effective_config_report = record.reports
         config_hash = effective_config_hash(message.effective_config)
         if config_hash != record.effective_config_hash:
             record.effective_config_hash = config_hash
             changed.add("effective_config")
     if message.HasField("remote_config_status"):
-        record.remote_status_report = record.reports
         status = remote_config_status_to_dict(message.remote_config_status)
         if status != record.remote_config_status:
             record.remote_config_status = status

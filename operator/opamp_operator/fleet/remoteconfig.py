@@ -1,8 +1,9 @@
 """Desired remote configuration: files, their hash, and how far an agent got with it (pure).
 
-The hash is computed the same way as the effective-config hash in `reports.py`, so that an
-agent which applied a remote config and reports it back as its effective config can be
-recognised (and one running something else is shown as drifted).
+How far an agent got is what it says in its RemoteConfigStatus about the hash it was sent,
+never a comparison with the effective config it reports: agents such as the Collector's
+OpAMP Supervisor report the whole merged config (their own settings plus the pushed files),
+whose hash never equals the pushed one and changes at every restart.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from opamp_operator.opamp.generated import opamp_pb2
 EFFECTIVE_HASH_CHARS = 16  # what `reports.effective_config_hash` keeps of the digest
 
 ACCEPTS_REMOTE_CONFIG = int(opamp_pb2.AgentCapabilities_AcceptsRemoteConfig)
-REPORTS_EFFECTIVE_CONFIG = int(opamp_pb2.AgentCapabilities_ReportsEffectiveConfig)
 
 
 def config_digest(files: Iterable[tuple[str, str, bytes]]) -> bytes:
@@ -63,11 +63,6 @@ class DesiredConfig:
     def hash_hex(self) -> str:
         return self.hash.hex()
 
-    @property
-    def effective_hash(self) -> str:
-        """What `reports.effective_config_hash` gives for an effective config of these files."""
-        return self.hash.hex()[:EFFECTIVE_HASH_CHARS]
-
     def to_proto(self) -> opamp_pb2.AgentRemoteConfig:
         message = opamp_pb2.AgentRemoteConfig(config_hash=self.hash)
         for name, file in self.files.items():
@@ -86,7 +81,6 @@ class ConfigState(StrEnum):
     APPLYING = "Applying"  # sent; the agent has not reported it applied yet
     APPLIED = "Applied"
     FAILED = "Failed"
-    DRIFTED = "Drifted"  # reported applied, but the agent runs another (effective) config
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,16 +95,12 @@ def config_progress(
     capabilities: int,
     connected: bool,
     reported: Mapping[str, Any] | None,
-    effective_hash: str | None,
-    effective_is_current: bool,
     sent: bool,
 ) -> ConfigProgress:
     """Where `desired` stands for one agent.
 
     `reported`: the agent's RemoteConfigStatus as `reports.remote_config_status_to_dict` makes
-    it; `effective_is_current`: the effective config was reported with or after that status
-    (an agent may report APPLIED first and its new effective config a message later);
-    `sent`: the desired config went to the agent in its current session.
+    it; `sent`: the desired config went to the agent in its current session.
     """
     if desired is None:
         return ConfigProgress(ConfigState.NONE, "no remote config is desired for this agent")
@@ -126,18 +116,6 @@ def config_progress(
             text = str(reported.get("errorMessage") or "the agent reports FAILED")
             return ConfigProgress(ConfigState.FAILED, text)
         if status == "APPLIED":
-            drifted = (
-                capabilities & REPORTS_EFFECTIVE_CONFIG
-                and effective_is_current
-                and effective_hash is not None
-                and effective_hash != desired.effective_hash
-            )
-            if drifted:
-                return ConfigProgress(
-                    ConfigState.DRIFTED,
-                    f"the agent applied {short} but its effective config differs"
-                    f" (hash {effective_hash}, expected {desired.effective_hash})",
-                )
             return ConfigProgress(ConfigState.APPLIED, f"the agent applied config {short}")
         return ConfigProgress(ConfigState.APPLYING, f"the agent is applying config {short}")
     if not connected:

@@ -86,7 +86,7 @@ class AgentView:
     status: Mapping[str, Any]
 
     def outcome(self, config_hash: str) -> tuple[str, str]:
-        """(applied | pending | failed | drifted, message) for the config with `config_hash`."""
+        """(applied | pending | failed, message) for the config with `config_hash`."""
         desired = self.status.get("desiredConfig") or {}
         found = condition(self.status, REMOTE_CONFIG_APPLIED)
         if desired.get("hash") != config_hash or found is None:
@@ -94,8 +94,6 @@ class AgentView:
         reason, message = str(found.get("reason")), str(found.get("message", ""))
         if reason == ConfigState.APPLIED.value:
             return "applied", message
-        if reason == ConfigState.DRIFTED.value:
-            return "drifted", message
         if reason in (ConfigState.FAILED.value, ConfigState.UNSUPPORTED.value):
             return "failed", message
         return "pending", message
@@ -121,7 +119,7 @@ def config_status(
     `matched`: agents its selector matches; `selected`: those it is the config of;
     `conflicted`: those where it ties with another config (they get neither).
     """
-    counts = {"applied": 0, "pending": 0, "failed": 0, "drifted": 0}
+    counts = {"applied": 0, "pending": 0, "failed": 0}
     problems: list[dict[str, str]] = []
     reconciling = 0
     selected_list = list(selected)
@@ -131,7 +129,7 @@ def config_status(
         counts[outcome] += 1
         if outcome == "pending" and agent.online:
             reconciling += 1
-        if outcome in ("failed", "drifted") and len(problems) < MAX_PROBLEMS:
+        if outcome == "failed" and len(problems) < MAX_PROBLEMS:
             problems.append({"agent": agent.name, "reason": outcome, "message": message[:512]})
     for agent in conflicted_list[: max(0, MAX_PROBLEMS - len(problems))]:
         problems.append({"agent": agent.name, "reason": "conflict", "message": "equal rank"})
@@ -143,11 +141,10 @@ def config_status(
         "appliedAgents": counts["applied"],
         "pendingAgents": counts["pending"],
         "failedAgents": counts["failed"],
-        "driftedAgents": counts["drifted"],
         "conflictingAgents": len(conflicted_list),
         "problems": problems,
     }
-    bad = counts["failed"] + counts["drifted"] + len(conflicted_list)
+    bad = counts["failed"] + len(conflicted_list)
     if error is not None:
         ready = ("False", "InvalidSpec", error)
         stalled = ("True", "InvalidSpec", error)
@@ -156,7 +153,7 @@ def config_status(
         summary = (
             f"{counts['applied']}/{len(selected_list)} selected agents applied; "
             f"{counts['pending']} pending ({reconciling} online), {counts['failed']} failed, "
-            f"{counts['drifted']} drifted, {len(conflicted_list)} in conflict"
+            f"{len(conflicted_list)} in conflict"
         )
         stalled = ("True", "AgentsFailed", summary) if bad else ("False", "NoFailures", summary)
         busy = ("True", "Applying", summary) if reconciling else ("False", "NoneApplying", summary)

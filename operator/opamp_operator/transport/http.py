@@ -2,7 +2,9 @@
 
 Served by aiohttp's low-level server (`aiohttp.web.Server`): the front protocol hands it
 the connection, and it keeps the connection for any later keep-alive requests, so every
-check (path, method, token) runs here per request.
+check (path, method, token) runs here per request. What aiohttp's HTTP parser refuses
+(conflicting or broken body framing, a bad request line or header, an oversized head on a
+keep-alive request) is answered here too, as other bad input: 400, one log line, a count.
 """
 
 from __future__ import annotations
@@ -15,6 +17,13 @@ from http import HTTPStatus
 from typing import Final
 
 from aiohttp import HttpVersion11, hdrs, web
+from aiohttp.http_exceptions import (
+    BadStatusLine,
+    HttpProcessingError,
+    InvalidHeader,
+    InvalidURLError,
+    LineTooLong,
+)
 from aiohttp.web_request import BaseRequest
 
 from opamp_operator import metrics
@@ -71,15 +80,25 @@ class HttpEndpoint:
         self.server: web.Server | None = None
 
     def create_server(self) -> web.Server:
-        """The aiohttp server whose `__call__` makes a protocol per connection (needs a loop)."""
-        self.server = web.Server(
-            self.handle,
-            auto_decompress=False,  # we gunzip ourselves, with a cap on the inflated size
-            access_log=None,
-            keepalive_timeout=self._settings.http_keepalive_seconds,
-            lingering_time=_LINGER_SECONDS,
-        )
+        """The aiohttp server the connections belong to (needs a loop); see `new_connection`."""
+        self.server = web.Server(self.handle)
         return self.server
+
+    def new_connection(self) -> web.RequestHandler:
+        """The protocol that takes over one connection (what `web.Server()` would make)."""
+        assert self.server is not None
+        settings = self._settings
+        return _RequestHandler(
+            self.server,
+            loop=asyncio.get_running_loop(),
+            auto_decompress=False,  # we gunzip ourselves, with a cap on the inflated size
+            access_log=None,  # type: ignore[arg-type]  # None turns access logging off
+            keepalive_timeout=settings.http_keepalive_seconds,
+            lingering_time=_LINGER_SECONDS,
+            # Keep-alive requests skip the front protocol: the same bound on their heads.
+            max_line_size=settings.max_head_bytes,
+            max_field_size=settings.max_head_bytes,
+        )
 
     async def handle(self, request: BaseRequest) -> web.StreamResponse:
         """aiohttp's request handler: answer one POST; never raises."""
@@ -188,6 +207,45 @@ class HttpEndpoint:
         if status >= HTTPStatus.REQUEST_TIMEOUT:
             response.force_close()  # the body may be unread or half-sent: do not reuse
         return response
+
+
+class _RequestHandler(web.RequestHandler):
+    """aiohttp's connection protocol, with what its parser refuses answered as bad input.
+
+    aiohttp would log those at ERROR with a traceback (`Error handling request`) and count
+    nothing: a client can fill the log at will.
+    """
+
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if not isinstance(exc, HttpProcessingError):
+            return super().handle_error(request, status, exc, message)
+        reason = _parser_reason(exc)
+        detail = " ".join(str(exc.message).split())[:200] or "malformed request"
+        metrics.bad_input.labels(_HTTP, reason).inc()
+        log.warning(
+            "refused an HTTP request from %s: %s (%s)", _peer(request), detail, reason,
+            exc_info=exc if log.isEnabledFor(logging.DEBUG) else None,
+        )  # fmt: skip
+        response = _plain(HTTPStatus.BAD_REQUEST, detail)
+        response.force_close()  # the parser lost its place in the stream
+        return response
+
+
+def _parser_reason(error: HttpProcessingError) -> str:
+    """The `opamp_bad_input_total` reason, named as the front protocol names the same faults."""
+    if isinstance(error, LineTooLong):
+        return "head_too_large"
+    if isinstance(error, BadStatusLine | InvalidURLError):
+        return "bad_request_line"
+    if isinstance(error, InvalidHeader):
+        return "bad_header"
+    return "bad_request"  # body framing: Content-Length with chunked, bad length or chunk size
 
 
 async def _continue_if_expected(request: BaseRequest) -> None:

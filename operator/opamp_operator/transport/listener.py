@@ -145,9 +145,7 @@ class OpAMPListener:
         server = self._ws_server
         assert server is not None
         if not head.wants_websocket:
-            http = self._http.server
-            assert http is not None
-            return http()  # a new aiohttp RequestHandler; it checks path, method and token
+            return self._http.new_connection()  # aiohttp; it checks path, method and token
         transport = Transport.WEBSOCKET.value
         if head.path != self.settings.path:
             metrics.bad_input.labels(transport, "not_found").inc()
