@@ -229,8 +229,13 @@ api_errors = Counter(
 class FleetCollector(Collector):
     """Current agent counts, read from the registry at scrape time."""
 
-    def __init__(self, counts: Callable[[], dict[tuple[AgentPhase, Transport | None], int]]):
+    def __init__(
+        self,
+        counts: Callable[[], dict[tuple[AgentPhase, Transport | None], int]],
+        departed: Callable[[], int] = lambda: 0,
+    ):
         self._counts = counts
+        self._departed = departed
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         counts = self._counts()
@@ -249,6 +254,13 @@ class FleetCollector(Collector):
             "opamp_agents_offline_total",
             "Agents Offline or in Error now.",
             value=by_phase[AgentPhase.OFFLINE] + by_phase[AgentPhase.ERROR],
+        )
+        # Part of opamp_agents_offline_total: alert rules subtract it, so that a graceful
+        # scale-down (agents saying goodbye) raises no alert.
+        yield GaugeMetricFamily(
+            "opamp_agents_departed",
+            "Agents Offline after a goodbye (AgentDisconnect or Pod deleted), never escalated.",
+            value=self._departed(),
         )
         yield detailed
 

@@ -11,6 +11,7 @@ from opamp_operator.fleet.model import AgentPhase, Liveness, Transport, liveness
 from opamp_operator.fleet.record import is_full_report
 from opamp_operator.kube.events import event_type
 from opamp_operator.kube.liveness import Thresholds, due_at, judge
+from opamp_operator.metrics import FleetCollector
 from tests.support.api_fleet import make_fleet, visit
 from tests.support.fake_agents import FakeChannel, hello, new_agent_id
 
@@ -92,3 +93,20 @@ def test_pop_earliest_takes_the_soonest_deadline_due_or_not() -> None:
     assert scheduler.pop_earliest() == "b"
     assert scheduler.pop_earliest() == "a"
     assert scheduler.pop_earliest() is None
+
+
+def test_departed_agents_are_counted_apart_so_a_scale_down_raises_no_offline_alert() -> None:
+    fleet, _, _ = make_fleet(settings=FleetSettings(**SETTINGS))
+    polite, lost = new_agent_id(), new_agent_id()
+    visit(fleet, polite)  # hello, then AgentDisconnect
+    dropped = FakeChannel()
+    fleet.handle_message(dropped, hello(lost))
+    fleet.channel_closed(dropped)  # the connection just dropped
+    gauges = {
+        f.name: f.samples[0].value
+        for f in FleetCollector(fleet.counts, fleet.departed).collect()
+        if f.name != "opamp_agents"
+    }
+    # The shipped OpAMPAgentsOffline rule: offline_total - departed > 0.
+    assert gauges["opamp_agents_offline_total"] == 2
+    assert gauges["opamp_agents_departed"] == 1

@@ -105,6 +105,14 @@ class Fleet:
             counts[key] = counts.get(key, 0) + 1
         return counts
 
+    def departed(self) -> int:
+        """Agents Offline after a goodbye (AgentDisconnect, Pod deleted): gone on purpose."""
+        return sum(
+            1
+            for record in self._agents.values()
+            if record.phase is AgentPhase.OFFLINE and record.phase_reason in DEPARTURES
+        )
+
     def drain_seen(self) -> dict[str, datetime]:
         """Agent id -> last message time, for agents heard from since the last call."""
         seen, self._seen = self._seen, {}
