@@ -12,6 +12,7 @@ import logging
 import random
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -100,12 +101,16 @@ class OperatorApp:
             self.settings.api.host, self.running.api.port if self.running.api else "-",
         )  # fmt: skip
 
+    async def end_sessions(self) -> None:
+        """Stop accepting and end every session as operator_shutdown (idempotent)."""
+        if self.running.listener is not None:
+            await self.running.listener.stop(reason="operator_shutdown")
+        self.fleet.shutdown()  # HTTP sessions have no socket: end them here
+
     async def stop(self) -> None:
         """Stop accepting, end every session as operator_shutdown, flush, release."""
         running = self.running
-        if running.listener is not None:
-            await running.listener.stop(reason="operator_shutdown")
-        self.fleet.shutdown()  # HTTP sessions have no socket: end them here
+        await self.end_sessions()
         if running.pods is not None:
             await running.pods.stop()
         if running.gitops is not None:
@@ -228,6 +233,11 @@ async def serve(settings: Settings, demo_agents: int = 0) -> None:
     demo = await _start_demo_agents(app, demo_agents) if demo_agents else None
     try:
         assert app.kopf_registry is not None
+        # On SIGTERM Kopf stops its root tasks (running cleanup handlers), then gives every
+        # task started after it 5 s and cancels them: the WebSocket handlers among them, so
+        # agents would see an aborted connection (connection_closed) and reconnect before
+        # `app.stop()`. Ending the sessions in a cleanup handler runs before that sweep.
+        kopf.on.cleanup(registry=app.kopf_registry, id="end-opamp-sessions")(_ending_sessions(app))
         # Kopf peering: with the KopfPeering object `default` present (manifests/ ships it),
         # one replica runs the handlers and the others pause; without it, standalone.
         # Peers of equal priority would all pause, so each process draws its own.
@@ -243,6 +253,13 @@ async def serve(settings: Settings, demo_agents: int = 0) -> None:
             demo.terminate()
             await demo.wait()
         await app.stop()
+
+
+def _ending_sessions(app: OperatorApp) -> Callable[..., Awaitable[None]]:
+    async def end_sessions(**_: Any) -> None:
+        await app.end_sessions()
+
+    return end_sessions
 
 
 async def _start_demo_agents(app: OperatorApp, count: int) -> asyncio.subprocess.Process:
