@@ -28,10 +28,10 @@ from .fleet.events import EventBus
 from .fleet.registry import Fleet
 from .fleet.ticker import run_deadline_ticker
 from .fleet_metrics import FleetMetrics, count_rejected_registration, count_slow_agent
-from .kube.client import KubeApi, load_configuration
+from .kube.api import load_credentials
+from .kube.client import KubeApi
 from .kube.gitops import GitOpsController
 from .kube.handlers import build_registry
-from .kube.informer import KubeEndpoint
 from .kube.podlink import PodLinks
 from .kube.podlinker import PodLinker
 from .kube.writer import StatusWriter
@@ -171,15 +171,14 @@ class OperatorApp:
         )
         await mirror.start()
         self.running.mirror = mirror
-        endpoint = await KubeEndpoint.connect(settings.kubeconfig)
-        gitops = GitOpsController(self.fleet, settings, api, self.clock, endpoint, mark=mirror.mark)
+        gitops = GitOpsController(self.fleet, settings, api, self.clock, mark=mirror.mark)
         mirror.remote_config = gitops
         await gitops.start()
         self.running.gitops = gitops
         if links is not None and self._pod_events is not None:
-            pods = await PodLinker.connect(
+            pods = PodLinker.connect(
                 settings, self.fleet, self._pod_events, links,
-                writer=mirror, kube=api, clock=self.clock,
+                writer=mirror, kube=api, clock=self.clock, credentials=api.session.credentials,
             )  # fmt: skip
             await pods.start()
             self.running.pods = pods
@@ -191,12 +190,15 @@ class OperatorApp:
         settings = self.settings.api
         auth = None
         if settings.auth_enabled:
-            loop = asyncio.get_running_loop()
-            configuration = await loop.run_in_executor(
-                None, load_configuration, self.settings.kube.kubeconfig
+            # The credentials the Kubernetes side loaded (or load them now, if it is off).
+            kube = self.running.kube
+            credentials = (
+                kube.session.credentials
+                if kube is not None
+                else await load_credentials(self.settings.kube.kubeconfig)
             )
             auth = KubeAuthorizer(
-                k8s.ApiClient(configuration), self.settings.kube.namespace, settings
+                k8s.ApiClient(credentials.configuration), self.settings.kube.namespace, settings
             )
         else:
             log.warning("REST API authentication is OFF: use this for local development only")

@@ -22,7 +22,7 @@ from opamp_operator.fleet.events import EventBus
 from opamp_operator.fleet.registry import Fleet
 from opamp_operator.kube.client import KubeApi
 from opamp_operator.kube.gitops import GitOpsController
-from opamp_operator.kube.informer import Informer, KubeEndpoint
+from opamp_operator.kube.informer import Informer
 from opamp_operator.kube.naming import resource_name
 from tests.support.gitops import config_hash, config_manifest, install_crd, yaml_file
 
@@ -99,10 +99,9 @@ async def controller(
     settings = KubeSettings(namespace=namespace, kubeconfig=kubeconfig, replica_id="r1")
     api = await KubeApi.connect(settings)
     fleet = Fleet(FleetSettings(), SystemClock(), EventBus())
-    endpoint = await KubeEndpoint.connect(kubeconfig)
     marked: list[str] = []
     gitops = GitOpsController(
-        fleet, settings, api, SystemClock(), endpoint, mark=marked.append,
+        fleet, settings, api, SystemClock(), mark=marked.append,
         status_interval_seconds=0.1,
     )  # fmt: skip
     await gitops.start()
@@ -185,15 +184,16 @@ async def test_an_informer_relists_when_its_resource_version_is_gone(
     first = str(uuid.uuid4())
     cluster.create_agent(first, {}, {})
     recorder = Recorder()
-    informer = Informer(await KubeEndpoint.connect(kubeconfig), namespace, "opampagents", recorder)
+    reader = await KubeApi.connect(KubeSettings(namespace=namespace, kubeconfig=kubeconfig))
+    informer = Informer(reader.session, namespace, "opampagents", recorder)
     # A resourceVersion far in the past: the server answers 410 and the informer lists again.
     original = informer._list
     calls = 0
 
-    async def list_then_expire(session: Any) -> str:
+    async def list_then_expire() -> str:
         nonlocal calls
         calls += 1
-        version = await original(session)
+        version = await original()
         return "1" if calls == 1 else version
 
     informer._list = list_then_expire  # type: ignore[method-assign]
@@ -209,3 +209,4 @@ async def test_an_informer_relists_when_its_resource_version_is_gone(
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+        await reader.close()

@@ -20,7 +20,8 @@ from opamp_operator.config import FleetSettings, KubeSettings
 from opamp_operator.fleet.clock import SystemClock
 from opamp_operator.fleet.events import EventBus
 from opamp_operator.fleet.registry import Fleet
-from opamp_operator.kube.client import load_configuration
+from opamp_operator.kube.api import ApiSession, Credentials, load_credentials
+from opamp_operator.kube.api.credentials import load_configuration
 from opamp_operator.kube.podapi import ACCEPT_LIST, PodApi
 from opamp_operator.kube.podlink import LinkReason, PodLinks
 from opamp_operator.kube.podlinker import PodLinker
@@ -64,7 +65,7 @@ async def until(what: str, probe: Callable[[], object], within: float = 15.0) ->
 
 @pytest.fixture
 async def admin_pods(kubeconfig: Path) -> AsyncIterator[PodApi]:
-    api = PodApi(load_configuration(kubeconfig), watch_timeout_seconds=5)
+    api = PodApi(ApiSession(await load_credentials(kubeconfig)), watch_timeout_seconds=5)
     await api.start()
     try:
         yield api
@@ -98,7 +99,7 @@ async def test_pod_api_reads_metadata_only_and_watches_deletions(
 
     # What the API server sends carries no spec (env values can be secrets).
     make_pod(kube_api, namespace, "p2")
-    raw = await admin_pods._json(f"/api/v1/namespaces/{namespace}/pods", {}, ACCEPT_LIST)
+    raw = await admin_pods.session.get(f"/api/v1/namespaces/{namespace}/pods", accept=ACCEPT_LIST)
     assert raw["kind"] == "PartialObjectMetadataList"
     assert "spec" not in raw["items"][0] and "hunter2" not in str(raw)
 
@@ -144,7 +145,7 @@ async def test_least_privilege_links_where_allowed_and_says_why_elsewhere(
     configuration = load_configuration(kubeconfig)
     configuration.cert_file = configuration.key_file = None  # the token alone
     configuration.api_key = {"authorization": f"Bearer {token_for(kube_api, namespace, 'linker')}"}
-    api = PodApi(configuration)
+    api = PodApi(ApiSession(Credentials.from_configuration(configuration)))
     await api.start()
     deadline = time.monotonic() + RBAC_PROPAGATION_SECONDS
     while time.monotonic() < deadline:

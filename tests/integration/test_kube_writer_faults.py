@@ -13,6 +13,7 @@ from opamp_operator.config import FleetSettings, KubeSettings
 from opamp_operator.fleet.clock import FakeClock
 from opamp_operator.fleet.events import EventBus
 from opamp_operator.fleet.registry import Fleet
+from opamp_operator.kube.api import Credentials
 from opamp_operator.kube.client import KubeApi
 from opamp_operator.kube.writer import StatusWriter
 from tests.support.kube_mirror import FakeAgent, events_for, eventually
@@ -88,7 +89,7 @@ async def test_forbidden_writes_are_retried_with_backoff_until_allowed(
     kube_api: k8s.ApiClient, mirror_api: KubeApi, namespace: str
 ) -> None:
     configuration = service_account_config(kube_api, namespace, "mirror")
-    api = KubeApi(configuration, namespace)
+    api = KubeApi.from_credentials(Credentials.from_configuration(configuration), namespace)
     fleet, writer = mirror_of(api, namespace)
     await writer.start()
     try:
@@ -143,7 +144,7 @@ async def test_stop_is_bounded_when_the_api_server_is_unreachable(namespace: str
     configuration = k8s.Configuration()
     configuration.host = f"https://127.0.0.1:{port}"
     configuration.retries = 0
-    api = KubeApi(configuration, namespace)
+    api = KubeApi.from_credentials(Credentials.from_configuration(configuration), namespace)
     fleet, writer = mirror_of(api, namespace, stop_timeout_seconds=1)
     await writer.start()
     try:

@@ -32,7 +32,7 @@ from opamp_operator.fleet.remoteconfig import DesiredConfig
 
 from .client import KubeApi, KubeApiError
 from .configstatus import REMOTE_CONFIG_APPLIED, AgentView, config_status
-from .informer import Informer, KubeEndpoint
+from .informer import Informer
 from .naming import CONFIG_PLURAL, PLURAL, RECONNECT_ANNOTATION, agent_id_from_name
 from .resolver import ConfigSpecError, FleetConfig, Resolution, fleet_config, own_config, resolve
 from .status import condition, format_time, merge_patch
@@ -90,7 +90,6 @@ class GitOpsController:
         settings: KubeSettings,
         api: KubeApi,
         clock: Clock,
-        endpoint: KubeEndpoint | None,
         *,
         mark: Callable[[str], None] | None = None,
         status_interval_seconds: float = 1.0,
@@ -99,7 +98,6 @@ class GitOpsController:
         self.settings = settings
         self.api = api
         self.clock = clock
-        self.endpoint = endpoint
         self.mark = mark  # StatusWriter.mark: rewrite an agent's CR
         self.status_interval_seconds = status_interval_seconds
         self._agents: dict[str, _Agent] = {}
@@ -136,14 +134,12 @@ class GitOpsController:
     # -- lifecycle ---------------------------------------------------------------------
 
     async def start(self) -> None:
-        if self.endpoint is None:
-            raise RuntimeError("GitOpsController needs a KubeEndpoint to watch")
         namespace = self.settings.namespace
         agents = _Events(self.replace_agents, self.apply_agent)
         configs = _Events(self.replace_configs, self.apply_config)
         self.informers = [
-            Informer(self.endpoint, namespace, PLURAL, agents),
-            Informer(self.endpoint, namespace, CONFIG_PLURAL, configs),
+            Informer(self.api.session, namespace, PLURAL, agents),
+            Informer(self.api.session, namespace, CONFIG_PLURAL, configs),
         ]
         self._tasks = [
             asyncio.create_task(self.informers[0].run(), name="gitops-agents"),

@@ -11,7 +11,7 @@ Run them in-process, in the application's event loop, after the status writer st
     stop.set(); await kopf_task        # stop with the flag: never cancel the task
 
 What is registered:
-- login from `KubeSettings.kubeconfig` (or in-cluster / the default kubeconfig);
+- login with the credentials the app loaded once (`kube.api.Credentials`);
 - startup: quieter Kopf settings (see `configure_kopf`), and the liveness task;
 - a watch of every OpAMPAgent: feeds `LivenessWatch` (Offline/Error for CRs no live session
   holds, and GC; see `kube/watch.py` for why this is not a per-object `@kopf.timer`), and
@@ -28,13 +28,12 @@ from collections.abc import Mapping
 from typing import Any
 
 import kopf
-from kubernetes import client as k8s
 
 from opamp_operator.config import KubeSettings
 from opamp_operator.fleet.clock import Clock, SystemClock
 from opamp_operator.fleet.registry import Fleet
 
-from .client import KubeApi, load_configuration
+from .client import KubeApi
 from .liveness import LivenessChecker
 from .naming import GROUP, PLURAL, VERSION, agent_id_from_name
 from .podlinker import PodLinker
@@ -59,7 +58,7 @@ def build_registry(
     limiter = writer.limiter if writer is not None else WriteLimiter(settings.writes_per_second)
     checker = LivenessChecker(fleet, settings, api, clock or SystemClock(), limiter)
     watch = LivenessWatch(checker, settings.liveness_check_interval_seconds, settings.api_threads)
-    kubeconfig = settings.kubeconfig
+    credentials = api.session.credentials  # loaded once, at start-up
     tasks: list[asyncio.Task[None]] = []
 
     async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
@@ -73,7 +72,7 @@ def build_registry(
         tasks.clear()
 
     def login(**_: Any) -> kopf.ConnectionInfo:
-        return connection_info(load_configuration(kubeconfig))
+        return credentials.connection_info()
 
     async def observe(event: Mapping[str, Any], **_: Any) -> None:
         body = event.get("object") or {}
@@ -105,27 +104,3 @@ def configure_kopf(settings: kopf.OperatorSettings) -> None:
     # Kopf logs "Handler 'opampagents' succeeded." at INFO for every watch event, i.e. for
     # every CR write at fleet scale; its warnings and errors still come through.
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)
-
-
-def connection_info(configuration: k8s.Configuration) -> kopf.ConnectionInfo:
-    """Kopf credentials from a loaded client configuration (as `kopf.login_via_client`)."""
-    header = configuration.get_api_key_with_prefix(
-        "BearerToken"
-    ) or configuration.get_api_key_with_prefix("authorization")
-    parts = header.split(" ", 1) if header else []
-    scheme, token = (None, None)
-    if len(parts) == 1:
-        token = parts[0]
-    elif len(parts) == 2:
-        scheme, token = parts[0], parts[1]
-    return kopf.ConnectionInfo(
-        server=configuration.host,
-        ca_path=configuration.ssl_ca_cert,
-        insecure=not configuration.verify_ssl,
-        username=configuration.username or None,
-        password=configuration.password or None,
-        scheme=scheme,
-        token=token,
-        certificate_path=configuration.cert_file,
-        private_key_path=configuration.key_file,
-    )

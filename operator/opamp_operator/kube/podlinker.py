@@ -35,7 +35,8 @@ from opamp_operator.fleet.events import AgentChanged, FleetEvent, SessionOpened,
 from opamp_operator.fleet.model import Reason
 from opamp_operator.fleet.registry import Fleet
 
-from .client import KubeApi, KubeApiError, ObjectRef, load_configuration
+from .api import ApiSession, Credentials
+from .client import KubeApi, KubeApiError, ObjectRef
 from .naming import agent_id_from_name, resource_name
 from .podapi import PodApi
 from .podlink import (
@@ -121,7 +122,7 @@ class PodLinker:
     # -- lifecycle -------------------------------------------------------------------
 
     @classmethod
-    async def connect(
+    def connect(
         cls,
         settings: KubeSettings,
         fleet: Fleet,
@@ -131,11 +132,14 @@ class PodLinker:
         writer: StatusWriter | None = None,
         kube: KubeApi | None = None,
         clock: Clock | None = None,
+        credentials: Credentials,
     ) -> PodLinker:
-        """A linker with its own Pod client, from the settings' credentials (not started)."""
-        loop = asyncio.get_running_loop()
-        configuration = await loop.run_in_executor(None, load_configuration, settings.kubeconfig)
-        api = PodApi(configuration, settings.request_timeout_seconds)
+        """A linker with its own Pod client on `credentials` (not started)."""
+        session = ApiSession(
+            credentials, request_timeout_seconds=settings.request_timeout_seconds,
+            max_connections=settings.api_threads,
+        )  # fmt: skip
+        api = PodApi(session)
         return cls(settings, fleet, subscription, api, links, writer=writer, kube=kube, clock=clock)
 
     async def start(self) -> None:
