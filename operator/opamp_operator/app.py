@@ -12,6 +12,7 @@ import logging
 import random
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,7 +27,7 @@ from .fleet.clock import Clock, SystemClock
 from .fleet.events import EventBus
 from .fleet.registry import Fleet
 from .fleet.ticker import run_deadline_ticker
-from .fleet_metrics import FleetMetrics, count_rejected_registration
+from .fleet_metrics import FleetMetrics, count_rejected_registration, count_slow_agent
 from .kube.client import KubeApi, load_configuration
 from .kube.gitops import GitOpsController
 from .kube.handlers import build_registry
@@ -37,6 +38,7 @@ from .kube.writer import StatusWriter
 from .store.migrations import migrate
 from .store.pool import StoreUnavailable, create_pool
 from .store.recovery import close_orphaned_sessions
+from .store.retention import HistoryPruner
 from .store.writer import StoreWriter
 from .transport import OpAMPListener
 
@@ -67,8 +69,9 @@ class OperatorApp:
         self.clock = clock or SystemClock()
         self.bus = EventBus()
         self.fleet = Fleet(
-            settings.fleet, self.clock, self.bus, on_rejected=count_rejected_registration
-        )
+            settings.fleet, self.clock, self.bus,
+            on_rejected=count_rejected_registration, on_slow_agent=count_slow_agent,
+        )  # fmt: skip
         # Subscribe before anything can publish, so no subscriber misses the first events.
         self._store_events = self.bus.subscribe("store", settings.store.queue_size)
         self._kube_events = self.bus.subscribe("kube", settings.kube.write_queue_size)
@@ -82,6 +85,8 @@ class OperatorApp:
         self.kopf_registry: kopf.OperatorRegistry | None = None
 
     async def start(self) -> None:
+        for warning in self.settings.fleet.warnings():
+            log.warning("settings: %s", warning)
         await self._start_store()
         await self._start_kube()
         self._spawn(run_deadline_ticker(self.fleet), "deadline-ticker")
@@ -96,12 +101,16 @@ class OperatorApp:
             self.settings.api.host, self.running.api.port if self.running.api else "-",
         )  # fmt: skip
 
+    async def end_sessions(self) -> None:
+        """Stop accepting and end every session as operator_shutdown (idempotent)."""
+        if self.running.listener is not None:
+            await self.running.listener.stop(reason="operator_shutdown")
+        self.fleet.shutdown()  # HTTP sessions have no socket: end them here
+
     async def stop(self) -> None:
         """Stop accepting, end every session as operator_shutdown, flush, release."""
         running = self.running
-        if running.listener is not None:
-            await running.listener.stop(reason="operator_shutdown")
-        self.fleet.shutdown()  # HTTP sessions have no socket: end them here
+        await self.end_sessions()
         if running.pods is not None:
             await running.pods.stop()
         if running.gitops is not None:
@@ -149,6 +158,8 @@ class OperatorApp:
         )  # fmt: skip
         await store.start()
         self.running.store = store
+        if settings.history_retention_seconds is not None:
+            self._spawn(HistoryPruner(settings, pool, self.clock).run(), "history-retention")
 
     async def _start_kube(self) -> None:
         settings = self.settings.kube
@@ -222,6 +233,11 @@ async def serve(settings: Settings, demo_agents: int = 0) -> None:
     demo = await _start_demo_agents(app, demo_agents) if demo_agents else None
     try:
         assert app.kopf_registry is not None
+        # On SIGTERM Kopf stops its root tasks (running cleanup handlers), then gives every
+        # task started after it 5 s and cancels them: the WebSocket handlers among them, so
+        # agents would see an aborted connection (connection_closed) and reconnect before
+        # `app.stop()`. Ending the sessions in a cleanup handler runs before that sweep.
+        kopf.on.cleanup(registry=app.kopf_registry, id="end-opamp-sessions")(_ending_sessions(app))
         # Kopf peering: with the KopfPeering object `default` present (manifests/ ships it),
         # one replica runs the handlers and the others pause; without it, standalone.
         # Peers of equal priority would all pause, so each process draws its own.
@@ -237,6 +253,13 @@ async def serve(settings: Settings, demo_agents: int = 0) -> None:
             demo.terminate()
             await demo.wait()
         await app.stop()
+
+
+def _ending_sessions(app: OperatorApp) -> Callable[..., Awaitable[None]]:
+    async def end_sessions(**_: Any) -> None:
+        await app.end_sessions()
+
+    return end_sessions
 
 
 async def _start_demo_agents(app: OperatorApp, count: int) -> asyncio.subprocess.Process:

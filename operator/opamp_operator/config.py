@@ -10,6 +10,12 @@ class ConfigError(ValueError):
     """A setting is missing or invalid; the message names it."""
 
 
+#: The heartbeat timeout should be at least this many offered heartbeat intervals.
+SAFE_TIMEOUT_MULTIPLE = 2.0
+#: The interval common agents use whatever is offered (the Collector's opamp extension).
+COMMON_AGENT_INTERVAL_SECONDS = 30.0
+
+
 @dataclass(frozen=True)
 class FleetSettings:
     heartbeat_interval_seconds: float = 30.0
@@ -18,6 +24,9 @@ class FleetSettings:
     max_agents: int = 50_000
     registrations_per_second: float = 200.0
     registration_burst: int = 500
+    # Agents Offline/Error this long are dropped from memory (CR and rows stay); they no
+    # longer count anywhere here, and a reconnect registers them again.
+    forget_after_seconds: float = 3600.0
 
     def __post_init__(self) -> None:
         if self.heartbeat_interval_seconds <= 0:
@@ -31,6 +40,26 @@ class FleetSettings:
             raise ConfigError("error-after-offline threshold must be > 0 seconds")
         if self.max_agents < 1 or self.registrations_per_second <= 0:
             raise ConfigError("max agents and registrations per second must be positive")
+        if self.forget_after_seconds <= 0:
+            raise ConfigError("forget-after must be > 0 seconds")
+
+    def warnings(self) -> list[str]:
+        """Settings that work but make real agents flap; logged once at start."""
+        found = []
+        safe = SAFE_TIMEOUT_MULTIPLE * self.heartbeat_interval_seconds
+        if self.heartbeat_timeout_seconds < safe:
+            found.append(
+                f"heartbeat timeout ({self.heartbeat_timeout_seconds:g}s) is below "
+                f"{SAFE_TIMEOUT_MULTIPLE:g}x the offered heartbeat interval "
+                f"({self.heartbeat_interval_seconds:g}s): one late heartbeat ends a session"
+            )
+        if self.heartbeat_timeout_seconds <= COMMON_AGENT_INTERVAL_SECONDS:
+            found.append(
+                f"heartbeat timeout ({self.heartbeat_timeout_seconds:g}s) is at most "
+                f"{COMMON_AGENT_INTERVAL_SECONDS:g}s: HTTP agents that poll at their own "
+                "interval (the Collector's opamp extension: 30s) will flap"
+            )
+        return found
 
 
 @dataclass(frozen=True)
@@ -111,6 +140,11 @@ class StoreSettings:
     ready_window_seconds: float = 30.0
     # How long `stop()` may spend writing what is still pending.
     stop_timeout_seconds: float = 10.0
+    # Connection history and transitions older than this are deleted (None: kept forever),
+    # `retention_batch` rows per statement, a pass every `retention_interval_seconds`.
+    history_retention_seconds: float | None = 30 * 86400.0
+    retention_batch: int = 5000
+    retention_interval_seconds: float = 600.0
 
     def __post_init__(self) -> None:
         if self.flush_interval_seconds <= 0:
@@ -130,6 +164,11 @@ class StoreSettings:
         )  # fmt: skip
         if min(timeouts) <= 0:
             raise ConfigError("store timeouts, backoff and intervals must be > 0 seconds")
+        retention = self.history_retention_seconds
+        if retention is not None and retention <= 0:
+            raise ConfigError("history retention must be > 0 seconds, or unset to keep history")
+        if self.retention_batch < 1 or self.retention_interval_seconds <= 0:
+            raise ConfigError("retention batch and interval must be positive")
 
 
 @dataclass(frozen=True)
@@ -139,7 +178,9 @@ class KubeSettings:
     last_seen_refresh_seconds: float = 60.0  # how stale a CR's lastSeenAt may get
     writes_per_second: float = 20.0  # every API write (create, patch, event, delete)
     write_queue_size: int = 50_000  # agents waiting for a CR write; when full: resync later
-    gc_ttl_seconds: float | None = None  # delete CRs Offline/Error this long (None: keep)
+    # Delete CRs Offline/Error this long (None: keep). 14 days: when Elastic Fleet calls
+    # agents inactive; their history stays in PostgreSQL for its own retention.
+    gc_ttl_seconds: float | None = 14 * 86400.0
     replica_id: str = "local"
     api_threads: int = 4  # concurrent API requests (the official client is synchronous)
     request_timeout_seconds: float = 15.0

@@ -12,6 +12,7 @@ import logging
 
 from opamp_operator import metrics
 from opamp_operator.fleet.events import (
+    AgentForgotten,
     EventBus,
     FleetEvent,
     PhaseChanged,
@@ -56,6 +57,8 @@ class FleetMetrics:
             metrics.phase_transitions.labels(phase=event.current.value, reason=reason).inc()
             if event.current is AgentPhase.OFFLINE and event.reason == Reason.HEARTBEAT_TIMEOUT:
                 metrics.heartbeat_missed.inc()
+        elif isinstance(event, AgentForgotten):
+            metrics.agents_forgotten.inc()
 
     def export_bus_state(self) -> None:
         """Copy each subscription's drop count and queue depth into the metrics."""
@@ -79,6 +82,11 @@ class FleetMetrics:
 def count_rejected_registration(kind: str) -> None:
     """The fleet's `on_rejected` hook: a new agent refused by the cap or the rate limit."""
     metrics.registrations_rejected.labels(reason=kind).inc()
+
+
+def count_slow_agent() -> None:
+    """The fleet's `on_slow_agent` hook: an agent sends slower than the heartbeat timeout."""
+    metrics.agents_slower_than_timeout.inc()
 
 
 def _reason_label(reason: str) -> str:

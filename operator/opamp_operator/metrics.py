@@ -62,6 +62,16 @@ heartbeat_missed = Counter(
     "Agents that went Offline because their heartbeat timed out.",
     registry=REGISTRY,
 )
+agents_slower_than_timeout = Counter(
+    "opamp_agents_slower_than_timeout_total",
+    "Agents (each counted once) whose messages came further apart than the heartbeat timeout.",
+    registry=REGISTRY,
+)
+agents_forgotten = Counter(
+    "opamp_agents_forgotten_total",
+    "Agents dropped from memory after being Offline/Error longer than the retention.",
+    registry=REGISTRY,
+)
 phase_transitions = Counter(
     "opamp_agent_phase_transitions_total",
     "Agent phase changes, by new phase and reason.",
@@ -169,6 +179,12 @@ db_queue_depth = Gauge(
     "opamp_db_queue_depth", "History events waiting to be written to PostgreSQL.",
     registry=REGISTRY,
 )  # fmt: skip
+db_history_deleted = Counter(
+    "opamp_db_history_deleted_total",
+    "History rows deleted by the retention, by table.",
+    ["table"],
+    registry=REGISTRY,
+)
 db_dropped = Counter(
     "opamp_db_dropped_total",
     "Writes dropped because the queue was full (heartbeats are shed before history).",
@@ -213,8 +229,13 @@ api_errors = Counter(
 class FleetCollector(Collector):
     """Current agent counts, read from the registry at scrape time."""
 
-    def __init__(self, counts: Callable[[], dict[tuple[AgentPhase, Transport | None], int]]):
+    def __init__(
+        self,
+        counts: Callable[[], dict[tuple[AgentPhase, Transport | None], int]],
+        departed: Callable[[], int] = lambda: 0,
+    ):
         self._counts = counts
+        self._departed = departed
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         counts = self._counts()
@@ -233,6 +254,13 @@ class FleetCollector(Collector):
             "opamp_agents_offline_total",
             "Agents Offline or in Error now.",
             value=by_phase[AgentPhase.OFFLINE] + by_phase[AgentPhase.ERROR],
+        )
+        # Part of opamp_agents_offline_total: alert rules subtract it, so that a graceful
+        # scale-down (agents saying goodbye) raises no alert.
+        yield GaugeMetricFamily(
+            "opamp_agents_departed",
+            "Agents Offline after a goodbye (AgentDisconnect or Pod deleted), never escalated.",
+            value=self._departed(),
         )
         yield detailed
 

@@ -100,6 +100,7 @@ async def test_connected_agent_appears_online_with_printer_columns(
     assert status["agent"]["nonIdentifyingAttributes"]["os.type"] == "linux"
     assert status["connection"] == {
         "transport": "websocket", "remoteAddr": "127.0.0.1:40001", "replica": "test-replica",
+        "liveness": "heartbeat",  # the fake agent claims ReportsHeartbeat
     }  # fmt: skip
     assert "ReportsHealth" in status["capabilities"]
     assert condition(cr, "Connected")["status"] == "True"

@@ -57,7 +57,7 @@ async def test_session_lifecycle_writes_history_and_transitions(postgres_dsn: st
             "identifying": {"service.name": "otelcol", "service.instance.id": "AP9pZA=="},
             "non_identifying": {"host.name": "node-\ufffd-1"},
         }
-        assert stored.capabilities == ["ReportsStatus", "ReportsHealth"]
+        assert stored.capabilities == ["ReportsStatus", "ReportsHealth", "ReportsHeartbeat"]
 
         # A second flush with nothing new writes nothing and changes nothing.
         rig.writer.statements.clear()

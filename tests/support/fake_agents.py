@@ -34,13 +34,21 @@ def hello(
     *,
     host_name: str = "node-1",
     healthy: bool | None = True,
+    reports_heartbeat: bool = True,
 ) -> AgentToServer:
-    """A first message: description, capabilities and (unless None) health, as agents send."""
+    """A first message: description, capabilities and (unless None) health, as agents send.
+
+    It claims ReportsHeartbeat unless told not to (then, over WebSocket, the connection
+    judges its liveness, not the heartbeat timeout)."""
+    capabilities = int(opamp_pb2.AgentCapabilities_ReportsStatus) | int(
+        opamp_pb2.AgentCapabilities_ReportsHealth
+    )
+    if reports_heartbeat:
+        capabilities |= int(opamp_pb2.AgentCapabilities_ReportsHeartbeat)
     message = AgentToServer(
         instance_uid=uuid.UUID(agent_id).bytes,
         sequence_num=sequence_num,
-        capabilities=int(opamp_pb2.AgentCapabilities_ReportsStatus)
-        | int(opamp_pb2.AgentCapabilities_ReportsHealth),
+        capabilities=capabilities,
     )
     description = message.agent_description
     description.identifying_attributes.append(

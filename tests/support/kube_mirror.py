@@ -61,6 +61,9 @@ class FakeAgent:
             opamp_pb2.AgentCapabilities_ReportsStatus
             | opamp_pb2.AgentCapabilities_ReportsHealth
             | opamp_pb2.AgentCapabilities_AcceptsRemoteConfig
+            # Judged by heartbeats (over a WebSocket, an agent without it is judged by
+            # its connection, issue 16).
+            | opamp_pb2.AgentCapabilities_ReportsHeartbeat
         )
         message.health.healthy = healthy
         message.health.status = "StatusOK" if healthy else "StatusRecoverableError"

@@ -29,7 +29,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,9 +140,15 @@ class OpAMPServer:
 
 @asynccontextmanager
 async def opamp_server(
-    *, heartbeat: float = 1.0, heartbeat_timeout: float = 2.0, **listener: Any
+    *,
+    heartbeat: float = 1.0,
+    heartbeat_timeout: float = 2.0,
+    fleet_options: Mapping[str, Any] | None = None,
+    **listener: Any,
 ) -> AsyncIterator[OpAMPServer]:
-    """Our listener on 127.0.0.1 (any free port) over a real Fleet and deadline ticker."""
+    """Our listener on 127.0.0.1 (any free port) over a real Fleet and deadline ticker.
+
+    `fleet_options`: more FleetSettings fields (max_agents, error_after_offline_seconds...)."""
     from opamp_operator.config import FleetSettings, ListenerSettings
     from opamp_operator.fleet.clock import SystemClock
     from opamp_operator.fleet.events import EventBus
@@ -150,7 +156,8 @@ async def opamp_server(
     from opamp_operator.fleet.ticker import run_deadline_ticker
     from opamp_operator.transport import OpAMPListener
 
-    fleet = Fleet(FleetSettings(heartbeat, heartbeat_timeout), SystemClock(), EventBus())
+    fleet_settings = FleetSettings(heartbeat, heartbeat_timeout, **(fleet_options or {}))
+    fleet = Fleet(fleet_settings, SystemClock(), EventBus())
     settings = ListenerSettings(**{"host": "127.0.0.1", "port": 0, **listener})
     server = OpAMPListener(settings, fleet)
     await server.start()

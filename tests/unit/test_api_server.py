@@ -133,7 +133,10 @@ async def test_list_filters_by_status_and_pages_by_id() -> None:
 async def test_offline_lists_offline_and_error_agents_with_time_in_phase() -> None:
     fleet, clock, _ = make_fleet()
     errored, offline, online = new_agent_id(), new_agent_id(), new_agent_id()
-    visit(fleet, errored)
+    # A lost agent (its connection dropped) turns Error; one that said goodbye would not.
+    lost = FakeChannel()
+    fleet.handle_message(lost, hello(errored))
+    fleet.channel_closed(lost)
     clock.advance(fleet.settings.error_after_offline_seconds + 5)
     fleet.check_deadlines()  # errored: Offline -> Error
     clock.advance(10)

@@ -34,9 +34,16 @@ class FakeChannel:
 
 
 def message(
-    uid: bytes, seq: int, *, service: str | None = None, disconnect: bool = False
+    uid: bytes,
+    seq: int,
+    *,
+    service: str | None = None,
+    disconnect: bool = False,
+    heartbeats: bool = True,
 ) -> opamp_pb2.AgentToServer:
-    msg = opamp_pb2.AgentToServer(instance_uid=uid, sequence_num=seq)
+    """`heartbeats`: claim ReportsHeartbeat (then the heartbeat timeout judges it)."""
+    claims = int(opamp_pb2.AgentCapabilities_ReportsHeartbeat) if heartbeats else 0
+    msg = opamp_pb2.AgentToServer(instance_uid=uid, sequence_num=seq, capabilities=claims)
     if service is not None:
         msg.agent_description.identifying_attributes.append(
             anyvalue_pb2.KeyValue(

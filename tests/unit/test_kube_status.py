@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from opamp_operator.fleet.model import AgentPhase, AgentSnapshot, SessionInfo, Transport
+from opamp_operator.fleet.model import AgentPhase, AgentSnapshot, Liveness, SessionInfo, Transport
 from opamp_operator.kube.liveness import Thresholds, due_at, judge
 from opamp_operator.kube.naming import (
     agent_id_from_name,
@@ -51,6 +51,7 @@ def snapshot(**changes: object) -> AgentSnapshot:
         last_disconnected_at=None,
         disconnect_reason=None,
         session=SessionInfo("s1", Transport.HTTP, "10.0.0.7:5555", T0),
+        liveness=Liveness.HEARTBEAT,
         identifying_attributes={"service.name": "checkout", "service.version": "2.0"},
         non_identifying_attributes={"host.name": "node-1", "cpu.count": 8, "tags": ["a", "b"]},
         capabilities=["ReportsStatus", "ReportsHealth"],
@@ -67,6 +68,7 @@ def test_online_agent_status() -> None:
         "transport": "http",
         "remoteAddr": "10.0.0.7:5555",
         "replica": "r-1",
+        "liveness": "heartbeat",
     }
     assert status["agent"]["nonIdentifyingAttributes"] == {
         "host.name": "node-1", "cpu.count": "8", "tags": '["a", "b"]',

@@ -16,7 +16,7 @@ import contextlib
 import logging
 from collections.abc import Iterator
 
-from opamp_operator.fleet.events import FleetEvent, PhaseChanged, Subscription
+from opamp_operator.fleet.events import AgentForgotten, FleetEvent, PhaseChanged, Subscription
 from opamp_operator.fleet.model import AgentPhase
 from opamp_operator.fleet.registry import Fleet
 
@@ -79,6 +79,10 @@ class AgentIndex:
     def _apply(self, event: FleetEvent) -> None:
         if isinstance(event, PhaseChanged):
             self._set(event.agent_id, event.current)
+        elif isinstance(event, AgentForgotten) and event.agent_id in self._phases:
+            del self._phases[event.agent_id]
+            self._down.discard(event.agent_id)
+            del self._ids[bisect.bisect_left(self._ids, event.agent_id)]
 
     def _set(self, agent_id: str, phase: AgentPhase) -> None:
         if agent_id not in self._phases:

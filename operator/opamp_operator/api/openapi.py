@@ -79,6 +79,7 @@ SCHEMAS: dict[str, Any] = {
             "transport": _TRANSPORT,
             "remoteAddr": {"type": "string"},
             "connectedAt": _TIME,
+            "liveness": {"type": "string", "enum": ["heartbeat", "connection"]},
         }
     ),
     "AgentStatus": _obj(

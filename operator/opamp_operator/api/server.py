@@ -67,7 +67,7 @@ class ApiServer:
         self.auth = auth if settings.auth_enabled else None
         self.readiness = readiness
         self.port: int | None = None
-        self._collector = metrics.FleetCollector(fleet.counts)
+        self._collector = metrics.FleetCollector(fleet.counts, fleet.departed)
         self._runner: web.AppRunner | None = None
         self._openapi = json.dumps(openapi_document(settings)).encode()
         self.app = web.Application(middlewares=[self._middleware])

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from opamp_operator.fleet.model import AgentPhase, AgentSnapshot, SessionInfo
+from opamp_operator.fleet.model import AgentPhase, AgentSnapshot, Liveness, SessionInfo
 
 # The store keeps statuses in lowercase; the API speaks in phase names.
 _PHASES = {phase.value.lower(): phase.value for phase in AgentPhase}
@@ -52,7 +52,7 @@ def agent_summary(snapshot: AgentSnapshot) -> dict[str, Any]:
     }
 
 
-def connection(session: SessionInfo | None) -> dict[str, Any] | None:
+def connection(session: SessionInfo | None, liveness: Liveness | None) -> dict[str, Any] | None:
     if session is None:
         return None
     return {
@@ -60,6 +60,7 @@ def connection(session: SessionInfo | None) -> dict[str, Any] | None:
         "transport": session.transport.value,
         "remoteAddr": session.remote_addr,
         "connectedAt": timestamp(session.connected_at),
+        "liveness": None if liveness is None else liveness.value,
     }
 
 
@@ -75,7 +76,7 @@ def agent_status(snapshot: AgentSnapshot) -> dict[str, Any]:
         "lastConnected": timestamp(snapshot.last_connected_at),
         "lastDisconnected": timestamp(snapshot.last_disconnected_at),
         "disconnectReason": snapshot.disconnect_reason,
-        "connection": connection(snapshot.session),
+        "connection": connection(snapshot.session, snapshot.liveness),
         "description": {
             "identifyingAttributes": jsonable(snapshot.identifying_attributes),
             "nonIdentifyingAttributes": jsonable(snapshot.non_identifying_attributes),

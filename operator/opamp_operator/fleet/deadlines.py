@@ -46,6 +46,15 @@ class DeadlineScheduler:
             return at
         return None
 
+    def pop_earliest(self) -> str | None:
+        """Remove and return the key with the earliest deadline, due or not."""
+        at = self.next_due()
+        if at is None:
+            return None
+        _, key = heapq.heappop(self._heap)
+        del self._deadlines[key]
+        return key
+
     def pop_due(self, now: float) -> list[str]:
         """Remove and return every key whose deadline is at or before `now`."""
         due: list[str] = []

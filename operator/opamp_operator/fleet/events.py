@@ -59,7 +59,15 @@ class AgentChanged:
     fields: frozenset[str]
 
 
-FleetEvent = SessionOpened | SessionClosed | PhaseChanged | AgentChanged
+@dataclass(frozen=True, slots=True)
+class AgentForgotten:
+    """The fleet dropped a long-gone agent from memory (its CR and stored rows stay)."""
+
+    agent_id: str
+    at: datetime
+
+
+FleetEvent = SessionOpened | SessionClosed | PhaseChanged | AgentChanged | AgentForgotten
 
 
 class Subscription:

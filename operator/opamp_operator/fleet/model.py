@@ -33,9 +33,30 @@ class Reason(StrEnum):
     POD_DELETED = "pod_deleted"
 
 
+# Deliberate departures: the agent said goodbye (AgentDisconnect) or its Pod was deleted.
+# They end Offline and stay there: never escalated to Error (a scale-down is no failure).
+DEPARTURES: frozenset[str] = frozenset({Reason.AGENT_DISCONNECT, Reason.POD_DELETED})
+
+
 class Transport(StrEnum):
     WEBSOCKET = "websocket"
     HTTP = "http"
+
+
+class Liveness(StrEnum):
+    """Which signal tells that a connected agent is alive (see `liveness_rule`)."""
+
+    HEARTBEAT = "heartbeat"  # its messages, within the heartbeat timeout
+    CONNECTION = "connection"  # its WebSocket: ping/pong keep-alive and close
+
+
+def liveness_rule(transport: Transport, reports_heartbeat: bool) -> Liveness:
+    """Heartbeats are optional in OpAMP: over WebSocket an agent that does not claim
+    ReportsHeartbeat is alive while its connection answers pings. Over plain HTTP the
+    poll is the only signal, so the heartbeat deadline applies whatever it claims."""
+    if transport is Transport.WEBSOCKET and not reports_heartbeat:
+        return Liveness.CONNECTION
+    return Liveness.HEARTBEAT
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +94,7 @@ class AgentSnapshot:
     desired_config_source: str | None = None
     remote_config_state: ConfigState = ConfigState.NONE
     remote_config_message: str = ""
+    liveness: Liveness | None = None  # None: not connected
 
     @property
     def connected(self) -> bool:

@@ -6,12 +6,20 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from opamp_operator.opamp.generated import opamp_pb2
 from opamp_operator.opamp.messages import AgentDescriptionView, AgentToServer, capability_names
 
 from .channel import Channel
-from .model import AgentPhase, AgentSnapshot, SessionInfo
+from .model import AgentPhase, AgentSnapshot, Liveness, SessionInfo, liveness_rule
 from .remoteconfig import ConfigProgress, DesiredConfig, config_progress
 from .reports import effective_config_hash, health_to_dict, remote_config_status_to_dict
+
+REPORTS_HEARTBEAT = int(opamp_pb2.AgentCapabilities_ReportsHeartbeat)
+# What a full report carries for each capability that promises it (the spec's first message).
+_PROMISED_FIELDS = (
+    (int(opamp_pb2.AgentCapabilities_ReportsHealth), "health"),
+    (int(opamp_pb2.AgentCapabilities_ReportsEffectiveConfig), "effective_config"),
+)
 
 
 @dataclass(slots=True)
@@ -48,6 +56,17 @@ class AgentRecord:
     desired: DesiredConfig | None = None
     config_sent_hash: bytes | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # Monotonic time of the last message, and whether "slower than the timeout" was logged.
+    last_message_monotonic: float | None = None
+    warned_slow: bool = False
+
+    def liveness(self) -> Liveness | None:
+        """The rule judging this agent now (None: no session)."""
+        if self.session is None:
+            return None
+        return liveness_rule(
+            self.session.info.transport, bool(self.capabilities & REPORTS_HEARTBEAT)
+        )
 
     def snapshot(self) -> AgentSnapshot:
         description = self.description
@@ -74,6 +93,7 @@ class AgentRecord:
             desired_config_source=self.desired.source if self.desired else None,
             remote_config_state=progress.state,
             remote_config_message=progress.message,
+            liveness=self.liveness(),
         )
 
     def config_progress(self) -> ConfigProgress:
@@ -85,6 +105,18 @@ class AgentRecord:
             reported=self.remote_config_status,
             sent=desired is not None and self.config_sent_hash == desired.hash,
         )
+
+
+def is_full_report(message: AgentToServer) -> bool:
+    """The message carries the description and what each claimed capability promises.
+
+    A client restarting from sequence 0 sends such a message first; asking it for
+    ReportFullState again would only repeat it.
+    """
+    if not message.HasField("agent_description"):
+        return False
+    claimed = int(message.capabilities)
+    return all(message.HasField(name) for flag, name in _PROMISED_FIELDS if claimed & flag)
 
 
 def apply_report(record: AgentRecord, message: AgentToServer) -> frozenset[str]:

@@ -25,16 +25,25 @@ from opamp_operator.opamp.messages import (
 from .channel import Channel, PushChannel
 from .clock import Clock
 from .deadlines import DeadlineScheduler
-from .events import AgentChanged, EventBus, PhaseChanged, SessionClosed, SessionOpened
+from .events import (
+    AgentChanged,
+    AgentForgotten,
+    EventBus,
+    PhaseChanged,
+    SessionClosed,
+    SessionOpened,
+)
 from .limits import Rejection, TokenBucket
-from .model import AgentPhase, AgentSnapshot, Reason, SessionInfo, Transport
-from .record import AgentRecord, LiveSession, apply_report
+from .model import DEPARTURES, AgentPhase, AgentSnapshot, Liveness, Reason, SessionInfo, Transport
+from .record import AgentRecord, LiveSession, apply_report, is_full_report
 from .remoteconfig import ACCEPTS_REMOTE_CONFIG, DesiredConfig
 
 log = logging.getLogger(__name__)
 
 SERVER_CAPABILITIES = server_capabilities()
 _FULL_STATE = opamp_pb2.ServerToAgentFlags_ReportFullState
+_MEMORY_FACTOR = 2  # agents kept in memory, Online or not, per allowed Online agent
+_SLOW_WINDOW = 4.0  # timeouts within which a timed-out agent's return counts as slow
 
 
 class Fleet:
@@ -45,6 +54,7 @@ class Fleet:
         events: EventBus,
         *,
         on_rejected: Callable[[str], None] | None = None,
+        on_slow_agent: Callable[[], None] | None = None,
     ) -> None:
         self.settings = settings
         self.clock = clock
@@ -52,10 +62,15 @@ class Fleet:
         # Called with the rejection kind for every refused new agent (the app counts it in
         # a metric): rejections are no fleet event, so no subscriber queue fills in a flood.
         self._on_rejected = on_rejected
+        # Called once per agent whose messages come further apart than the timeout.
+        self._on_slow_agent = on_slow_agent
         self._agents: dict[str, AgentRecord] = {}
         self._by_channel: dict[Channel, str] = {}  # long-lived channels (WebSockets) only
+        # Invariant: exactly the Online agents have a heartbeat deadline (the agent cap
+        # counts them). For agents judged by their connection it is only a refresh time.
         self._heartbeats = DeadlineScheduler()  # Online agents: when they time out
-        self._offline = DeadlineScheduler()  # Offline agents: when they turn Error
+        self._offline = DeadlineScheduler()  # Offline agents (lost, not departed): Error
+        self._forget = DeadlineScheduler()  # Offline/Error agents: dropped from memory
         self._registrations = TokenBucket(
             settings.registrations_per_second, settings.registration_burst, clock.monotonic()
         )
@@ -69,6 +84,10 @@ class Fleet:
 
     def __len__(self) -> int:
         return len(self._agents)
+
+    def active(self) -> int:
+        """Agents Online (a live session, or an HTTP agent within its timeout): the cap."""
+        return len(self._heartbeats)
 
     def get(self, agent_id: str) -> AgentSnapshot | None:
         record = self._agents.get(agent_id)
@@ -86,6 +105,14 @@ class Fleet:
             counts[key] = counts.get(key, 0) + 1
         return counts
 
+    def departed(self) -> int:
+        """Agents Offline after a goodbye (AgentDisconnect, Pod deleted): gone on purpose."""
+        return sum(
+            1
+            for record in self._agents.values()
+            if record.phase is AgentPhase.OFFLINE and record.phase_reason in DEPARTURES
+        )
+
     def drain_seen(self) -> dict[str, datetime]:
         """Agent id -> last message time, for agents heard from since the last call."""
         seen, self._seen = self._seen, {}
@@ -93,7 +120,8 @@ class Fleet:
 
     def next_deadline(self) -> float | None:
         """Monotonic time of the next heartbeat or offline deadline, if any."""
-        due = [d for d in (self._heartbeats.next_due(), self._offline.next_due()) if d is not None]
+        schedulers = (self._heartbeats, self._offline, self._forget)
+        due = [d for d in (s.next_due() for s in schedulers) if d is not None]
         return min(due) if due else None
 
     # -- messages from agents ----------------------------------------------------
@@ -119,6 +147,7 @@ class Fleet:
         if self._needs_full_state(record, message):
             reply.flags |= _FULL_STATE
         record.sequence_num = int(message.sequence_num)
+        self._note_interval(record)
         progress = record.config_progress() if record.desired is not None else None
         changed = apply_report(record, message)
         if progress is not None and record.config_progress() != progress:
@@ -208,12 +237,19 @@ class Fleet:
     # -- deadlines ----------------------------------------------------------------
 
     def check_deadlines(self) -> int:
-        """Move timed-out agents Online -> Offline and long-offline ones -> Error."""
+        """Move timed-out agents Online -> Offline, long-offline ones -> Error, and forget
+        agents gone longer than the retention."""
         now = self.clock.monotonic()
         fired = 0
         for agent_id in self._heartbeats.pop_due(now):
             record = self._agents.get(agent_id)
             if record is not None and record.phase is AgentPhase.ONLINE:
+                if record.liveness() is Liveness.CONNECTION:
+                    # Its WebSocket is still open, so pings are answered (the keep-alive
+                    # closes it otherwise): alive. Refresh lastSeen so that the CR and
+                    # the store, which other replicas judge by, do not call it silent.
+                    self._touch(record)
+                    continue
                 if record.session is not None:
                     record.session.channel.request_close(Reason.HEARTBEAT_TIMEOUT)
                 self._end_session(record, Reason.HEARTBEAT_TIMEOUT)
@@ -223,13 +259,21 @@ class Fleet:
             if record is not None and record.phase is AgentPhase.OFFLINE:
                 self._set_phase(record, AgentPhase.ERROR, Reason.OFFLINE_TOO_LONG)
                 fired += 1
+        for agent_id in self._forget.pop_due(now):
+            fired += self._drop(agent_id)
         return fired
 
     # -- internals ----------------------------------------------------------------
 
     def _admit(self) -> Rejection | None:
-        if len(self._agents) >= self.settings.max_agents:
+        if self.active() >= self.settings.max_agents:
             return Rejection("agent_limit", "agent limit reached", 60.0)
+        if len(self._agents) >= _MEMORY_FACTOR * self.settings.max_agents:
+            # Bounded memory when agents come and go faster than the retention forgets
+            # them (new instance uids at every restart): the longest gone goes first.
+            oldest = self._forget.pop_earliest()
+            if oldest is not None:
+                self._drop(oldest)
         wait = self._registrations.take(self.clock.monotonic())
         return Rejection("rate_limit", "too many new agents per second", wait) if wait > 0 else None
 
@@ -273,21 +317,62 @@ class Fleet:
         return True
 
     def _needs_full_state(self, record: AgentRecord, message: AgentToServer) -> bool:
-        # A sequence gap, or an agent we hold no description for (new to this process,
+        # A sequence gap (unless the message is a full report, as a client restarting
+        # from 0 sends), or an agent we hold no description for (new to this process,
         # e.g. after a restart), must report everything again.
         gap = record.sequence_num is not None and message.sequence_num != record.sequence_num + 1
         blind = record.description is None and not message.HasField("agent_description")
-        return gap or blind
+        return (gap and not is_full_report(message)) or blind
+
+    def _note_interval(self, record: AgentRecord) -> None:
+        """Log once per agent whose messages come further apart than the timeout."""
+        now = self.clock.monotonic()
+        previous, record.last_message_monotonic = record.last_message_monotonic, now
+        timeout = self.settings.heartbeat_timeout_seconds
+        if (
+            previous is None
+            or record.warned_slow
+            or record.phase_reason != Reason.HEARTBEAT_TIMEOUT
+        ):
+            return
+        interval = now - previous
+        # Back within a few timeouts after timing out: it sends slower than the timeout
+        # (a longer absence is an outage, not an interval).
+        if timeout < interval <= _SLOW_WINDOW * timeout:
+            record.warned_slow = True
+            log.warning(
+                "agent %s sends every ~%.0fs, longer than the heartbeat timeout (%gs): its "
+                "sessions time out between messages; raise --heartbeat-timeout",
+                record.agent_id, interval, timeout,
+            )  # fmt: skip
+            if self._on_slow_agent is not None:
+                self._on_slow_agent()
 
     def _heartbeat(self, record: AgentRecord, reason: Reason) -> None:
+        self._touch(record)
+        if record.phase is not AgentPhase.ONLINE:
+            self._offline.cancel(record.agent_id)
+            self._forget.cancel(record.agent_id)
+            self._set_phase(record, AgentPhase.ONLINE, reason)
+
+    def _touch(self, record: AgentRecord) -> None:
+        """The agent is alive now: lastSeen, and the next heartbeat deadline."""
         now = self.clock.now()
         record.last_seen_at = now
         self._seen[record.agent_id] = now
         deadline = self.clock.monotonic() + self.settings.heartbeat_timeout_seconds
         self._heartbeats.set(record.agent_id, deadline)
-        if record.phase is not AgentPhase.ONLINE:
-            self._offline.cancel(record.agent_id)
-            self._set_phase(record, AgentPhase.ONLINE, reason)
+
+    def _drop(self, agent_id: str) -> int:
+        """Forget an agent gone longer than the retention (its CR and rows stay)."""
+        record = self._agents.get(agent_id)
+        if record is None or record.phase is AgentPhase.ONLINE:
+            return 0
+        del self._agents[agent_id]
+        self._offline.cancel(agent_id)
+        self._seen.pop(agent_id, None)
+        self.events.publish(AgentForgotten(agent_id, self.clock.now()))
+        return 1
 
     def _add_pending(self, record: AgentRecord, reply: ServerToAgent) -> None:
         if not record.offered_settings:
@@ -365,8 +450,10 @@ class Fleet:
         self._heartbeats.cancel(record.agent_id)
         if record.phase is AgentPhase.ONLINE:
             self._set_phase(record, AgentPhase.OFFLINE, reason)
-            deadline = self.clock.monotonic() + self.settings.error_after_offline_seconds
-            self._offline.set(record.agent_id, deadline)
+            now = self.clock.monotonic()
+            if reason not in DEPARTURES:  # a goodbye stays Offline, never Error
+                self._offline.set(record.agent_id, now + self.settings.error_after_offline_seconds)
+            self._forget.set(record.agent_id, now + self.settings.forget_after_seconds)
 
     def _set_phase(self, record: AgentRecord, phase: AgentPhase, reason: str) -> None:
         previous, now = record.phase, self.clock.now()

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from opamp_operator.config import FleetSettings
 from opamp_operator.fleet.events import PhaseChanged
-from opamp_operator.fleet.model import AgentPhase, Reason
+from opamp_operator.fleet.model import DEPARTURES, AgentPhase, Reason
 
 
-def event_type(phase: AgentPhase) -> str:
-    return "Normal" if phase is AgentPhase.ONLINE else "Warning"
+def event_type(phase: AgentPhase, reason: str) -> str:
+    """Normal for Online and for a deliberate departure (a goodbye is not an error)."""
+    return "Normal" if phase is AgentPhase.ONLINE or reason in DEPARTURES else "Warning"
 
 
 def describe_transition(

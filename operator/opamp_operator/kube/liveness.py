@@ -21,7 +21,7 @@ from typing import Any
 from opamp_operator import metrics
 from opamp_operator.config import KubeSettings
 from opamp_operator.fleet.clock import Clock
-from opamp_operator.fleet.model import AgentPhase, Reason
+from opamp_operator.fleet.model import DEPARTURES, AgentPhase, Reason
 from opamp_operator.fleet.registry import Fleet
 
 from .client import KubeApi, KubeApiError, ObjectRef
@@ -74,6 +74,8 @@ def judge(
     if known_here:
         return None
     if phase == AgentPhase.OFFLINE:
+        if status.get("disconnectReason") in DEPARTURES:
+            return None  # it said goodbye (or its Pod is gone): Offline, never Error
         if offline_for is not None and offline_for >= limits.error_after:
             return Verdict(AgentPhase.ERROR, Reason.OFFLINE_TOO_LONG)
         return None
@@ -94,7 +96,9 @@ def due_at(
         since = offline_since(status)
         if since is None:
             return None
-        moments = [since + limits.error_after] if phase == AgentPhase.OFFLINE else []
+        departed = status.get("disconnectReason") in DEPARTURES
+        erring = phase == AgentPhase.OFFLINE and not departed
+        moments = [since + limits.error_after] if erring else []
         if limits.gc_after is not None:
             moments.append(since + limits.gc_after)
         return min(moments, default=None)
@@ -189,8 +193,9 @@ class LivenessChecker:
             await self.limiter.acquire()
             try:
                 await self.api.post_event(
-                    target, event_type=event_type(verdict.phase), reason=verdict.reason,
-                    message=message, at=now, reporter=self.settings.replica_id,
+                    target, event_type=event_type(verdict.phase, verdict.reason),
+                    reason=verdict.reason, message=message, at=now,
+                    reporter=self.settings.replica_id,
                 )  # fmt: skip
             except KubeApiError as error:
                 # The transition is written; the next tick will not repeat it, so this

@@ -417,7 +417,7 @@ class PodLinker:
         await self._acquire()
         try:
             await self.kube.post_event(
-                target, event_type="Warning", reason=Reason.POD_DELETED, message=message,
+                target, event_type="Normal", reason=Reason.POD_DELETED, message=message,
                 at=self.clock.now(), reporter=self.settings.replica_id,
             )  # fmt: skip
         except KubeApiError as error:

@@ -62,6 +62,7 @@ def build_status(
             "transport": session.transport.value,
             "remoteAddr": session.remote_addr,
             "replica": replica,
+            "liveness": None if snapshot.liveness is None else snapshot.liveness.value,
         }
     status: Status = {
         "phase": snapshot.phase.value,

@@ -393,7 +393,7 @@ class StatusWriter:
             await self.limiter.acquire()
             try:
                 await self.api.post_event(
-                    target, event_type=event_type(event.current), reason=event.reason,
+                    target, event_type=event_type(event.current, event.reason), reason=event.reason,
                     message=describe(event, self.fleet.settings, self.settings.replica_id),
                     at=event.at,
                     reporter=self.settings.replica_id,

@@ -15,6 +15,7 @@ from itertools import islice
 
 from opamp_operator.fleet.events import (
     AgentChanged,
+    AgentForgotten,
     FleetEvent,
     PhaseChanged,
     SessionClosed,
@@ -89,6 +90,8 @@ class PendingWrites:
         if isinstance(event, AgentChanged):
             self._described.add(event.agent_id)
             return Shed()
+        if isinstance(event, AgentForgotten):
+            return Shed()  # memory only: the agent's row and history stay
         shed_seen = 0
         if len(self) >= self.limit and self._seen:
             shed_seen = len(self._seen)

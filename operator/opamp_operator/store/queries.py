@@ -287,6 +287,33 @@ async def mark_unconnected_agents_offline(conn: Conn, now: datetime, reason: str
     return rows_affected(await conn.execute(MARK_UNCONNECTED_OFFLINE, now, reason))
 
 
+# -- retention ------------------------------------------------------------------------------
+
+# Closed sessions that started and ended before the cutoff; open rows are never deleted.
+# `LIMIT` in a sub-select keeps each statement (and its locks) small: see store/retention.py.
+DELETE_OLD_SESSIONS = """
+DELETE FROM agent_connection_history
+WHERE id IN (
+    SELECT id FROM agent_connection_history
+    WHERE connected_at < $1 AND disconnected_at < $1
+    LIMIT $2
+)
+"""
+
+DELETE_OLD_TRANSITIONS = """
+DELETE FROM agent_state_transitions
+WHERE id IN (SELECT id FROM agent_state_transitions WHERE at < $1 LIMIT $2)
+"""
+
+
+async def delete_old_sessions(conn: Conn, before: datetime, limit: int) -> int:
+    return rows_affected(await conn.execute(DELETE_OLD_SESSIONS, before, limit))
+
+
+async def delete_old_transitions(conn: Conn, before: datetime, limit: int) -> int:
+    return rows_affected(await conn.execute(DELETE_OLD_TRANSITIONS, before, limit))
+
+
 # -- reads ---------------------------------------------------------------------------------
 
 _AGENT_COLUMNS = """id, status, last_seen_at, last_connected_at, last_disconnected_at,

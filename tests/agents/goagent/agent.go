@@ -50,6 +50,9 @@ func newAgent(cfg *config, out *emitter) *agent {
 	caps := protobufs.AgentCapabilities_AgentCapabilities_ReportsStatus |
 		protobufs.AgentCapabilities_AgentCapabilities_ReportsHealth |
 		protobufs.AgentCapabilities_AgentCapabilities_ReportsHeartbeat
+	if cfg.NoReportsHeartbeat {
+		caps &^= protobufs.AgentCapabilities_AgentCapabilities_ReportsHeartbeat
+	}
 	if cfg.AcceptRemoteConfig {
 		caps |= protobufs.AgentCapabilities_AgentCapabilities_AcceptsRemoteConfig |
 			protobufs.AgentCapabilities_AgentCapabilities_ReportsRemoteConfig |
@@ -68,7 +71,14 @@ func newAgent(cfg *config, out *emitter) *agent {
 	if cfg.Transport == "ws" {
 		a.client = client.NewWebSocket(logger)
 	} else {
-		a.client = client.NewHTTP(logger)
+		httpClient := client.NewHTTP(logger)
+		if cfg.NoReportsHeartbeat {
+			// Without ReportsHeartbeat opamp-go ignores StartSettings.HeartbeatInterval
+			// and the server's offer; poll at --heartbeat anyway, as the Collector's
+			// opamp extension polls at its own fixed interval.
+			httpClient.SetPollingInterval(cfg.Heartbeat)
+		}
+		a.client = httpClient
 	}
 	return a
 }

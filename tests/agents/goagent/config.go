@@ -33,6 +33,7 @@ type config struct {
 	Unhealthy          bool
 	Debug              bool
 	StopTimeout        time.Duration
+	NoReportsHeartbeat bool
 }
 
 type keyValue struct{ Key, Value string }
@@ -88,6 +89,10 @@ func parseConfig(args []string, stderr io.Writer) (*config, error) {
 			"(opamp-go's HTTP client does not send one)")
 	fs.BoolVar(&cfg.Unhealthy, "unhealthy", false, "report health healthy=false")
 	fs.BoolVar(&cfg.Debug, "debug", false, "emit the client library's debug log lines as events")
+	fs.BoolVar(&cfg.NoReportsHeartbeat, "no-reports-heartbeat", false,
+		"do not declare ReportsHeartbeat (like the Collector's opamp extension): the server's offered "+
+			"interval is ignored; over WebSocket --heartbeat 0 sends nothing after the first messages "+
+			"but still answers pings; over HTTP it polls at --heartbeat")
 	fs.DurationVar(&cfg.StopTimeout, "stop-timeout", 10*time.Second, "how long client.Stop may take")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
