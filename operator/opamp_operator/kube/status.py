@@ -14,16 +14,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final, Literal
 
-from opamp_operator.fleet.model import AgentPhase, AgentSnapshot, Reason
+from opamp_operator.fleet.model import DEPARTURES, AgentPhase, AgentSnapshot
 
 CONNECTED: Final = "Connected"
 HEALTHY: Final = "Healthy"
 READY: Final = "Ready"
 RECONCILING: Final = "Reconciling"
 STALLED: Final = "Stalled"
-
-# Deliberate departures (a goodbye, a deleted Pod): nothing is wrong, nothing is under way.
-_DEPARTURES: Final = frozenset({Reason.AGENT_DISCONNECT.value, Reason.POD_DELETED.value})
 
 MAX_ATTRIBUTES: Final = 64  # per map; an agent's attributes must not bloat its CR
 MAX_ATTRIBUTE_CHARS: Final = 512
@@ -142,7 +139,7 @@ def departed(phase: AgentPhase, reason: str) -> bool:
     `spec.remoteConfig` must not wait for an agent that left on purpose (the config is
     delivered when it returns).
     """
-    return phase is AgentPhase.OFFLINE and reason in _DEPARTURES
+    return phase is AgentPhase.OFFLINE and reason in DEPARTURES
 
 
 @dataclass(frozen=True, slots=True)
