@@ -1,10 +1,11 @@
 """Build and drive the opamp-go test agent and the reference OpAMP peer server.
 
 Both are small Go programs in this repository (tests/agents/goagent and
-bench/peer) built on the opamp-go library. They print one JSON object per
-line on stdout; this module builds them once into a cache keyed by a hash of
-their sources and runs them as asyncio subprocesses whose events can be
-awaited.
+bench/peer) built on the opamp-go library; the kstatus checker
+(tests/tools/kstatus, see tests/support/kstatus.py) is built the same way.
+The first two print one JSON object per line on stdout. This module builds
+each once into a cache keyed by a hash of its sources and runs them as
+asyncio subprocesses whose events can be awaited.
 
     async with GoAgent() as agent:
         await agent.start(url="ws://127.0.0.1:4320/v1/opamp", heartbeat=0.5)
@@ -21,6 +22,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -32,6 +34,7 @@ from typing import Any, Self
 REPO_ROOT = Path(__file__).resolve().parents[2]
 GOAGENT_DIR = REPO_ROOT / "tests" / "agents" / "goagent"
 PEER_DIR = REPO_ROOT / "bench" / "peer"
+KSTATUS_DIR = REPO_ROOT / "tests" / "tools" / "kstatus"
 
 _BUILD_TIMEOUT_S = 600.0
 _STDERR_LINES_KEPT = 200
@@ -107,7 +110,12 @@ def _ensure_binary(module_dir: Path, name: str) -> Path:
     # Build next to the target and rename: concurrent builders never see a
     # half-written binary, and the last rename wins with identical content.
     partial = target.with_name(f"{target.name}.partial-{os.getpid()}")
-    print(f"[goagent] building {name} from {module_dir} -> {target}", file=sys.stderr)
+    print(
+        f"[goagent] building {name} from {module_dir} -> {target} (the first build downloads "
+        "its Go modules: up to a few minutes)",
+        file=sys.stderr,
+    )
+    started = time.monotonic()
     try:
         result = subprocess.run(
             [go, "build", "-trimpath", "-o", str(partial), "."],
@@ -125,7 +133,7 @@ def _ensure_binary(module_dir: Path, name: str) -> Path:
         os.replace(partial, target)
     finally:
         partial.unlink(missing_ok=True)
-    print(f"[goagent] built {target}", file=sys.stderr)
+    print(f"[goagent] built {target} in {time.monotonic() - started:.1f} s", file=sys.stderr)
     return target
 
 
@@ -141,6 +149,11 @@ def ensure_goagent() -> Path:
 def ensure_peer_server() -> Path:
     """Build the reference OpAMP peer server (bench/peer) and return its path. Blocking."""
     return _ensure_binary(PEER_DIR, "opamp-peer")
+
+
+def ensure_kstatus_checker() -> Path:
+    """Build the kstatus checker (tests/tools/kstatus) and return its path. Blocking."""
+    return _ensure_binary(KSTATUS_DIR, "kstatus-check")
 
 
 # --------------------------------------------------------------------------- processes

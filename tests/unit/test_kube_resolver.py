@@ -217,11 +217,13 @@ def test_agent_conditions_follow_kstatus(
     assert result["Stalled"][0] == stalled
 
 
-def test_no_config_no_conditions_and_a_conflict_is_stalled() -> None:
-    assert (
-        remote_config_conditions(snapshot(ConfigState.NONE), None, None, generation=1, now=NOW)
-        == []
+def test_no_config_only_kstatus_conditions_and_a_conflict_is_stalled() -> None:
+    unmanaged = remote_config_conditions(
+        snapshot(ConfigState.NONE), None, None, generation=1, now=NOW
     )
+    assert kinds(unmanaged) == {
+        "Reconciling": ("False", "NotReconciling"), "Stalled": ("False", "NotStalled"),
+    }  # fmt: skip
     conflict = remote_config_conditions(
         snapshot(ConfigState.NONE), "OpAMPAgentConfigs a, b match", None, generation=1, now=NOW
     )
@@ -291,7 +293,7 @@ def test_config_status_all_applied_is_ready_and_offline_agents_do_not_hold_it_ba
     )  # fmt: skip
     result = kinds(status["conditions"])
     assert result["Reconciling"][0] == "False" and result["Stalled"][0] == "False"
-    assert result["Ready"] == ("False", "NotAllApplied")
+    assert result["Ready"] == ("True", "AppliedToOnlineAgents")  # kstatus: Current
     status = config_status(
         config_hash=h, error=None, matched=views[:1], selected=views[:1], conflicted=[],
         previous=status, generation=1, now=NOW,

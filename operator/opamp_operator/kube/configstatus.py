@@ -15,12 +15,18 @@ from typing import Any, Final
 from opamp_operator.fleet.model import AgentPhase, AgentSnapshot
 from opamp_operator.fleet.remoteconfig import ConfigState
 
-from .status import Status, condition, make_condition
+from .status import (
+    READY,
+    RECONCILING,
+    STALLED,
+    Progress,
+    Status,
+    condition,
+    kstatus_conditions,
+    make_condition,
+)
 
 REMOTE_CONFIG_APPLIED: Final = "RemoteConfigApplied"
-RECONCILING: Final = "Reconciling"
-STALLED: Final = "Stalled"
-READY: Final = "Ready"
 
 MAX_PROBLEMS: Final = 10  # agents listed by name in an OpAMPAgentConfig's status
 
@@ -48,31 +54,34 @@ def remote_config_conditions(
     generation: int | None,
     now: datetime,
 ) -> list[dict[str, Any]]:
-    """RemoteConfigApplied, Reconciling and Stalled for one agent; none when not managed.
+    """RemoteConfigApplied (only while managed), Reconciling and Stalled for one agent.
 
     `problem`: why no config could be chosen (a conflict between OpAMPAgentConfigs, an
-    unusable spec), as the resolver says.
+    unusable spec), as the resolver says. Reconciling and Stalled also say what the phase
+    means to kstatus (see `status.kstatus_conditions`), so every agent has them.
     """
     state, message = snapshot.remote_config_state, snapshot.remote_config_message
+    progress: Progress | None = None
     if problem is not None:
         reason = "InvalidSpec" if problem.startswith("spec.") else "Conflict"
-        applied, reconciling, stalled = "False", False, True
-        message = problem
-    elif state is ConfigState.NONE:
-        return []
-    else:
+        applied, progress = "False", Progress("stalled", reason, problem)
+    elif state is not ConfigState.NONE:
         reason = state.value
         applied = _APPLIED_STATE.get(state, "False")
-        reconciling, stalled = state in _IN_PROGRESS, applied == "False"
-
-    def entry(kind: str, value: str, why: str) -> dict[str, Any]:
-        return make_condition(previous, kind, value, why, message, generation=generation, since=now)
-
-    return [
-        entry(REMOTE_CONFIG_APPLIED, applied, reason),
-        entry(RECONCILING, str(reconciling), reason if reconciling else "NotReconciling"),
-        entry(STALLED, str(stalled), reason if stalled else "NotStalled"),
-    ]
+        if applied == "False":
+            progress = Progress("stalled", reason, message)
+        else:
+            progress = Progress("reconciling" if state in _IN_PROGRESS else "done", reason, message)
+    phase = kstatus_conditions(
+        snapshot.phase, snapshot.phase_reason, progress, previous, generation=generation, now=now
+    )
+    if progress is None:
+        return phase
+    found = make_condition(
+        previous, REMOTE_CONFIG_APPLIED, applied, reason, progress.message,
+        generation=generation, since=now,
+    )  # fmt: skip
+    return [found, *phase]
 
 
 # -- OpAMPAgentConfig ---------------------------------------------------------------------
@@ -157,8 +166,14 @@ def config_status(
         )
         stalled = ("True", "AgentsFailed", summary) if bad else ("False", "NoFailures", summary)
         busy = ("True", "Applying", summary) if reconciling else ("False", "NoneApplying", summary)
-        done = counts["applied"] == len(selected_list) and not conflicted_list
-        ready = ("True", "AllApplied", summary) if done else ("False", "NotAllApplied", summary)
+        # Ready as kstatus reads it (False is InProgress): True once nothing is under way and
+        # nothing failed; Offline agents still pending do not hold the config back.
+        if bad or reconciling:
+            ready = ("False", "NotAllApplied", summary)
+        elif counts["applied"] == len(selected_list):
+            ready = ("True", "AllApplied", summary)
+        else:
+            ready = ("True", "AppliedToOnlineAgents", summary)
 
     def entry(kind: str, values: tuple[str, str, str]) -> dict[str, Any]:
         return make_condition(previous, kind, *values, generation=generation, since=now)

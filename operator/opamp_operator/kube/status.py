@@ -10,14 +10,17 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, Final, Literal
 
-from opamp_operator.fleet.model import AgentPhase, AgentSnapshot
+from opamp_operator.fleet.model import DEPARTURES, AgentPhase, AgentSnapshot
 
 CONNECTED: Final = "Connected"
 HEALTHY: Final = "Healthy"
 READY: Final = "Ready"
+RECONCILING: Final = "Reconciling"
+STALLED: Final = "Stalled"
 
 MAX_ATTRIBUTES: Final = 64  # per map; an agent's attributes must not bloat its CR
 MAX_ATTRIBUTE_CHARS: Final = 512
@@ -88,7 +91,8 @@ def disconnected_status(
     """`previous` moved to Offline/Error by someone that holds no session for the agent.
 
     Used for CRs whose agent no live process knows (the process holding it died): only the
-    CR itself tells what the agent looked like.
+    CR itself tells what the agent looked like. Reconciling and Stalled stay as the holder
+    last wrote them, except in Error (Stalled, see `kstatus_conditions`).
     """
     status: Status = {key: value for key, value in previous.items() if key != "conditions"}
     status["phase"] = phase.value
@@ -109,16 +113,78 @@ def disconnected_status(
             previous, HEALTHY, "Unknown", "agent_offline", stale,
             generation=generation, since=now,
         ),
-        _condition(
-            previous, READY, "False", reason, f"{phase.value}: {reason}",
-            generation=generation, since=now,
-        ),
     ]  # fmt: skip
-    # Conditions about other things (remote config) stay as the holder last wrote them.
+    if not departed(phase, reason):
+        message = f"{phase.value}: {reason}"
+        ready = _condition(
+            previous, READY, "False", reason, message, generation=generation, since=now
+        )
+        conditions.append(ready)
     own = {CONNECTED, HEALTHY, READY}
+    if phase is AgentPhase.ERROR:
+        own |= {RECONCILING, STALLED}
+        conditions += kstatus_conditions(
+            phase, reason, None, previous, generation=generation, now=now
+        )
+    # Conditions about other things (remote config) stay as the holder last wrote them.
     conditions += [dict(c) for c in _conditions_of(previous) if c.get("type") not in own]
     status["conditions"] = conditions
     return status
+
+
+def departed(phase: AgentPhase, reason: str) -> bool:
+    """Offline on purpose (a goodbye, its Pod deleted): kstatus Current, no Ready condition.
+
+    Like a Deployment scaled to zero: a Flux Kustomization that declares the agent's
+    `spec.remoteConfig` must not wait for an agent that left on purpose (the config is
+    delivered when it returns).
+    """
+    return phase is AgentPhase.OFFLINE and reason in DEPARTURES
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """How far one part of the status (the remote config) is, for kstatus."""
+
+    verdict: Literal["reconciling", "stalled", "done"]
+    reason: str
+    message: str
+
+
+def kstatus_conditions(
+    phase: AgentPhase,
+    phase_reason: str,
+    config: Progress | None,
+    previous: Mapping[str, Any] | None,
+    *,
+    generation: int | None,
+    now: datetime,
+) -> list[dict[str, Any]]:
+    """Reconciling and Stalled of an OpAMPAgent from its phase and remote config.
+
+    Never both True (kstatus takes the first of them it meets). Error is terminal until the
+    agent returns: Stalled. A config on its way keeps it Reconciling, unless the agent left
+    on purpose (it gets the config when it returns).
+    """
+    if phase is AgentPhase.ERROR:
+        message = f"Error: {phase_reason}: offline longer than allowed; fine again once it returns"
+        verdict = Progress("stalled", phase_reason, message)
+    elif config is None or (config.verdict == "reconciling" and departed(phase, phase_reason)):
+        message = "nothing under way" if config is None else config.message
+        verdict = Progress("done", "", message)
+    else:
+        verdict = config
+    reconciling, stalled = verdict.verdict == "reconciling", verdict.verdict == "stalled"
+    return [
+        _condition(
+            previous, RECONCILING, str(reconciling), verdict.reason if reconciling
+            else "NotReconciling", verdict.message, generation=generation, since=now,
+        ),
+        _condition(
+            previous, STALLED, str(stalled), verdict.reason if stalled else "NotStalled",
+            verdict.message, generation=generation, since=now,
+        ),
+    ]  # fmt: skip
 
 
 def offline_since(status: Mapping[str, Any]) -> datetime | None:
@@ -227,8 +293,9 @@ def _conditions(
             f"not connected since {format_time(since)}", generation=generation, since=since,
         )  # fmt: skip
     healthy = _healthy(snapshot, previous, generation, now)
-    ready = _ready(snapshot, healthy["status"], previous, generation, now)
-    return [connected, healthy, ready]
+    if departed(snapshot.phase, snapshot.phase_reason):
+        return [connected, healthy]
+    return [connected, healthy, _ready(snapshot, healthy["status"], previous, generation, now)]
 
 
 def _healthy(
