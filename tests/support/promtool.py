@@ -6,6 +6,7 @@ rule files, so the groups are written out to one first.
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -19,20 +20,30 @@ PROMTOOL_TIMEOUT_SECONDS = 120
 Obj = dict[str, Any]
 
 
-def promtool(*args: str, cwd: Path | None = None, stdin: str | None = None) -> str:
-    """Run promtool; fail with its output unless it exits 0; return stdout."""
-    result = subprocess.run(
+def run_promtool(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
         [str(ensure_promtool()), *args],
-        cwd=cwd,
         input=stdin,
         capture_output=True,
         text=True,
         timeout=PROMTOOL_TIMEOUT_SECONDS,
     )
+
+
+def promtool(*args: str, stdin: str | None = None) -> str:
+    """Run promtool; fail with its output unless it exits 0; return stdout."""
+    result = run_promtool(*args, stdin=stdin)
     assert result.returncode == 0, (
         f"promtool {' '.join(args)} exited {result.returncode}:\n{result.stdout}{result.stderr}"
     )
     return result.stdout
+
+
+def lint_metrics(exposition: str) -> list[str]:
+    """`promtool check metrics` on a /metrics scrape: one line per naming problem."""
+    result = run_promtool("check", "metrics", stdin=exposition)
+    assert result.returncode in (0, 3), f"promtool check metrics failed:\n{result.stderr}"
+    return sorted(line.strip() for line in result.stderr.splitlines() if line.strip())
 
 
 def write_rule_file(groups: list[Obj], path: Path) -> Path:
@@ -44,6 +55,9 @@ def write_rule_file(groups: list[Obj], path: Path) -> Path:
 def check_queries(exprs: dict[str, str], directory: Path) -> None:
     """Every PromQL expression parses: promtool cannot parse a query offline, but it checks
     each recording rule of a file, so every expression becomes one."""
-    rules = [{"record": f"check:{name}", "expr": expr} for name, expr in exprs.items()]
+    rules = [
+        {"record": "check:" + re.sub(r"[^a-zA-Z0-9_]", "_", name), "expr": expr}
+        for name, expr in exprs.items()
+    ]
     path = write_rule_file([{"name": "queries", "rules": rules}], directory / "queries.yaml")
     promtool("check", "rules", str(path))
