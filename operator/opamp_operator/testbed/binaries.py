@@ -141,14 +141,14 @@ def ensure_binaries(progress: bool = True) -> ControlPlaneBinaries:
 
 
 def ensure_helm(progress: bool = True) -> Path:
-    """Return the cached `helm`, building it on first use (about N min on 2 cores)."""
+    """Return the cached `helm`, building it on first use (minutes on first run)."""
     return _ensure_single_module(
         "helm", "helm.sh/helm/v4", HELM_VERSION, "helm.sh/helm/v4/cmd/helm", progress
     )
 
 
 def ensure_promtool(progress: bool = True) -> Path:
-    """Return the cached `promtool`, building it on first use (about N min on 2 cores)."""
+    """Return the cached `promtool`, building it on first use (minutes on first run)."""
     return _ensure_single_module(
         "promtool",
         "github.com/prometheus/prometheus",
