@@ -247,6 +247,8 @@ class FleetCollector(Collector):
         for (phase, transport), count in sorted(counts.items(), key=str):
             by_phase[phase] += count
             detailed.add_metric([phase.value, transport.value if transport else "none"], count)
+        # Gauges with a counter's _total suffix (promtool check metrics says so): the names
+        # the project was specified with, kept and documented in docs/deploy.md.
         yield GaugeMetricFamily(
             "opamp_agents_online_total", "Agents Online now.", value=by_phase[AgentPhase.ONLINE]
         )

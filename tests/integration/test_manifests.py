@@ -16,7 +16,6 @@ ServiceMonitor selects the operator's Service and port.
 from __future__ import annotations
 
 import asyncio
-import copy
 import json
 import logging
 import os
@@ -43,8 +42,10 @@ from opamp_operator.metrics import REGISTRY, FleetCollector
 from opamp_operator.options import OPTIONS
 from tests.support.manifests import (
     Obj,
+    assert_restricted_admission,
     kubectl,
     one,
+    pod_from,
     render,
     retarget,
     server_apply,
@@ -209,16 +210,6 @@ def test_server_accepts_every_object_without_warnings(
         assert "Warning" not in warnings, warnings
 
 
-def _pod_from(deployment: Obj, namespace: str) -> Obj:
-    template = copy.deepcopy(deployment["spec"]["template"])
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": f"{deployment['metadata']['name']}-check", "namespace": namespace},
-        "spec": template["spec"],
-    }
-
-
 def test_pods_pass_the_restricted_pod_security_standard(
     kube_api: k8s.ApiClient, installed: list[Obj]
 ) -> None:
@@ -228,15 +219,7 @@ def test_pods_pass_the_restricted_pod_security_standard(
     deployments = [o for o in everything if o["kind"] == "Deployment"]
     assert len(deployments) == 3  # the operator, the demo database and the demo collector
     for deployment in deployments:
-        pod = _pod_from(deployment, NAMESPACE)
-        core.create_namespaced_pod(NAMESPACE, pod, dry_run="All")
-
-        weakened = copy.deepcopy(pod)
-        weakened["spec"]["containers"][0]["securityContext"]["allowPrivilegeEscalation"] = True
-        with pytest.raises(k8s.ApiException) as refused:
-            core.create_namespaced_pod(NAMESPACE, weakened, dry_run="All")
-        assert refused.value.status == 403
-        assert "PodSecurity" in str(refused.value.body)
+        assert_restricted_admission(core, pod_from(deployment, NAMESPACE))
 
 
 # -- monitoring --------------------------------------------------------------------------
@@ -274,11 +257,13 @@ def test_alerts_use_metrics_that_exist(base: list[Obj]) -> None:
     assert rule["apiVersion"] == "monitoring.coreos.com/v1"
     known = _exported_metric_names() | _ksm_metric_names(_ksm_config())
     alerts = [r for group in rule["spec"]["groups"] for r in group["rules"]]
+    # No alert on Offline agents: a graceful scale-down leaves them Offline (see the file).
     expected_alerts = {
-        "OpAMPAgentsOffline",
         "OpAMPAgentsInError",
         "OpAMPHeartbeatsMissed",
         "OpAMPOperatorDown",
+        "OpAMPOperatorAbsent",
+        "OpAMPOperatorReplicasMissing",
         "OpAMPDatabaseErrors",
         "OpAMPKubeWriteErrors",
     }
@@ -300,8 +285,8 @@ def test_alerts_use_metrics_that_exist(base: list[Obj]) -> None:
     (endpoint,) = monitor["spec"]["endpoints"]
     assert endpoint["port"] in {p["name"] for p in service["spec"]["ports"]}
     assert endpoint["path"] == "/metrics"
-    # Alerts select job="opamp-operator": Prometheus names the job after the Service.
-    assert service["metadata"]["name"] == "opamp-operator"
+    # Alerts select job="opamp-operator": the ServiceMonitor takes the job from this label.
+    assert service["metadata"]["labels"][monitor["spec"]["jobLabel"]] == "opamp-operator"
 
 
 def test_kube_state_metrics_config_matches_the_crd(base: list[Obj]) -> None:

@@ -64,6 +64,33 @@ def one(objects: Iterable[Obj], kind: str, name: str | None = None) -> Obj:
     return found[0]
 
 
+def pod_from(deployment: Obj, namespace: str) -> Obj:
+    """A Pod with `deployment`'s pod template, to test admission (Pod Security) on."""
+    template = copy.deepcopy(deployment["spec"]["template"])
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": f"{deployment['metadata']['name']}-check", "namespace": namespace},
+        "spec": template["spec"],
+    }
+
+
+def assert_restricted_admission(core: k8s.CoreV1Api, pod: Obj) -> None:
+    """`pod` is admitted (dry run) in its namespace, which enforces the "restricted" Pod
+    Security Standard; with privilege escalation allowed it is refused."""
+    namespace = pod["metadata"]["namespace"]
+    core.create_namespaced_pod(namespace, pod, dry_run="All")
+    weakened = copy.deepcopy(pod)
+    weakened["spec"]["containers"][0]["securityContext"]["allowPrivilegeEscalation"] = True
+    try:
+        core.create_namespaced_pod(namespace, weakened, dry_run="All")
+    except k8s.ApiException as refused:
+        assert refused.status == 403, refused
+        assert "PodSecurity" in str(refused.body)
+    else:
+        raise AssertionError(f"a weakened {pod['metadata']['name']} was admitted in {namespace}")
+
+
 def server_apply(kubeconfig: Path, objects: Iterable[Obj], *, dry_run: bool) -> str:
     """Server-side apply; returns kubectl's stderr (where the server's warnings go)."""
     args = ["apply", "--server-side", "--force-conflicts", "--field-manager=test-manifests"]

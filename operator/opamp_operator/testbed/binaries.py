@@ -1,8 +1,10 @@
-"""Build the control-plane binaries from their Go modules and cache them.
+"""Build the test bed's Go binaries from their Go modules and cache them.
 
 Release downloads are not always reachable, but the Go module proxy is: we
 compile kube-apiserver from `k8s.io/kubernetes` (its staging modules replaced by
-their published `v0.x` twins) and etcd from `go.etcd.io/etcd/server/v3`.
+their published `v0.x` twins), etcd from `go.etcd.io/etcd/server/v3`, and the
+chart and rule checkers `helm` (helm.sh/helm/v4) and `promtool` (Prometheus
+3.x, published as the module github.com/prometheus/prometheus v0.3XX.Y).
 """
 
 from __future__ import annotations
@@ -17,6 +19,9 @@ from pathlib import Path
 
 KUBERNETES_VERSION = "v1.36.3"
 ETCD_VERSION = "v3.6.16"
+HELM_VERSION = "v4.3.2"
+# Prometheus 3.16.0: its Go module is tagged v0.<major><minor>.<patch>.
+PROMETHEUS_MODULE_VERSION = "v0.316.0"
 
 # Every k8s.io module that k8s.io/kubernetes replaces with ./staging/src/...;
 # each is published on its own as v0.<minor>.<patch>.
@@ -92,12 +97,13 @@ def kube_apiserver_go_mod(kubernetes_version: str) -> str:
     )
 
 
+def single_module_go_mod(name: str, module: str, version: str) -> str:
+    """A go.mod that requires one module as published (no replaces needed)."""
+    return f"module opamp-operator.local/{name}-build\n\ngo 1.26\n\nrequire {module} {version}\n"
+
+
 def etcd_go_mod(etcd_version: str) -> str:
-    return (
-        "module opamp-operator.local/etcd-build\n\n"
-        "go 1.26\n\n"
-        f"require go.etcd.io/etcd/server/v3 {etcd_version}\n"
-    )
+    return single_module_go_mod("etcd", "go.etcd.io/etcd/server/v3", etcd_version)
 
 
 _TOOLS_GO = """//go:build tools
@@ -132,6 +138,40 @@ def ensure_binaries(progress: bool = True) -> ControlPlaneBinaries:
             progress=progress,
         )
     return ControlPlaneBinaries(etcd=etcd, kube_apiserver=apiserver)
+
+
+def ensure_helm(progress: bool = True) -> Path:
+    """Return the cached `helm`, building it on first use (minutes on first run)."""
+    return _ensure_single_module(
+        "helm", "helm.sh/helm/v4", HELM_VERSION, "helm.sh/helm/v4/cmd/helm", progress
+    )
+
+
+def ensure_promtool(progress: bool = True) -> Path:
+    """Return the cached `promtool`, building it on first use (minutes on first run)."""
+    return _ensure_single_module(
+        "promtool",
+        "github.com/prometheus/prometheus",
+        PROMETHEUS_MODULE_VERSION,
+        "github.com/prometheus/prometheus/cmd/promtool",
+        progress,
+    )
+
+
+def _ensure_single_module(
+    name: str, module: str, version: str, package: str, progress: bool
+) -> Path:
+    target = cache_dir() / "bin" / f"{name}-{version}"
+    if not target.exists():
+        _build(
+            name=name,
+            version=version,
+            go_mod=single_module_go_mod(name, module, version),
+            package=package,
+            target=target,
+            progress=progress,
+        )
+    return target
 
 
 def _say(progress: bool, message: str) -> None:
@@ -185,3 +225,5 @@ if __name__ == "__main__":
     found = ensure_binaries()
     print(found.etcd)
     print(found.kube_apiserver)
+    print(ensure_helm())
+    print(ensure_promtool())

@@ -1,0 +1,52 @@
+{{/*
+Every object is named "opamp-operator": the CRDs, ClusterRoles and the Kopf peering are
+cluster-wide or shared, so one release per cluster is what works, and the alert rules and
+the dashboard can name the Deployment and the job without knowing the release.
+*/}}
+{{- define "opamp-operator.name" -}}
+opamp-operator
+{{- end }}
+
+{{/* The namespace whose OpAMPAgent resources the operator serves (its Role lives there). */}}
+{{- define "opamp-operator.servedNamespace" -}}
+{{- .Values.watchNamespace | default .Release.Namespace }}
+{{- end }}
+
+{{- define "opamp-operator.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- .Values.serviceAccount.name | default (include "opamp-operator.name" .) }}
+{{- else }}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* Labels on every object: the kustomize base's two, plus Helm's bookkeeping. */}}
+{{- define "opamp-operator.labels" -}}
+app.kubernetes.io/name: {{ include "opamp-operator.name" . }}
+app.kubernetes.io/part-of: opamp-operator
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{- end }}
+
+{{/* Selects the operator's pods; the same as the kustomize base, so they can be swapped. */}}
+{{- define "opamp-operator.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "opamp-operator.name" . }}
+{{- end }}
+
+{{- define "opamp-operator.subject" -}}
+- kind: ServiceAccount
+  name: {{ include "opamp-operator.serviceAccountName" . }}
+  namespace: {{ .Release.Namespace }}
+{{- end }}
+
+{{/* What the schema cannot say: the operator refuses a timeout not above the interval. */}}
+{{- define "opamp-operator.checkHeartbeat" -}}
+{{- $h := .Values.heartbeat }}
+{{- if and $h.interval $h.timeout }}
+{{- if le (float64 $h.timeout) (float64 $h.interval) }}
+{{- fail (printf "heartbeat.timeout (%v) must exceed heartbeat.interval (%v)" $h.timeout $h.interval) }}
+{{- end }}
+{{- end }}
+{{- end }}
