@@ -257,8 +257,8 @@ class FleetCollector(Collector):
             "Agents Offline or in Error now.",
             value=by_phase[AgentPhase.OFFLINE] + by_phase[AgentPhase.ERROR],
         )
-        # Part of opamp_agents_offline_total: alert rules subtract it, so that a graceful
-        # scale-down (agents saying goodbye) raises no alert.
+        # Part of opamp_agents_offline_total: what is left after subtracting it are the
+        # agents lost without a goodbye (a scale-down or a deleted Pod is no loss).
         yield GaugeMetricFamily(
             "opamp_agents_departed",
             "Agents Offline after a goodbye (AgentDisconnect or Pod deleted), never escalated.",

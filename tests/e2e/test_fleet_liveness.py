@@ -114,7 +114,7 @@ async def test_a_goodbye_stays_offline_with_normal_events_and_a_lost_agent_turns
         assert all(kind == "Normal" for kind, _ in events), events
         lost_events = await asyncio.to_thread(_events, kubeconfig, namespace, lost_id)
         assert ("Warning", "offline_too_long") in lost_events, lost_events
-        # The OpAMPAgentsOffline rule counts offline_total - departed: only the lost one.
+        # offline_total - departed leaves the agents lost without a goodbye: the lost one.
         scraped = await operator.metrics_text()
         assert metric_value(scraped, "opamp_agents_offline_total") == 2
         assert metric_value(scraped, "opamp_agents_departed") == 1

@@ -95,7 +95,7 @@ def test_pop_earliest_takes_the_soonest_deadline_due_or_not() -> None:
     assert scheduler.pop_earliest() is None
 
 
-def test_departed_agents_are_counted_apart_so_a_scale_down_raises_no_offline_alert() -> None:
+def test_departed_agents_are_counted_apart_from_lost_ones() -> None:
     fleet, _, _ = make_fleet(settings=FleetSettings(**SETTINGS))
     polite, lost = new_agent_id(), new_agent_id()
     visit(fleet, polite)  # hello, then AgentDisconnect
@@ -107,6 +107,6 @@ def test_departed_agents_are_counted_apart_so_a_scale_down_raises_no_offline_ale
         for f in FleetCollector(fleet.counts, fleet.departed).collect()
         if f.name != "opamp_agents"
     }
-    # The shipped OpAMPAgentsOffline rule: offline_total - departed > 0.
+    # offline_total - departed: the agents lost without a goodbye.
     assert gauges["opamp_agents_offline_total"] == 2
     assert gauges["opamp_agents_departed"] == 1
