@@ -21,7 +21,7 @@ import pytest
 import yaml
 from kubernetes import client as k8s
 
-from opamp_operator.kube.naming import resource_name
+from opamp_operator.kube.shapes.naming import resource_name
 from tests.e2e.conftest import OperatorFactory
 from tests.e2e.helpers import eventually, get_agent_cr
 from tests.support.faults import fetch, history

@@ -15,7 +15,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from opamp_operator.kube.naming import resource_name
+from opamp_operator.kube.shapes.naming import resource_name
 from tests.e2e.conftest import OperatorFactory
 from tests.e2e.helpers import condition, eventually, get_agent_cr
 from tests.support.goagent import GoAgent
