@@ -103,6 +103,7 @@ class OperatorApp:
 
     async def end_sessions(self) -> None:
         """Stop accepting and end every session as operator_shutdown (idempotent)."""
+        self.fleet.begin_shutdown()  # no heartbeat times out while the sockets close
         if self.running.listener is not None:
             await self.running.listener.stop(reason="operator_shutdown")
         self.fleet.shutdown()  # HTTP sessions have no socket: end them here
