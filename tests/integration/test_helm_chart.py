@@ -304,6 +304,26 @@ def test_server_accepts_the_rendered_chart(
     assert_restricted_admission(k8s.CoreV1Api(kube_api), pod)
 
 
+def test_notes_follow_the_values(home: Path) -> None:
+    """NOTES.txt (as `helm install` prints it; a client-side dry run renders it) names the
+    DSN Secret, the OpAMP URL with its TLS and token requirements, and where to look."""
+    path = home / "notes-values.json"
+    path.write_text(json.dumps({**CUSTOM, "watchNamespace": "agents"}))
+    result = helm("install", RELEASE, str(CHART), "-n", NAMESPACE, "--dry-run=client",
+                  "--values", str(path), home=home)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    notes = result.stdout[result.stdout.index("NOTES:") :]
+    for expected in [
+        f"kubectl -n {NAMESPACE} create secret generic pg \\\n       --from-literal=url=",
+        f"wss://opamp-operator.{NAMESPACE}.svc:4320/v1/opamp",
+        "Authorization: Bearer <token>`, a token listed in the Secret tokens (key list)",
+        "client certificate signed by the CA in opamp-tls (key ca.crt)",
+        "kubectl get opampagents -n agents",
+        "kubectl apply --server-side -f <new chart>/crds/",
+    ]:
+        assert expected in notes, f"{expected!r} not in\n{notes}"
+
+
 def test_kube_version_requirement(home: Path) -> None:
     old = helm("template", "x", str(CHART), "--kube-version", "1.29.9", home=home)
     assert old.returncode != 0 and "requires kubeVersion: >=1.30.0-0" in old.stderr, old.stderr
