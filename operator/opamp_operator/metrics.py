@@ -62,6 +62,13 @@ heartbeat_missed = Counter(
     "Agents that went Offline because their heartbeat timed out.",
     registry=REGISTRY,
 )
+offline_detection_seconds = Histogram(
+    "opamp_agent_offline_detection_seconds",
+    "Time from an agent's last message to its Offline by heartbeat timeout: the timeout"
+    " plus how late the deadline fired.",
+    buckets=(1, 2.5, 5, 10, 15, 20, 30, 31, 35, 45, 60, 61, 62, 65, 75, 90, 120, 180, 300, 600),
+    registry=REGISTRY,
+)
 agents_slower_than_timeout = Counter(
     "opamp_agents_slower_than_timeout_total",
     "Agents (each counted once) whose messages came further apart than the heartbeat timeout.",

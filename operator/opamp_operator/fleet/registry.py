@@ -477,7 +477,9 @@ class Fleet:
     def _set_phase(self, record: AgentRecord, phase: AgentPhase, reason: str) -> None:
         previous, now = record.phase, self.clock.now()
         record.phase, record.phase_reason, record.phase_since = phase, reason, now
-        self.events.publish(PhaseChanged(record.agent_id, previous, phase, reason, now))
+        self.events.publish(
+            PhaseChanged(record.agent_id, previous, phase, reason, now, record.last_seen_at)
+        )
 
 
 def _hash_of(config: DesiredConfig | None) -> bytes | None:
