@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, TypedDict, TypeVar, Unpack
 
 from opamp_operator import metrics
 from opamp_operator.backoff import UP_TO_A_FIFTH_LATER, Backoff
@@ -32,6 +32,16 @@ from opamp_operator.kube.writes.pace import WriteLimiter
 T = TypeVar("T")
 Json = dict[str, Any]
 DEFAULT_CONFLICTS = 3  # re-reads before `update` gives up on an object that keeps moving
+
+
+class EventFields(TypedDict):
+    """What `KubeApi.post_event` takes besides its target."""
+
+    event_type: str
+    reason: str
+    message: str
+    at: datetime
+    reporter: str
 
 
 def write_backoff(cap_seconds: float) -> Backoff:
@@ -109,24 +119,9 @@ class WriteGate:
 
     # -- Events --------------------------------------------------------------------
 
-    async def post_event(
-        self,
-        target: ObjectRef,
-        *,
-        event_type: str,
-        reason: str,
-        message: str,
-        at: datetime,
-        reporter: str,
-    ) -> None:
+    async def post_event(self, target: ObjectRef, **fields: Unpack[EventFields]) -> None:
         """Post an Event about `target`: paced with the CR writes, counted as kind "event"."""
-        await self.send(
-            "event",
-            lambda: self.api.post_event(
-                target, event_type=event_type, reason=reason, message=message, at=at,
-                reporter=reporter,
-            ),
-        )  # fmt: skip
+        await self.send("event", lambda: self.api.post_event(target, **fields))
 
     # -- the mechanisms --------------------------------------------------------------
 
