@@ -1,4 +1,4 @@
-"""The write gate's logic with a scripted API (pure; the real API server: test_kube_gate_apiserver).
+"""The write gate's logic with a scripted API (pure; on the API server: test_kube_gitops_writes).
 
 Pacing, the resourceVersion precondition (re-read on Conflict), retries of throttled and
 unavailable writes with the one backoff type, and the `opamp_kube_writes_total` count.
@@ -22,6 +22,7 @@ from opamp_operator.kube.api import (
     Throttled,
     Unavailable,
 )
+from opamp_operator.kube.mirror.pending import PendingUpdates
 from opamp_operator.kube.writes.gate import WriteGate, retry_hint, write_backoff
 from opamp_operator.kube.writes.pace import WriteLimiter
 from opamp_operator.metrics import REGISTRY
@@ -213,3 +214,12 @@ def test_write_backoff_keeps_the_status_writers_delays() -> None:
     assert [backoff.ceiling(n) for n in range(1, 7)] == [0.5, 1, 2, 4, 8, 10]
     assert all(8.0 <= backoff.delay(5) <= 9.6 for _ in range(50))  # up to a fifth later
     assert write_backoff(0.2).delay(1) >= 0.2  # a cap below 0.5 s is still a cap
+
+
+def test_the_status_writers_queue_never_retries_before_the_servers_retry_after() -> None:
+    pending = PendingUpdates(capacity=10)
+    pending.mark("a")
+    assert pending.take(0.0) == "a"
+    _, delay = pending.failed("a", 0.0, 30.0, probe_delay=2.0, at_least=7.0)
+    assert delay == 7.0  # neither the 0.5 s backoff nor the 2 s probe undercut the hint
+    assert pending.take(6.9) is None and pending.take(7.0) == "a"
