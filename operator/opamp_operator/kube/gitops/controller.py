@@ -440,7 +440,7 @@ class GitOpsController:
             return False  # deleted meanwhile: the informer forgets it
         config.written = desired
         if body is None:
-            return False  # the status already says so (another replica wrote it)
+            return False  # it already says so (another replica wrote it), or it is gone
         config.status, config.resource_version = dict(body.get("status") or {}), _version(body)
         return True
 
