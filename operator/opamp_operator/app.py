@@ -25,6 +25,7 @@ from .api.server import ApiServer
 from .config import Settings
 from .fleet.clock import Clock, SystemClock
 from .fleet.events import EventBus
+from .fleet.ledger import NO_LEDGER, SessionLedger
 from .fleet.registry import Fleet
 from .fleet.ticker import run_deadline_ticker
 from .fleet_metrics import FleetMetrics, count_rejected_registration, count_slow_agent
@@ -93,7 +94,9 @@ class OperatorApp:
         self._spawn(run_deadline_ticker(self.fleet), "deadline-ticker")
         self._spawn(FleetMetrics(self._metric_events, self.bus).run(), "fleet-metrics")
         await self._start_api()
-        listener = OpAMPListener(self.settings.listener, self.fleet)
+        # New sessions' rows are committed before their first replies.
+        ledger: SessionLedger = self.running.store or NO_LEDGER
+        listener = OpAMPListener(self.settings.listener, self.fleet, ledger)
         await listener.start()
         self.running.listener = listener
         log.info(
@@ -104,6 +107,7 @@ class OperatorApp:
 
     async def end_sessions(self) -> None:
         """Stop accepting and end every session as operator_shutdown (idempotent)."""
+        self.fleet.begin_shutdown()  # no heartbeat times out while the sockets close
         if self.running.listener is not None:
             await self.running.listener.stop(reason="operator_shutdown")
         self.fleet.shutdown()  # HTTP sessions have no socket: end them here

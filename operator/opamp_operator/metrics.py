@@ -191,6 +191,19 @@ db_dropped = Counter(
     ["kind"],
     registry=REGISTRY,
 )
+db_session_commits = Counter(
+    "opamp_db_session_commits_total",
+    "First replies of new sessions, by whether the session's row was committed before"
+    " (recorded) or the bounded wait ended first (unconfirmed: database slow or down).",
+    ["outcome"],
+    registry=REGISTRY,
+)
+db_session_commit_wait_seconds = Histogram(
+    "opamp_db_session_commit_wait_seconds",
+    "How long a new session's first reply waited for its history row to be committed.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+    registry=REGISTRY,
+)
 
 # -- REST API ------------------------------------------------------------------------
 api_requests = Counter(
