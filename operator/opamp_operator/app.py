@@ -36,6 +36,7 @@ from .kube.kopfwiring.agents import build_registry
 from .kube.mirror.statuswriter import StatusWriter
 from .kube.pods.linker import PodLinker
 from .kube.shapes.podref import PodLinks
+from .kube.writes.gate import WriteGate
 from .store.migrations import migrate
 from .store.pool import StoreUnavailable, create_pool
 from .store.recovery import close_orphaned_sessions
@@ -170,19 +171,23 @@ class OperatorApp:
         api = await KubeApi.connect(settings)
         self.running.kube = api
         links = PodLinks() if self._pod_events is not None else None
+        gate = WriteGate.for_settings(api, settings)  # every CR write and Event, one pace
         mirror = StatusWriter(
-            settings, self.fleet, self._kube_events, api, self.clock, pod_links=links
+            settings, self.fleet, self._kube_events, api, self.clock, gate=gate, pod_links=links
         )
         await mirror.start()
         self.running.mirror = mirror
-        gitops = GitOpsController(self.fleet, settings, api, self.clock, mark=mirror.mark)
+        gitops = GitOpsController(
+            self.fleet, settings, api, self.clock, mark=mirror.mark, gate=gate
+        )
         mirror.remote_config = gitops
         await gitops.start()
         self.running.gitops = gitops
         if links is not None and self._pod_events is not None:
             pods = PodLinker.connect(
                 settings, self.fleet, self._pod_events, links,
-                writer=mirror, kube=api, clock=self.clock, credentials=api.session.credentials,
+                writer=mirror, kube=api, clock=self.clock, gate=gate,
+                credentials=api.session.credentials,
             )  # fmt: skip
             await pods.start()
             self.running.pods = pods

@@ -1,65 +1,14 @@
-"""Backoff, Retry-After, the latency histogram, fleet counters and the report."""
+"""The latency histogram, fleet counters and the report (backoff: tests/unit/test_backoff.py)."""
 
 from __future__ import annotations
 
 import json
 import random
-from datetime import UTC, datetime
-from email.utils import format_datetime
 
 import pytest
 
 from opamp_operator.simulator import SilentAgent, SimulationReport
-from opamp_operator.simulator.backoff import Backoff, parse_retry_after
 from opamp_operator.simulator.stats import MAX_ERROR_KINDS, LatencyHistogram, Stats
-
-
-def test_backoff_ceiling_doubles_up_to_the_maximum() -> None:
-    backoff = Backoff(initial=0.5, maximum=30.0)
-    assert [backoff.ceiling(n) for n in range(1, 9)] == [0.5, 1, 2, 4, 8, 16, 30, 30]
-    assert backoff.ceiling(0) == 0.5
-    assert backoff.ceiling(10_000) == 30.0  # no overflow after a long outage
-
-
-def test_backoff_delays_are_jittered_within_half_to_full_ceiling() -> None:
-    backoff = Backoff(initial=1.0, maximum=8.0)
-    rng = random.Random(3)
-    for failures in range(1, 8):
-        ceiling = backoff.ceiling(failures)
-        delays = [backoff.delay(failures, rng) for _ in range(200)]
-        assert all(ceiling / 2 <= d <= ceiling for d in delays)
-        assert max(delays) - min(delays) > ceiling / 4  # actually spread out
-
-
-def test_backoff_is_repeatable_with_a_seed() -> None:
-    backoff = Backoff()
-    first = [backoff.delay(n, random.Random(9)) for n in range(1, 6)]
-    second = [backoff.delay(n, random.Random(9)) for n in range(1, 6)]
-    assert first == second
-
-
-@pytest.mark.parametrize(
-    ("kwargs", "message"),
-    [({"initial": 0}, "initial"), ({"initial": 5, "maximum": 1}, "maximum"),
-     ({"multiplier": 0.5}, "multiplier")],
-)  # fmt: skip
-def test_backoff_rejects_nonsense(kwargs: dict[str, float], message: str) -> None:
-    with pytest.raises(ValueError, match=message):
-        Backoff(**kwargs)
-
-
-def test_retry_after_seconds_or_http_date() -> None:
-    now = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC).timestamp()
-    later = format_datetime(datetime(2026, 3, 1, 12, 0, 7, tzinfo=UTC), usegmt=True)
-    earlier = format_datetime(datetime(2026, 3, 1, 11, 0, 0, tzinfo=UTC), usegmt=True)
-    assert parse_retry_after("12", now) == 12.0
-    assert parse_retry_after(" 3 ", now) == 3.0
-    assert parse_retry_after(later, now) == pytest.approx(7.0)
-    assert parse_retry_after(earlier, now) == 0.0
-    assert parse_retry_after(None, now) is None
-    assert parse_retry_after("", now) is None
-    assert parse_retry_after("soon", now) is None
-    assert parse_retry_after("-5", now) is None
 
 
 def test_histogram_percentiles_are_within_two_percent() -> None:

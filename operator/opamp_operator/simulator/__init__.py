@@ -4,9 +4,10 @@
     report = await run_simulation(config)
     print(report.to_table())
 
-Modules: `config` (settings, loopback rule), `wire` (messages, pure), `backoff`,
-`agent` (per-agent state, shared rules), `ws` / `http` (transport loops),
-`runner` (ramp, churn, silence, stop), `stats` / `report` (results), `args` (CLI flags).
+Modules: `config` (settings, loopback rule), `wire` (messages, pure),
+`agent` (per-agent state, shared rules; its backoff is `opamp_operator.backoff`),
+`ws` / `http` (transport loops), `runner` (ramp, churn, silence, stop),
+`stats` / `report` (results), `args` (CLI flags).
 """
 
 from opamp_operator.simulator.args import (

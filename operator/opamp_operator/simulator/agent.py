@@ -19,10 +19,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
+from opamp_operator.backoff import Backoff
 from opamp_operator.opamp.errors import ProtocolError
 from opamp_operator.opamp.generated.opamp_pb2 import AgentConfigMap, AgentToServer
 from opamp_operator.opamp.messages import parse_server_to_agent
-from opamp_operator.simulator.backoff import Backoff
 from opamp_operator.simulator.config import DEFAULT_HEARTBEAT_S, SimulationConfig
 from opamp_operator.simulator.stats import Stats
 from opamp_operator.simulator.wire import (

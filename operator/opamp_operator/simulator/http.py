@@ -11,8 +11,8 @@ from typing import Final
 
 import aiohttp
 
+from opamp_operator.backoff import parse_retry_after
 from opamp_operator.simulator.agent import AgentLogic, AgentState, Mode
-from opamp_operator.simulator.backoff import parse_retry_after
 from opamp_operator.simulator.wire import Reply
 
 CONTENT_TYPE: Final = "application/x-protobuf"

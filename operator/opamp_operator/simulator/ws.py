@@ -14,10 +14,10 @@ from typing import Any, Final
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
+from opamp_operator.backoff import parse_retry_after
 from opamp_operator.opamp.errors import FrameError
 from opamp_operator.opamp.frames import decode_ws_frame, encode_ws_frame
 from opamp_operator.simulator.agent import AgentLogic, AgentState, Mode
-from opamp_operator.simulator.backoff import parse_retry_after
 
 #: Largest server message accepted (a big remote config fits).
 _MAX_MESSAGE_BYTES: Final = 4 * 1024 * 1024

@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable
 import asyncpg
 
 from opamp_operator import metrics
+from opamp_operator.backoff import Backoff
 from opamp_operator.config import StoreSettings
 from opamp_operator.fleet.clock import Clock
 from opamp_operator.fleet.events import FleetEvent, Subscription
@@ -93,15 +94,16 @@ class StoreWriter:
             self._consumer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._consumer
-        delay = _BACKOFF_START_SECONDS
+        backoff = Backoff.up_to(self.settings.max_backoff_seconds, initial=_BACKOFF_START_SECONDS)
+        failures = 0
         try:
             async with asyncio.timeout(max(deadline - time.monotonic(), 0.0)):
                 while True:
                     self._drain_subscription()
                     if await self.flush() and not self._pending.history_depth:
                         return
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, self.settings.max_backoff_seconds)
+                    failures += 1
+                    await asyncio.sleep(backoff.delay(failures))
         except TimeoutError:
             log.error(
                 "store writer stopped with %d events and %d agents' last-seen times unwritten"
@@ -215,8 +217,13 @@ class StoreWriter:
 
     async def _flush_loop(self) -> None:
         interval = self.settings.flush_interval_seconds
-        delay = interval
+        # After a failed flush: twice the interval (at least 0.5 s), doubling up to the cap.
+        backoff = Backoff.up_to(
+            self.settings.max_backoff_seconds, initial=max(2 * interval, _BACKOFF_START_SECONDS)
+        )
+        failures = 0
         while not self._stopping:
+            delay = backoff.delay(failures) if failures else interval
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay):
                     await self._wake.wait()
@@ -229,11 +236,7 @@ class StoreWriter:
             except Exception:  # a bug here must not end persistence for good
                 log.exception("store flush failed unexpectedly; retrying")
                 ok = False
-            if ok:
-                delay = interval
-            else:
-                backoff = max(delay * 2, _BACKOFF_START_SECONDS)
-                delay = min(backoff, self.settings.max_backoff_seconds)
+            failures = 0 if ok else failures + 1
 
     async def flush(self) -> bool:
         """Write everything published and seen so far (in batches); False on a DB failure."""

@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 from opamp_operator import metrics
+from opamp_operator.backoff import Backoff
 from opamp_operator.kube.api import ApiSession, Forbidden, Gone, KubeApiError, NotFound
 from opamp_operator.kube.shapes.naming import GROUP, VERSION
 
@@ -52,18 +53,19 @@ class Informer:
         self.handler = handler
         self.watch_seconds = watch_seconds
         self.retry_max_seconds = retry_max_seconds
+        self._backoff = Backoff.up_to(retry_max_seconds)  # 0.5 s doubling, no jitter
         self.path = f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{plural}"
         self.synced = asyncio.Event()  # set after the first complete list
         self.lists = 0
 
     async def run(self) -> None:
-        delay, version = 0.5, None
+        failures, version = 0, None
         while True:
             try:
                 if version is None:
                     version = await self._list()
                 version = await self._watch(version)
-                delay = 0.5
+                failures = 0
             except Gone:
                 log.info("watch of %s expired; listing again", self.plural)
                 version = None
@@ -77,10 +79,11 @@ class Informer:
                 version = None
                 await asyncio.sleep(self.retry_max_seconds)
             except KubeApiError as error:
+                failures += 1
+                delay = self._backoff.delay(failures)
                 metrics.kube_informer_errors.labels(self.plural).inc()
                 log.warning("watch of %s failed (again in %.1fs): %s", self.plural, delay, error)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, self.retry_max_seconds)
 
     async def _list(self) -> str:
         items, version = await self.session.list(self.path)

@@ -89,10 +89,7 @@ class KubeApi:
 
     async def get_agent(self, name: str) -> dict[str, Any] | None:
         """The CR, or None when it does not exist."""
-        try:
-            return await self.session.get(f"{self._agents}/{name}")
-        except NotFound:
-            return None
+        return await self._get_or_none(f"{self._agents}/{name}")
 
     async def list_agents(self, label_selector: str | None = None) -> list[dict[str, Any]]:
         items, _ = await self.session.list(self._agents, label_selector=label_selector)
@@ -128,6 +125,10 @@ class KubeApi:
         return True
 
     # -- OpAMPAgentConfig ----------------------------------------------------------
+
+    async def get_config(self, name: str) -> dict[str, Any] | None:
+        """The OpAMPAgentConfig, or None when it does not exist."""
+        return await self._get_or_none(f"{self._configs}/{name}")
 
     async def patch_config_status(
         self, name: str, status_patch: Mapping[str, Any], resource_version: str | None
@@ -175,3 +176,9 @@ class KubeApi:
             "reportingInstance": reporter,
         }  # fmt: skip
         await self.session.create(f"/api/v1/namespaces/{target.namespace}/events", body)
+
+    async def _get_or_none(self, path: str) -> dict[str, Any] | None:
+        try:
+            return await self.session.get(path)
+        except NotFound:
+            return None

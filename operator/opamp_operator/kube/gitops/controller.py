@@ -13,11 +13,17 @@ Every replica runs one `GitOpsController` (see `kube/api/listwatch.py` for why n
   statuses (written by whichever replica holds each agent), at most every interval;
 - `opamp.dev/reconnect-requested-at` on an OpAMPAgent: the replica holding the agent asks it
   to reconnect, once per annotation value, and records the value in `status.reconnect`.
+
+Both writes go through the shared `WriteGate` (paced with every other CR write), each
+preconditioned on the resourceVersion its patch was computed from: on Conflict the object is
+read again and the patch computed anew, so a lagging watch never makes a replica overwrite a
+newer status (another replica's counts, another replica's reconnect record).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -29,6 +35,7 @@ from opamp_operator.fleet.clock import Clock
 from opamp_operator.fleet.model import AgentPhase
 from opamp_operator.fleet.registry import Fleet
 from opamp_operator.fleet.remoteconfig import DesiredConfig
+from opamp_operator.kube.api import NotFound
 from opamp_operator.kube.api.listwatch import Informer
 from opamp_operator.kube.api.resources import KubeApi, KubeApiError
 from opamp_operator.kube.gitops.resolver import (
@@ -47,11 +54,15 @@ from opamp_operator.kube.shapes.naming import (
     RECONNECT_ANNOTATION,
     agent_id_from_name,
 )
+from opamp_operator.kube.writes.gate import WriteGate
 
 log = logging.getLogger(__name__)
 
 _YIELD_EVERY = 500  # agents resolved between two yields to the event loop
 _STATUS_KEYS = ("phase", "desiredConfig", "reconnect", "connection")
+# Throttled / unavailable writes are tried again this many times (with the gate's backoff)
+# before the config status waits for its next interval, or a reconnect record is given up.
+_WRITE_RETRIES = 3
 
 
 @dataclass(slots=True)
@@ -75,6 +86,7 @@ class _Config:
     parsed: FleetConfig | None
     error: str | None
     status: dict[str, Any]
+    resource_version: str  # of `status`: the precondition of the next status write
     written: dict[str, Any] | None = None  # the last status this replica wrote
 
 
@@ -104,10 +116,12 @@ class GitOpsController:
         *,
         mark: Callable[[str], None] | None = None,
         status_interval_seconds: float = 1.0,
+        gate: WriteGate | None = None,
     ) -> None:
         self.fleet = fleet
         self.settings = settings
-        self.api = api
+        self.api = api  # reads (and the informers); writes go through the gate
+        self.gate = gate or WriteGate.for_settings(api, settings)
         self.clock = clock
         self.mark = mark  # StatusWriter.mark: rewrite an agent's CR
         self.status_interval_seconds = status_interval_seconds
@@ -199,7 +213,7 @@ class GitOpsController:
             self._wake.set()
         if old is None or old.status != entry.status:
             self._counts_dirty = True
-        self._check_reconnect(entry)
+        self._check_reconnect(entry, obj)
 
     def _parse_agent(self, obj: Mapping[str, Any], old: _Agent | None) -> _Agent | None:
         metadata = obj.get("metadata") or {}
@@ -280,7 +294,8 @@ class GitOpsController:
                 parsed = fleet_config(name, obj.get("spec"))
             except ConfigSpecError as failure:
                 error = str(failure)
-        config = _Config(name, generation, parsed, error, dict(obj.get("status") or {}))
+        status = dict(obj.get("status") or {})
+        config = _Config(name, generation, parsed, error, status, _version(obj))
         if old is not None and old.generation == generation:
             config.written = old.written
         self._configs[name] = config
@@ -354,6 +369,9 @@ class GitOpsController:
             self._counts_dirty = False
             try:
                 await self.write_config_statuses()
+            except KubeApiError as error:
+                self._counts_dirty = True
+                log.warning("writing OpAMPAgentConfig statuses failed; trying again: %s", error)
             except Exception:
                 self._counts_dirty = True
                 log.exception("writing OpAMPAgentConfig statuses failed; trying again")
@@ -397,25 +415,38 @@ class GitOpsController:
             config = self._configs.get(name)
             if config is None:
                 continue
-            patch = merge_patch(config.status, desired)
-            if not patch or desired == config.written:
+            if desired == config.written or not merge_patch(config.status, desired):
                 continue
-            try:
-                body = await self.api.patch_config_status(name, patch, None)
-            except KubeApiError as error:
-                metrics.kube_writes.labels("config_status", error.outcome).inc()
-                if error.status == 404:
-                    continue
-                raise
-            metrics.kube_writes.labels("config_status", "ok").inc()
-            config.written = desired
-            config.status = dict(body.get("status") or {})
-            written += 1
+            if await self._write_config_status(config, desired):
+                written += 1
         return written
+
+    async def _write_config_status(self, config: _Config, desired: dict[str, Any]) -> bool:
+        """Patch what differs from the status last seen; on Conflict, from a fresh read."""
+
+        def change(body: Mapping[str, Any]) -> dict[str, Any] | None:
+            config.status, config.resource_version = dict(body.get("status") or {}), _version(body)
+            return merge_patch(config.status, desired) or None
+
+        seen = {"metadata": {"resourceVersion": config.resource_version}, "status": config.status}
+        write = functools.partial(
+            self.gate.patch_config_status, config.name, retries=_WRITE_RETRIES
+        )
+        try:
+            body = await self.gate.update(
+                seen, functools.partial(self.api.get_config, config.name), change, write
+            )
+        except NotFound:
+            return False  # deleted meanwhile: the informer forgets it
+        config.written = desired
+        if body is None:
+            return False  # it already says so (another replica wrote it), or it is gone
+        config.status, config.resource_version = dict(body.get("status") or {}), _version(body)
+        return True
 
     # -- reconnect on request ------------------------------------------------------------
 
-    def _check_reconnect(self, entry: _Agent) -> None:
+    def _check_reconnect(self, entry: _Agent, seen: Mapping[str, Any]) -> None:
         value = entry.reconnect
         if not value:
             return
@@ -440,22 +471,53 @@ class GitOpsController:
             "result": result,
             "replica": self.settings.replica_id,
         }
-        task = asyncio.get_running_loop().create_task(self._record_reconnect(entry.name, record))
+        task = asyncio.get_running_loop().create_task(
+            self._record_reconnect(entry.name, record, seen)
+        )
         self._writes.add(task)
         task.add_done_callback(self._writes.discard)
 
-    async def _record_reconnect(self, name: str, record: dict[str, Any]) -> None:
+    async def _record_reconnect(
+        self, name: str, record: dict[str, Any], seen: Mapping[str, Any]
+    ) -> None:
+        """Write `record` into status.reconnect, unless a re-read shows it is not wanted."""
+
+        def change(body: Mapping[str, Any]) -> dict[str, Any] | None:
+            annotations = (body.get("metadata") or {}).get("annotations") or {}
+            if annotations.get(RECONNECT_ANNOTATION) != record["requestedAt"]:
+                return None  # a newer request came meanwhile: that one gets recorded
+            if _supersedes((body.get("status") or {}).get("reconnect"), record):
+                return None
+            return {"reconnect": record}
+
+        write = functools.partial(
+            self.gate.patch_agent_status, name, kind="reconnect", retries=_WRITE_RETRIES
+        )
         try:
-            await self.api.patch_agent_status(name, {"reconnect": record}, None)
+            await self.gate.update(seen, functools.partial(self.api.get_agent, name), change, write)
         except KubeApiError as error:
-            metrics.kube_writes.labels("reconnect", error.outcome).inc()
             log.warning("OpAMPAgent %s: reconnect not recorded: %s", name, error)
-        else:
-            metrics.kube_writes.labels("reconnect", "ok").inc()
 
 
 def _name(obj: Mapping[str, Any]) -> str:
     return str((obj.get("metadata") or {}).get("name", ""))
+
+
+def _version(obj: Mapping[str, Any]) -> str:
+    return str((obj.get("metadata") or {}).get("resourceVersion") or "")
+
+
+def _supersedes(recorded: Mapping[str, Any] | None, ours: Mapping[str, Any]) -> bool:
+    """`recorded` (in the CR) already answers the request `ours` would record.
+
+    Two replicas may both record one value: the one that holds the agent says
+    reconnect_requested, the others agent_not_connected; the former wins.
+    """
+    if not recorded or recorded.get("requestedAt") != ours["requestedAt"]:
+        return False
+    return (
+        recorded.get("result") == "reconnect_requested" or ours["result"] != "reconnect_requested"
+    )
 
 
 def _identity(config: DesiredConfig | None) -> tuple[bytes, str] | None:

@@ -39,7 +39,7 @@ from opamp_operator.kube.liveness.schedule import LivenessWatch
 from opamp_operator.kube.mirror.statuswriter import StatusWriter
 from opamp_operator.kube.pods.linker import PodLinker
 from opamp_operator.kube.shapes.naming import GROUP, PLURAL, VERSION, agent_id_from_name
-from opamp_operator.kube.writes.pace import WriteLimiter
+from opamp_operator.kube.writes.gate import WriteGate
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +55,8 @@ def build_registry(
 ) -> kopf.OperatorRegistry:
     """A Kopf registry with every handler of the mirror, bound to these collaborators."""
     registry = kopf.OperatorRegistry()
-    limiter = writer.limiter if writer is not None else WriteLimiter(settings.writes_per_second)
-    checker = LivenessChecker(fleet, settings, api, clock or SystemClock(), limiter)
+    gate = writer.gate if writer is not None else WriteGate.for_settings(api, settings)
+    checker = LivenessChecker(fleet, settings, api, clock or SystemClock(), gate)
     watch = LivenessWatch(checker, settings.liveness_check_interval_seconds, settings.api_threads)
     credentials = api.session.credentials  # loaded once, at start-up
     tasks: list[asyncio.Task[None]] = []

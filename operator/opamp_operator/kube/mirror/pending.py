@@ -9,9 +9,9 @@ its own Kubernetes Event.
 from __future__ import annotations
 
 import heapq
-import random
 
 from opamp_operator.fleet.events import PhaseChanged
+from opamp_operator.kube.writes.gate import write_backoff
 
 MAX_TRANSITIONS_PER_AGENT = 8  # a flapping agent keeps its latest transitions, not all
 
@@ -101,9 +101,16 @@ class PendingUpdates:
         self._attempts.pop(agent_id, None)
 
     def failed(
-        self, agent_id: str, now: float, max_delay: float, probe_delay: float | None = None
+        self,
+        agent_id: str,
+        now: float,
+        max_delay: float,
+        probe_delay: float | None = None,
+        at_least: float | None = None,
     ) -> tuple[int, float]:
-        """Schedule another try with exponential backoff; return (attempts, delay).
+        """Schedule another try with the gate's backoff; return (attempts, delay).
+
+        `at_least`: the server's Retry-After, which the delay never undercuts.
 
         With `probe_delay`, when no other retry is due within it, this one is (at most that
         late): one agent keeps probing the API server, so the first success after an outage
@@ -112,9 +119,10 @@ class PendingUpdates:
         self._in_flight.discard(agent_id)
         attempts = self._attempts.get(agent_id, 0) + 1
         self._attempts[agent_id] = attempts
-        delay = min(max_delay, 0.5 * 2 ** min(attempts - 1, 16)) * random.uniform(1.0, 1.2)
+        delay = write_backoff(max_delay).delay(attempts)
         if probe_delay is not None and not self._retry_due_within(now + probe_delay):
             delay = min(delay, probe_delay)
+        delay = max(delay, at_least or 0.0)
         self._urgent.pop(agent_id, None)
         self._refresh.pop(agent_id, None)
         due = now + delay

@@ -5,8 +5,8 @@ every `last_seen_refresh_seconds` (a periodic sweep finds agents due for it), so
 fleet costs no API writes between refreshes. Everything else (phase transitions, sessions,
 what agents report) marks the agent in a bounded coalescing set; workers write each marked
 agent's latest snapshot as a JSON merge patch of what differs from the CR, at a bounded rate,
-retrying failures with backoff. API calls go through `KubeApi` (a thread pool: see
-`kube/api/resources.py` for why).
+retrying failures with backoff. Writes go through the shared `WriteGate`
+(`kube/writes/gate.py`: the pace, the precondition, the count).
 
 Every status patch carries the CR's resourceVersion as a precondition: if anyone else wrote
 the CR meanwhile (another replica, the liveness timer, a user), the patch fails with 409 and
@@ -43,7 +43,7 @@ from opamp_operator.kube.shapes.configstatus import desired_config_status, remot
 from opamp_operator.kube.shapes.naming import agent_labels, resource_name
 from opamp_operator.kube.shapes.podref import PodLink, PodLinks, pod_labels, pod_status
 from opamp_operator.kube.shapes.transitionevent import describe, event_type
-from opamp_operator.kube.writes.pace import WriteLimiter
+from opamp_operator.kube.writes.gate import WriteGate, retry_hint
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ class StatusWriter:
         api: KubeApi,
         clock: Clock,
         *,
-        limiter: WriteLimiter | None = None,
+        gate: WriteGate | None = None,
         pod_links: PodLinks | None = None,
     ) -> None:
         self.settings = settings
@@ -79,7 +79,7 @@ class StatusWriter:
         self.subscription = subscription
         self.api = api
         self.clock = clock
-        self.limiter = limiter or WriteLimiter(settings.writes_per_second)
+        self.gate = gate or WriteGate.for_settings(api, settings)
         self.pending = PendingUpdates(settings.write_queue_size)
         self.requests: Counter[tuple[str, str]] = Counter()  # (kind, outcome) of API writes
         self._mirrors: dict[str, Mirror] = {}
@@ -253,8 +253,9 @@ class StatusWriter:
         # waiting out its own backoff (up to retry_max_seconds) after the server is back.
         probe = _PROBE_SECONDS if error.outcome == "unreachable" or error.status == 503 else None
         attempts, delay = self.pending.failed(
-            agent_id, now, self.settings.retry_max_seconds, probe_delay=probe
-        )
+            agent_id, now, self.settings.retry_max_seconds, probe_delay=probe,
+            at_least=retry_hint(error),
+        )  # fmt: skip
         if attempts == 1 or attempts.bit_count() == 1:  # 1, 2, 4, 8...: log, do not flood
             log.warning(
                 "kube write for agent %s failed (attempt %d, again in %.1fs): %s",
@@ -301,9 +302,8 @@ class StatusWriter:
         latest = self.fleet.get(agent_id)
         if latest is not None and latest.connected:
             return
-        await self.limiter.acquire()
         try:
-            await self.api.delete_agent(mirror.name, mirror.uid, None)
+            await self.gate.delete_agent(mirror.name, mirror.uid, None)
         except KubeApiError as error:
             self._count("delete", error.outcome)
             self._retiring.add(agent_id)  # the retry does it
@@ -314,9 +314,8 @@ class StatusWriter:
 
     async def _ensure(self, snapshot: AgentSnapshot) -> Mirror:
         name = resource_name(snapshot.agent_id)
-        await self.limiter.acquire()
         try:
-            body = await self.api.create_agent(name, self._labels(snapshot))
+            body = await self.gate.create_agent(name, self._labels(snapshot))
         except KubeApiError as error:
             self._count("create", error.outcome)
             if error.status != 409:
@@ -347,12 +346,12 @@ class StatusWriter:
         """One attempt: "ok", "conflict", "gone", or "foreign" (another replica is fresher)."""
         previous = mirror.status()
         if self._held_elsewhere(snapshot, previous):
-            metrics.kube_writes.labels("status", "skipped_foreign").inc()
+            self.gate.skipped("status", "skipped_foreign")
             return "foreign"
         now = self.clock.now()
         labels = labels_patch(mirror.labels, self._labels(snapshot))
         if labels:
-            call = functools.partial(self.api.patch_agent_labels, mirror.name, labels)
+            call = functools.partial(self.gate.patch_agent_labels, mirror.name, labels)
             outcome = await self._request("labels", mirror, call)
             if outcome != "ok":
                 return outcome
@@ -372,12 +371,11 @@ class StatusWriter:
         )
         if not patch or (set(patch) == {"lastSeenAt"} and not refresh_due):
             return "ok"
-        call = functools.partial(self.api.patch_agent_status, mirror.name, patch)
+        call = functools.partial(self.gate.patch_agent_status, mirror.name, patch)
         return await self._request("status", mirror, call)
 
     async def _request(self, kind: str, mirror: Mirror, call: _Patch) -> str:
-        """One rate-limited write, preconditioned on the CR's resourceVersion."""
-        await self.limiter.acquire()
+        """One write through the gate, preconditioned on the CR's resourceVersion."""
         try:
             body = await call(mirror.resource_version)
         except KubeApiError as error:
@@ -394,9 +392,8 @@ class StatusWriter:
     async def _post_transitions(self, snapshot: AgentSnapshot, mirror: Mirror) -> None:
         target = ObjectRef(mirror.name, mirror.uid, self.api.namespace)
         for event in self.pending.transitions(snapshot.agent_id):
-            await self.limiter.acquire()
             try:
-                await self.api.post_event(
+                await self.gate.post_event(
                     target, event_type=event_type(event.current, event.reason), reason=event.reason,
                     message=describe(event, self.fleet.settings, self.settings.replica_id),
                     at=event.at,
@@ -462,8 +459,7 @@ class StatusWriter:
             self._api_ok = True
         elif outcome in ("unreachable", "throttled", "error"):
             self._api_ok = False
-        self.requests[(kind, outcome)] += 1
-        metrics.kube_writes.labels(kind, outcome).inc()
+        self.requests[(kind, outcome)] += 1  # the gate counted it in the metric
 
     def _wake(self) -> None:
         self._wakeup.set()

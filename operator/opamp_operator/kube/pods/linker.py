@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from opamp_operator import metrics
+from opamp_operator.backoff import Backoff
 from opamp_operator.config import KubeSettings
 from opamp_operator.fleet.clock import Clock, SystemClock
 from opamp_operator.fleet.events import AgentChanged, FleetEvent, SessionOpened, Subscription
@@ -54,7 +55,7 @@ from opamp_operator.kube.shapes.podref import (
     judge,
     lookup_failed,
 )
-from opamp_operator.kube.writes.pace import WriteLimiter
+from opamp_operator.kube.writes.gate import WriteGate
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +93,7 @@ class PodLinker:
         writer: StatusWriter | None = None,
         kube: KubeApi | None = None,
         clock: Clock | None = None,
-        limiter: WriteLimiter | None = None,
+        gate: WriteGate | None = None,
     ) -> None:
         self.settings = settings
         self.fleet = fleet
@@ -100,9 +101,11 @@ class PodLinker:
         self.api = api
         self.links = links
         self.writer = writer
-        self.kube = kube
         self.clock = clock or SystemClock()
-        self.limiter = limiter or (writer.limiter if writer else None)
+        # CR deletes and Events (`kube`'s writes) go through the shared gate.
+        self.gate = gate or (WriteGate.for_settings(kube, settings) if kube else None)
+        # A check that failed is tried again after 1 s, doubling up to the cap.
+        self._backoff = Backoff.up_to(settings.retry_max_seconds, initial=1.0)
         self._claims: dict[str, PodClaim] = {}  # agent id -> the Pod it reports
         self._linked: dict[str, set[str]] = {}  # pod uid -> agents linked to it
         self._orphans: dict[str, _Orphan] = {}  # CR name -> its link
@@ -131,6 +134,7 @@ class PodLinker:
         writer: StatusWriter | None = None,
         kube: KubeApi | None = None,
         clock: Clock | None = None,
+        gate: WriteGate | None = None,
         credentials: Credentials,
     ) -> PodLinker:
         """A linker with its own Pod client on `credentials` (not started)."""
@@ -139,7 +143,10 @@ class PodLinker:
             max_connections=settings.api_threads,
         )  # fmt: skip
         api = PodApi(session)
-        return cls(settings, fleet, subscription, api, links, writer=writer, kube=kube, clock=clock)
+        return cls(
+            settings, fleet, subscription, api, links, writer=writer, kube=kube, clock=clock,
+            gate=gate,
+        )  # fmt: skip
 
     async def start(self) -> None:
         """Open the Pod client and start taking fleet events."""
@@ -324,15 +331,13 @@ class PodLinker:
             return
         self._drop_orphan(name)
         agent_id = agent_id_from_name(name)
-        if self.kube is None or agent_id is None or self.fleet.get(agent_id) is not None:
+        if self.gate is None or agent_id is None or self.fleet.get(agent_id) is not None:
             return
         where = f"{orphan.namespace}/{orphan.pod_name}"
         message = f"Pod {where} (uid {orphan.pod_uid}) is gone; no live session holds the agent"
-        await self._post_event(ObjectRef(name, orphan.cr_uid, self.kube.namespace), message)
-        await self._acquire()
-        if await self.kube.delete_agent(name, orphan.cr_uid, None):
+        await self._post_event(ObjectRef(name, orphan.cr_uid, self.gate.namespace), message)
+        if await self.gate.delete_agent(name, orphan.cr_uid, None):
             metrics.kube_pod_deleted.labels("cr").inc()
-            metrics.kube_writes.labels("delete", "ok").inc()
             log.info("OpAMPAgent %s deleted: %s", name, message)
 
     def _retry_later(self, key: str) -> None:
@@ -340,7 +345,7 @@ class PodLinker:
             return
         failures = self._failures.get(key, 0) + 1
         self._failures[key] = failures
-        delay = min(self.settings.retry_max_seconds, 0.5 * 2 ** min(failures, 10))
+        delay = self._backoff.delay(failures)
 
         def fire() -> None:
             self._retries.pop(key, None)
@@ -410,16 +415,11 @@ class PodLinker:
         if self._orphans.pop(name, None) is not None:
             self._watches.leave(_CR + name)
 
-    async def _acquire(self) -> None:
-        if self.limiter is not None:
-            await self.limiter.acquire()
-
     async def _post_event(self, target: ObjectRef, message: str) -> None:
-        if self.kube is None or not self.settings.post_events:
+        if self.gate is None or not self.settings.post_events:
             return
-        await self._acquire()
         try:
-            await self.kube.post_event(
+            await self.gate.post_event(
                 target, event_type="Normal", reason=Reason.POD_DELETED, message=message,
                 at=self.clock.now(), reporter=self.settings.replica_id,
             )  # fmt: skip

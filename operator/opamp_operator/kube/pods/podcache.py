@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from collections import OrderedDict
 from collections.abc import Callable
 
 from opamp_operator import metrics
+from opamp_operator.backoff import UP_TO_A_FIFTH_LATER, Backoff
 from opamp_operator.kube.api.pods import PodApi, WatchExpired
 from opamp_operator.kube.api.resources import KubeApiError
 from opamp_operator.kube.shapes.podref import PodMeta
@@ -46,7 +46,9 @@ class NamespaceWatch:
         self.listed = asyncio.Event()
         self._on_gone = on_gone
         self._on_listed = on_listed
-        self._retry_max = retry_max_seconds
+        # After a failure: 1 s, doubling up to the cap, up to a fifth later (watches of many
+        # namespaces that failed together do not retry in step).
+        self._backoff = Backoff.up_to(retry_max_seconds, initial=1.0, jitter=UP_TO_A_FIFTH_LATER)
         self._gone: OrderedDict[str, None] = OrderedDict()
         self._task: asyncio.Task[None] | None = None
 
@@ -87,15 +89,14 @@ class NamespaceWatch:
                 failures += 1
                 version = None
                 self._failed(error, failures)
-                delay = min(self._retry_max, 0.5 * 2 ** min(failures, 10))
-                await asyncio.sleep(delay * random.uniform(1.0, 1.2))
+                await asyncio.sleep(self._backoff.delay(failures))
             except Exception as error:  # a bug must not end the watch for good
                 failures += 1
                 version = None
                 log.exception("pod watch in %s failed", self.namespace)
                 metrics.kube_pod_watch_errors.labels("bug").inc()
                 self._failed(KubeApiError(0, repr(error)), failures)
-                await asyncio.sleep(min(self._retry_max, 0.5 * 2 ** min(failures, 10)))
+                await asyncio.sleep(self._backoff.delay(failures))
 
     async def _list(self) -> str:
         pods, version = await self.api.list(self.namespace)
