@@ -54,8 +54,8 @@ async def test_the_liveness_rule_shows_in_the_cr_and_rest_and_a_silent_agent_sta
 
         def rules() -> tuple[str, str] | None:
             a, b = _status(kubeconfig, namespace, quiet_id), _status(kubeconfig, namespace, http_id)
-            found = ((a.get("connection") or {}).get("liveness"),
-                     (b.get("connection") or {}).get("liveness"))  # fmt: skip
+            found = (str((a.get("connection") or {}).get("liveness") or ""),
+                     str((b.get("connection") or {}).get("liveness") or ""))  # fmt: skip
             return found if all(found) else None
 
         async def probe() -> tuple[str, str] | None:

@@ -39,7 +39,7 @@ def config_crd(kube_api: k8s.ApiClient, opampagent_crd: str) -> str:
 
 def remote_config_event(expected_hash: str) -> Any:
     def match(event: ProcessEvent) -> bool:
-        return event.get("hash") == expected_hash
+        return bool(event.get("hash") == expected_hash)
 
     return match
 

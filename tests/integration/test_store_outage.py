@@ -9,6 +9,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from typing import Any
 
 import pytest
 
@@ -27,7 +28,7 @@ from tests.support.store import (
 
 pytestmark = pytest.mark.integration
 
-FAST_RETRY = {
+FAST_RETRY: dict[str, Any] = {
     "flush_interval_seconds": 0.05,
     "max_backoff_seconds": 0.4,
     "connect_timeout_seconds": 1.0,

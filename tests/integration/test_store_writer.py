@@ -10,6 +10,7 @@ import pytest
 from opamp_operator import metrics
 from opamp_operator.fleet.model import Reason
 from opamp_operator.store import queries
+from opamp_operator.store.rows import HistoryCursor
 from tests.support.store import FakeChannel, eventually, heartbeat, hello, new_agent_id, store_rig
 
 pytestmark = pytest.mark.integration
@@ -154,7 +155,7 @@ async def test_superseded_session_and_reconnect_keep_one_row_per_session(
         ]
         # Paging: the second page starts after the first page's last row.
         page = await queries.agent_history(rig.pool, agent, limit=1)
-        cursor = queries.HistoryCursor(page[0].connected_at, page[0].id)
+        cursor = HistoryCursor(page[0].connected_at, page[0].id)
         (older,) = await queries.agent_history(rig.pool, agent, before=cursor, limit=5)
         assert older.disconnect_reason == "superseded"
 

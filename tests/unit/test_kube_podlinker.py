@@ -72,7 +72,7 @@ class FakePodApi:
         while True:
             event = await stream.get()
             if event is None:
-                raise WatchExpired("too old")
+                raise WatchExpired(410, "too old")
             yield event
 
     def emit(self, namespace: str, event: PodEvent | None) -> None:
