@@ -23,10 +23,11 @@ from kubernetes import client as k8s
 
 from opamp_operator.kube.naming import resource_name
 from tests.e2e.conftest import OperatorFactory
-from tests.e2e.helpers import eventually, get_agent_cr
+from tests.e2e.helpers import get_agent_cr
 from tests.support.faults import fetch, history
 from tests.support.goagent import GoAgent
 from tests.support.operator_process import REPO_ROOT, OperatorProcess
+from tests.support.polling import eventually
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
@@ -219,18 +220,14 @@ async def check_one_runs_kopf(
 ) -> tuple[str, str]:
     """Both are peers; the one with the lower priority paused its handlers. (active, paused)"""
     status = await eventually(
-        "both replicas in the peering object",
-        lambda: _both_peers(kube_api, namespace),
-        within=20,
+        "both replicas in the peering object", lambda: _both_peers(kube_api, namespace), within=20
     )
     priorities = {name: status[name]["priority"] for name in replicas}
     assert len(set(priorities.values())) == 2, priorities  # equal priorities pause both
     active = max(priorities, key=lambda name: priorities[name])
     paused = min(priorities, key=lambda name: priorities[name])
     await eventually(
-        f"{paused} pauses its handlers",
-        lambda: _logged(replicas[paused], PAUSING),
-        within=15,
+        f"{paused} pauses its handlers", lambda: _logged(replicas[paused], PAUSING), within=15
     )
     assert not PAUSING.search(replicas[active].log_text()), replicas[active].log_tail()
     return active, paused

@@ -18,9 +18,10 @@ import pytest
 
 from opamp_operator.kube.naming import resource_name
 from tests.e2e.conftest import OperatorFactory
-from tests.e2e.helpers import eventually, get_agent_cr
+from tests.e2e.helpers import get_agent_cr
 from tests.support.goagent import GoAgent
 from tests.support.operator_process import kubectl, metric_value
+from tests.support.polling import eventually
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 

@@ -21,9 +21,10 @@ from kubernetes import client as k8s
 
 from opamp_operator.kube.naming import resource_name
 from tests.e2e.conftest import OperatorFactory
-from tests.e2e.helpers import eventually, get_agent_cr
+from tests.e2e.helpers import get_agent_cr
 from tests.support.goagent import GoAgent
 from tests.support.operator_process import OperatorProcess, kubectl
+from tests.support.polling import eventually
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
@@ -151,7 +152,7 @@ async def test_linked_agent_goes_offline_at_once_when_its_pod_is_deleted(
 
         # The agent outside the cluster is as before: no status.pod, no pod labels.
         plain = await eventually(
-            "the outside agent's CR", lambda: _online(kubeconfig, namespace, outside_id), 30
+            "the outside agent's CR", lambda: _online(kubeconfig, namespace, outside_id), within=30
         )
         assert "pod" not in plain["status"]
         assert not any(key.startswith("opamp.dev/k8s-") for key in plain["metadata"]["labels"])

@@ -11,7 +11,8 @@ from opamp_operator import metrics
 from opamp_operator.fleet.model import Reason
 from opamp_operator.store import queries
 from opamp_operator.store.rows import HistoryCursor
-from tests.support.store import FakeChannel, eventually, heartbeat, hello, new_agent_id, store_rig
+from tests.support.polling import eventually
+from tests.support.store import FakeChannel, heartbeat, hello, new_agent_id, store_rig
 
 pytestmark = pytest.mark.integration
 
@@ -172,7 +173,7 @@ async def test_running_writer_flushes_on_its_own_and_stop_flushes_the_rest(
         async def stored() -> bool:
             return bool(await queries.agent_history(rig.pool, agent))
 
-        await eventually(stored, what="the session row")
+        await eventually("the session row", stored)
         rig.clock.advance(9)
         rig.fleet.channel_closed(channel)
         await rig.writer.stop()  # must write the close even if no flush ran since
