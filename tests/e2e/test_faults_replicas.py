@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +24,7 @@ from opamp_operator.kube.naming import resource_name
 from tests.e2e.conftest import OperatorFactory
 from tests.e2e.helpers import get_agent_cr
 from tests.support.faults import fetch, history
+from tests.support.gitops import wait_established
 from tests.support.goagent import GoAgent
 from tests.support.operator_process import REPO_ROOT, OperatorProcess
 from tests.support.polling import eventually
@@ -46,13 +46,7 @@ def kopf_peering(kube_api: k8s.ApiClient, namespace: str) -> Iterator[str]:
     except k8s.ApiException as error:
         if error.status != 409:
             raise
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        conditions = extensions.read_custom_resource_definition(crd["metadata"]["name"])
-        if any(c.type == "Established" and c.status == "True"
-               for c in conditions.status.conditions or []):  # fmt: skip
-            break
-        time.sleep(0.1)
+    wait_established(kube_api, crd["metadata"]["name"])
     peering["metadata"]["namespace"] = namespace
     k8s.CustomObjectsApi(kube_api).create_namespaced_custom_object(
         "kopf.dev", "v1", namespace, "kopfpeerings", peering
