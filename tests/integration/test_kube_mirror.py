@@ -307,9 +307,11 @@ async def test_deleted_cr_of_a_connected_agent_returns_at_the_next_refresh(
     mirror.clock.advance(15)  # past the 60s refresh: the sweep writes lastSeenAt, gets 404
 
     async def recreated() -> dict[str, Any] | None:
-        return await mirror.api.get_agent(agent.cr_name)
+        # Created first, its status written by the next request: wait for both.
+        cr = await mirror.api.get_agent(agent.cr_name)
+        return cr if cr is not None and "status" in cr else None
 
-    again = await eventually("the CR recreated", recreated, within=20)
+    again = await eventually("the CR recreated with its status", recreated, within=20)
     assert again["metadata"]["uid"] != first["metadata"]["uid"]
     assert again["status"]["phase"] == "Online"
     assert mirror.writer.requests[("status", "not_found")] == 1

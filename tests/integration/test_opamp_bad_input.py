@@ -24,6 +24,8 @@ from opamp_operator.opamp.messages import AgentToServer, parse_server_to_agent
 from tests.support.opamp_clients import OpAMPServer, metric, opamp_server
 from tests.support.polling import eventually
 
+pytestmark = pytest.mark.integration
+
 PROTOBUF = {"Content-Type": "application/x-protobuf"}
 MAX_MESSAGE = 64 * 1024
 

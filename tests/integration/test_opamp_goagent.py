@@ -18,6 +18,8 @@ from tests.support.goagent import GoAgent
 from tests.support.opamp_clients import OpAMPServer, metric, opamp_server
 from tests.support.polling import eventually
 
+pytestmark = pytest.mark.integration
+
 HEARTBEAT = 1.0
 TIMEOUT = 2.0
 TRANSPORTS = pytest.mark.parametrize("transport", [Transport.WEBSOCKET, Transport.HTTP])
