@@ -163,7 +163,7 @@ async def check_convergence(
     await eventually(
         "the orphaned CR judged Offline by the liveness check",
         lambda: _cr_named_phase(kubeconfig, namespace, name, "Offline"),
-        within=21 + 5 + 10,
+        within=21 + 5 + 10,  # Kopf's longest backoff + the liveness interval + slack
     )
 
 

@@ -304,6 +304,7 @@ async def test_slow_reader_is_dropped_with_bounded_memory_and_others_are_served(
             within=1 + 2 + 5 + 5,
         )
         closed_after = rows[0]["duration_seconds"]
+        # The closing handshake may wait out the close timeout (5 s).
         await eventually("no WebSocket left open", lambda: _no_websockets(operator), within=5 + 2)
     finally:
         reader.cancel()

@@ -106,7 +106,7 @@ async def test_real_clients_are_mirrored_time_out_and_come_back(
         cr = await eventually(
             "the frozen agent Offline in its CR",
             lambda: _cr_in_phase(kubeconfig, namespace, ws_id, "Offline"),
-            within=3 + 1 + 2,
+            within=3 + 1 + 2,  # timeout + 1 s detection budget + the mirror's write
         )
         assert cr["status"]["disconnectReason"] == "heartbeat_timeout"
         assert condition(cr, "Connected")["status"] == "False"
@@ -255,7 +255,7 @@ async def test_sigkill_then_restart_closes_orphaned_rows_and_agents_return(
         cr = await eventually(
             "the vanished agent Offline",
             lambda: _cr_in_phase(kubeconfig, namespace, gone_id, "Offline"),
-            within=3 + 2 + 5 + 5,
+            within=3 + 2 + 5 + 5,  # timeout + refresh + liveness check interval + slack
         )
         assert cr["status"]["disconnectReason"] == "heartbeat_timeout"
     for agent_id in (back_id, gone_id):
