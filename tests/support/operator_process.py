@@ -155,10 +155,19 @@ class OperatorProcess:
             raise RuntimeError("operator not started")
         return self._process
 
-    async def cleanup(self) -> None:
-        if self._process is not None and self._process.returncode is None:
-            self._process.kill()
-            await self._process.wait()
+    async def cleanup(self, grace: float = 10.0) -> None:
+        """Stop a process the test left running: SIGTERM (so it exits as in production and
+        coverage saves its data), SIGKILL after `grace` seconds."""
+        process = self._process
+        if process is None or process.returncode is not None:
+            return
+        process.send_signal(signal.SIGTERM)
+        try:
+            async with asyncio.timeout(grace):
+                await process.wait()
+        except TimeoutError:
+            process.kill()
+            await process.wait()
 
     async def get_json(self, path: str) -> Any:
         async with aiohttp.ClientSession() as session, session.get(self.api_url + path) as response:
