@@ -11,7 +11,7 @@ import yaml
 from kubernetes import client as k8s
 
 from opamp_operator.fleet.remoteconfig import DesiredConfig
-from opamp_operator.kube.resolver import parse_files
+from opamp_operator.kube.gitops.resolver import parse_files
 from tests.support.polling import eventually_sync
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
