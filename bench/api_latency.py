@@ -20,8 +20,12 @@ import statistics
 import time
 import uuid
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import aiohttp
+
+if TYPE_CHECKING:  # the child process imports the operator itself (see _serve)
+    from opamp_operator.fleet.model import Transport
 
 WARMUP_REQUESTS = 200
 LIST_REQUESTS = 200
@@ -29,7 +33,7 @@ LIST_REQUESTS = 200
 
 @dataclass(eq=False)
 class BenchChannel:
-    transport: object
+    transport: Transport
     remote_addr: str
 
     def request_close(self, reason: str) -> None:

@@ -14,9 +14,9 @@ import pytest
 
 from opamp_operator.kube.shapes.naming import resource_name
 from opamp_operator.testbed.processes import free_port
-from tests.e2e.helpers import eventually
 from tests.support.goagent import GoAgent
 from tests.support.operator_process import REPO_ROOT, kubectl
+from tests.support.polling import eventually
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 

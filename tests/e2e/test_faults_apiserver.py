@@ -19,6 +19,7 @@ import os
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +37,11 @@ from opamp_operator.kube.shapes.naming import agent_labels, resource_name
 from opamp_operator.opamp.messages import AgentToServer
 from opamp_operator.testbed.controlplane import ControlPlane
 from tests.e2e.conftest import OperatorFactory
-from tests.e2e.helpers import eventually, get_agent_cr
+from tests.e2e.helpers import get_agent_cr
 from tests.support.faults import readyz
 from tests.support.goagent import GoAgent
 from tests.support.operator_process import OperatorProcess, kubectl
+from tests.support.polling import eventually
 
 OUTAGE_SECONDS = float(os.environ.get("OPAMP_FAULT_APISERVER_OUTAGE_SECONDS", "30"))
 
@@ -91,9 +93,11 @@ async def test_operator_survives_an_apiserver_restart_and_crs_converge(
     try:
         for name in ("stays", "leaves", "freezes"):
             await start(name)
-            await eventually(f"{name}'s CR Online",
-                             lambda n=name: _cr_phase(kubeconfig, namespace, ids[n], "Online"),  # type: ignore[misc]
-                             within=20)  # fmt: skip
+            await eventually(
+                f"{name}'s CR Online",
+                partial(_cr_phase, kubeconfig, namespace, ids[name], "Online"),
+                within=20,
+            )
         stopped_at = time.monotonic()
         try:
             await asyncio.to_thread(controlplane.stop_apiserver)
@@ -101,11 +105,14 @@ async def test_operator_survives_an_apiserver_restart_and_crs_converge(
             await start("arrives")
             assert await agents["leaves"].stop() == 0
             agents["freezes"].freeze()
-            await eventually("the frozen agent Offline in the fleet",
-                             lambda: _is(fleet_phase(operator, ids["freezes"]), "Offline"),
-                             within=3 + 2)  # fmt: skip
-            _, body = await eventually("/readyz 503 (kubernetes)", lambda: _unready(operator),
-                                       within=10)  # fmt: skip
+            await eventually(
+                "the frozen agent Offline in the fleet",
+                lambda: _is(fleet_phase(operator, ids["freezes"]), "Offline"),
+                within=3 + 2,
+            )
+            _, body = await eventually(
+                "/readyz 503 (kubernetes)", lambda: _unready(operator), within=10
+            )
             assert body["checks"]["listener"] and body["checks"]["database"], body
             await asyncio.sleep(max(0.0, OUTAGE_SECONDS - (time.monotonic() - stopped_at)))
             assert operator.returncode is None, operator.log_tail()
@@ -133,7 +140,7 @@ async def check_convergence(
         try:
             status = await eventually(
                 f"{name}'s CR {phase}",
-                lambda n=name, p=phase: _cr_phase(kubeconfig, namespace, ids[n], p),  # type: ignore[misc]
+                partial(_cr_phase, kubeconfig, namespace, ids[name], phase),
                 within=max(1.0, CONVERGE_SECONDS - (time.monotonic() - started)),
             )
         except AssertionError as error:

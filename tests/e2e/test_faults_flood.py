@@ -29,10 +29,10 @@ from websockets.exceptions import ConnectionClosed
 from opamp_operator.opamp.frames import encode_ws_frame
 from opamp_operator.opamp.generated import opamp_pb2
 from tests.e2e.conftest import OperatorFactory
-from tests.e2e.helpers import eventually
 from tests.support.faults import agent_crs, hello, history, open_fds, post_opamp, rss_bytes
 from tests.support.goagent import GoAgent
 from tests.support.operator_process import OperatorProcess, metric_value
+from tests.support.polling import eventually
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
@@ -174,7 +174,7 @@ async def test_thousands_of_idle_connections_are_closed_and_leave_nothing_behind
     async with GoAgent() as agent:  # a real agent, served all along
         agent_id = str(uuid.uuid4())
         await agent.start(url=operator.ws_url, instance_uid=agent_id, heartbeat=1)
-        await eventually("the real agent connected", lambda: _online(operator, agent_id), 20)
+        await eventually("the real agent connected", lambda: _online(operator, agent_id), within=20)
         await idle_round(operator, 100)  # warm up: buffers, caches, the allocator
         baseline_rss, baseline_fds = rss_bytes(operator.pid), open_fds(operator.pid)
 
@@ -304,11 +304,8 @@ async def test_slow_reader_is_dropped_with_bounded_memory_and_others_are_served(
             within=1 + 2 + 5 + 5,
         )
         closed_after = rows[0]["duration_seconds"]
-        await eventually(  # the closing handshake may wait out the close timeout (5 s)
-            "no WebSocket left open",
-            lambda: _no_websockets(operator),
-            within=5 + 2,
-        )
+        # The closing handshake may wait out the close timeout (5 s).
+        await eventually("no WebSocket left open", lambda: _no_websockets(operator), within=5 + 2)
     finally:
         reader.cancel()
         await asyncio.gather(reader, return_exceptions=True)

@@ -21,6 +21,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +31,11 @@ import pytest
 from opamp_operator.kube.shapes.naming import resource_name
 from opamp_operator.testbed.postgres import PostgresServer
 from tests.e2e.conftest import OperatorFactory
-from tests.e2e.helpers import eventually, get_agent_cr
+from tests.e2e.helpers import get_agent_cr
 from tests.support.faults import fetch, hello, history, post_opamp, readyz
 from tests.support.goagent import GoAgent
 from tests.support.operator_process import REPO_ROOT, OperatorProcess, metric_value
+from tests.support.polling import eventually
 from tests.support.store import stop_postgres
 
 OUTAGE_SECONDS = float(os.environ.get("OPAMP_FAULT_PG_OUTAGE_SECONDS", "30"))
@@ -174,8 +176,9 @@ async def run_outage(
     started = datetime.now(UTC)
     assert server.endpoint is not None
     await stop_postgres(server, server.endpoint.dsn)
-    _, body = await eventually("/readyz 503 (database down)", lambda: _not_ready(operator),
-                               within=10)  # fmt: skip
+    _, body = await eventually(
+        "/readyz 503 (database down)", lambda: _not_ready(operator), within=10
+    )
     assert body["checks"] == {"listener": True, "database": False, "kubernetes": True}
 
     stop_probe = asyncio.Event()
@@ -183,15 +186,18 @@ async def run_outage(
     for name in ("new_ws", "new_http"):  # sessions that open while the database is away
         await traffic.start_agent(name)
         # The Kubernetes mirror does not depend on the database.
-        await eventually(f"{name}'s CR during the outage",
-                         lambda n=name: _cr_online(kubeconfig, namespace, ids[n]),  # type: ignore[misc]
-                         within=10)  # fmt: skip
+        await eventually(
+            f"{name}'s CR during the outage",
+            partial(_cr_online, kubeconfig, namespace, ids[name]),
+            within=10,
+        )
     assert await agents["leaves"].stop() == 0
     await agents["dies"].kill()
     agents["freezes"].freeze()
     frozen = ids["freezes"]
-    await eventually("the frozen agent timed out",
-                     lambda: _phase_is(operator, frozen, "Offline"), within=3 + 2)  # fmt: skip
+    await eventually(
+        "the frozen agent timed out", lambda: _phase_is(operator, frozen, "Offline"), within=3 + 2
+    )
     remaining = OUTAGE_SECONDS - (datetime.now(UTC) - started).total_seconds()
     assert remaining > 0, f"the outage script took longer than {OUTAGE_SECONDS}s"
     await asyncio.sleep(remaining)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,10 +22,12 @@ from kubernetes import client as k8s
 
 from opamp_operator.kube.shapes.naming import resource_name
 from tests.e2e.conftest import OperatorFactory
-from tests.e2e.helpers import eventually, get_agent_cr
+from tests.e2e.helpers import get_agent_cr
 from tests.support.faults import fetch, history
+from tests.support.gitops import wait_established
 from tests.support.goagent import GoAgent
 from tests.support.operator_process import REPO_ROOT, OperatorProcess
+from tests.support.polling import eventually
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
@@ -45,13 +46,7 @@ def kopf_peering(kube_api: k8s.ApiClient, namespace: str) -> Iterator[str]:
     except k8s.ApiException as error:
         if error.status != 409:
             raise
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        conditions = extensions.read_custom_resource_definition(crd["metadata"]["name"])
-        if any(c.type == "Established" and c.status == "True"
-               for c in conditions.status.conditions or []):  # fmt: skip
-            break
-        time.sleep(0.1)
+    wait_established(kube_api, crd["metadata"]["name"])
     peering["metadata"]["namespace"] = namespace
     k8s.CustomObjectsApi(kube_api).create_namespaced_custom_object(
         "kopf.dev", "v1", namespace, "kopfpeerings", peering
@@ -214,18 +209,14 @@ async def check_one_runs_kopf(
 ) -> tuple[str, str]:
     """Both are peers; the one with the lower priority paused its handlers. (active, paused)"""
     status = await eventually(
-        "both replicas in the peering object",
-        lambda: _both_peers(kube_api, namespace),
-        within=20,
+        "both replicas in the peering object", lambda: _both_peers(kube_api, namespace), within=20
     )
     priorities = {name: status[name]["priority"] for name in replicas}
     assert len(set(priorities.values())) == 2, priorities  # equal priorities pause both
     active = max(priorities, key=lambda name: priorities[name])
     paused = min(priorities, key=lambda name: priorities[name])
     await eventually(
-        f"{paused} pauses its handlers",
-        lambda: _logged(replicas[paused], PAUSING),
-        within=15,
+        f"{paused} pauses its handlers", lambda: _logged(replicas[paused], PAUSING), within=15
     )
     assert not PAUSING.search(replicas[active].log_text()), replicas[active].log_tail()
     return active, paused

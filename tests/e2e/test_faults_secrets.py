@@ -23,10 +23,10 @@ import pytest
 
 from opamp_operator.testbed.postgres import PostgresServer
 from tests.e2e.conftest import OperatorFactory
-from tests.e2e.helpers import eventually
 from tests.support.faults import PROTOBUF, hello, readyz
 from tests.support.goagent import GoAgent
 from tests.support.operator_process import REPO_ROOT, OperatorProcess
+from tests.support.polling import eventually
 from tests.support.store import stop_postgres
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]

@@ -18,9 +18,10 @@ import pytest
 
 from opamp_operator.kube.shapes.naming import resource_name
 from tests.e2e.conftest import OperatorFactory
-from tests.e2e.helpers import eventually, get_agent_cr
+from tests.e2e.helpers import get_agent_cr
 from tests.support.goagent import GoAgent
-from tests.support.operator_process import kubectl, metric_value
+from tests.support.operator_process import OperatorProcess, kubectl, metric_value
+from tests.support.polling import eventually
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
@@ -54,8 +55,8 @@ async def test_the_liveness_rule_shows_in_the_cr_and_rest_and_a_silent_agent_sta
 
         def rules() -> tuple[str, str] | None:
             a, b = _status(kubeconfig, namespace, quiet_id), _status(kubeconfig, namespace, http_id)
-            found = ((a.get("connection") or {}).get("liveness"),
-                     (b.get("connection") or {}).get("liveness"))  # fmt: skip
+            found = (str((a.get("connection") or {}).get("liveness") or ""),
+                     str((b.get("connection") or {}).get("liveness") or ""))  # fmt: skip
             return found if all(found) else None
 
         async def probe() -> tuple[str, str] | None:
@@ -106,8 +107,13 @@ async def test_a_goodbye_stays_offline_with_normal_events_and_a_lost_agent_turns
             return status.get("phase") == "Error"
 
         await eventually("the lost agent in Error", lost_in_error, within=error_after + 8)
-        await asyncio.sleep(1.0)  # the polite one went Offline at the same time
-        status = await asyncio.to_thread(_status, kubeconfig, namespace, polite_id)
+
+        async def polite_offline() -> dict[str, Any] | None:
+            status = await asyncio.to_thread(_status, kubeconfig, namespace, polite_id)
+            return status if status.get("phase") == "Offline" else None
+
+        # The polite one went Offline when it said goodbye, and stays so (never Error).
+        status = await eventually("the polite agent Offline", polite_offline, within=5)
         assert (status["phase"], status["disconnectReason"]) == ("Offline", "agent_disconnect")
         events = await asyncio.to_thread(_events, kubeconfig, namespace, polite_id)
         assert ("Normal", "agent_disconnect") in events, events
@@ -151,7 +157,20 @@ async def test_an_agent_slower_than_the_timeout_is_reported_once(
             return f"agent {agent_id} sends every" in operator.log_text()
 
         await eventually("the slow-agent warning", warned, within=15)
-        await asyncio.sleep(8)  # two more slow polls: no second line
+        polls = await _http_messages(operator)
+
+        async def two_more_polls() -> bool:
+            return await _http_messages(operator) >= polls + 2
+
+        # Two more slow polls handled (the counter moves after the fleet saw each): no second
+        # line.
+        await eventually("two more slow polls", two_more_polls, within=15)
         assert operator.log_text().count(f"agent {agent_id} sends every") == 1
         metrics = await operator.metrics_text()
         assert metric_value(metrics, "opamp_agents_slower_than_timeout_total") == 1
+
+
+async def _http_messages(operator: OperatorProcess) -> float:
+    """AgentToServer messages the operator handled over HTTP (its only agent in the test)."""
+    scraped = await operator.metrics_text()
+    return metric_value(scraped, "opamp_messages_received_total", {"transport": "http"})

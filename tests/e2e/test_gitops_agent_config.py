@@ -16,7 +16,7 @@ from kubernetes import client as k8s
 
 from opamp_operator.kube.shapes.naming import resource_name
 from tests.e2e.conftest import OperatorFactory
-from tests.e2e.helpers import condition, eventually
+from tests.e2e.helpers import condition
 from tests.support.gitops import (
     agent_manifest,
     config_hash,
@@ -28,6 +28,7 @@ from tests.support.gitops import (
 from tests.support.goagent import GoAgent, ProcessEvent
 from tests.support.opamp_clients import PythonAgent
 from tests.support.operator_process import kubectl
+from tests.support.polling import eventually
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
@@ -39,7 +40,7 @@ def config_crd(kube_api: k8s.ApiClient, opampagent_crd: str) -> str:
 
 def remote_config_event(expected_hash: str) -> Any:
     def match(event: ProcessEvent) -> bool:
-        return event.get("hash") == expected_hash
+        return bool(event.get("hash") == expected_hash)
 
     return match
 
@@ -70,7 +71,7 @@ async def wait_cr(
         state = cr_state(get_object(kubeconfig, namespace, "opampagents", name))
         return state if state and check(state) else None
 
-    return await eventually(f"{name}: {what}", probe, within)
+    return await eventually(f"{name}: {what}", probe, within=within)
 
 
 def applied_and_current(state: dict[str, Any], source: str, config: str) -> bool:

@@ -6,10 +6,10 @@ config; OpAMPAgentConfigs applied with kubectl as a GitOps tool would.
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ from kubernetes import client as k8s
 
 from opamp_operator.kube.shapes.naming import resource_name
 from tests.e2e.conftest import OperatorFactory
-from tests.e2e.helpers import condition, eventually
+from tests.e2e.helpers import condition
 from tests.support.gitops import (
     agent_manifest,
     config_hash,
@@ -30,6 +30,7 @@ from tests.support.gitops import (
 )
 from tests.support.goagent import GoAgent
 from tests.support.operator_process import OperatorProcess, kubectl
+from tests.support.polling import eventually
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
@@ -108,7 +109,9 @@ async def wait_config(
         state = config_state(kubeconfig, namespace, name)
         return state if all(state.get(k) == v for k, v in expected.items()) else None
 
-    return await eventually(f"status of OpAMPAgentConfig {name} to show {expected}", probe, 30)
+    return await eventually(
+        f"status of OpAMPAgentConfig {name} to show {expected}", probe, within=30
+    )
 
 
 async def wait_desired(
@@ -122,7 +125,7 @@ async def wait_desired(
         )
         return cr if ok else None
 
-    return await eventually(f"{cr_name} to get {source} ({applied})", probe, 30)
+    return await eventually(f"{cr_name} to get {source} ({applied})", probe, within=30)
 
 
 async def test_fleet_config_reaches_exactly_the_matching_agents_with_precedence(
@@ -134,7 +137,9 @@ async def test_fleet_config_reaches_exactly_the_matching_agents_with_precedence(
     await fleet.start("e", "checkout", http=True)
     for name in fleet.ids:
         await eventually(
-            f"CR of {name}", lambda n=name: _labelled(kubeconfig, namespace, fleet.cr_name(n)), 30
+            f"CR of {name}",
+            partial(_labelled, kubeconfig, namespace, fleet.cr_name(name)),
+            within=30,
         )
 
     # d has its own config: it wins over every fleet config.
@@ -221,9 +226,7 @@ async def test_fleet_config_reaches_exactly_the_matching_agents_with_precedence(
 
     # 5. Deleting the specific config gives a the checkout config again.
     kubectl(kubeconfig, "-n", namespace, "delete", "opampagentconfig", "checkout-node-a")
-    await eventually(
-        "a to get checkout again", lambda: _asyncify(fleet.hashes("a")[-1:] == [x]), 30
-    )
+    await eventually("a to get checkout again", lambda: fleet.hashes("a")[-1:] == [x], within=30)
     await wait_config(kubeconfig, namespace, "checkout", {"selectedAgents": 4, "appliedAgents": 4})
 
     # Exactly the matching agents: each got exactly what the precedence says, nothing else.
@@ -240,7 +243,9 @@ async def test_fleet_config_rejected_by_an_agent_is_counted_as_failed(
         await fleet.start(name, "edge")
     for name in fleet.ids:
         await eventually(
-            f"CR of {name}", lambda n=name: _labelled(kubeconfig, namespace, fleet.cr_name(n)), 30
+            f"CR of {name}",
+            partial(_labelled, kubeconfig, namespace, fleet.cr_name(name)),
+            within=30,
         )
     bad = yaml_file("REJECT: true\n")
     kubectl_apply(
@@ -266,8 +271,3 @@ async def test_fleet_config_rejected_by_an_agent_is_counted_as_failed(
 async def _labelled(kubeconfig: Path, namespace: str, name: str) -> bool:
     labels = agent_cr(kubeconfig, namespace, name).get("metadata", {}).get("labels", {})
     return HOST in labels and SERVICE in labels
-
-
-async def _asyncify(value: bool) -> bool:
-    await asyncio.sleep(0)
-    return value

@@ -19,7 +19,7 @@ from kubernetes import client as k8s
 
 from opamp_operator.kube.shapes.naming import resource_name
 from tests.e2e.conftest import OperatorFactory
-from tests.e2e.helpers import condition, eventually
+from tests.e2e.helpers import condition
 from tests.support import kstatus
 from tests.support.gitops import (
     agent_manifest,
@@ -31,6 +31,7 @@ from tests.support.gitops import (
 )
 from tests.support.goagent import REPO_ROOT, GoAgent
 from tests.support.operator_process import OperatorProcess, metric_value
+from tests.support.polling import eventually
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
@@ -82,7 +83,7 @@ class Cases:
             cr = get_object(self.kubeconfig, self.namespace, plural, name)
             return cr if cr is not None and "status" in cr and when(cr) else None
 
-        cr = await eventually(f"{kind} {name}: case {case}", probe, 30)
+        cr: dict[str, Any] = await eventually(f"{kind} {name}: case {case}", probe, within=30)
         [verdict] = await kstatus.compute([cr])
         self.seen.setdefault((kind, case), set()).add(verdict.status)
         return cr
@@ -175,7 +176,9 @@ async def poll_then_depart(cases: Cases, good: dict[str, Any]) -> None:
     await cases.check("OpAMPAgent", "online", poller,
                       lambda cr: cr["status"].get("phase") == "Online")  # fmt: skip
     polls = await http_polls(cases.operator)
-    await eventually("the next poll", lambda: _polled_since(cases.operator, polls), POLL_S + 5)
+    await eventually(
+        "the next poll", lambda: _polled_since(cases.operator, polls), within=POLL_S + 5
+    )
     poll_selector = {"matchLabels": {"opamp.dev/service-name": "ks-poll"}}
     kubectl_apply(
         cases.kubeconfig, cases.namespace, config_manifest("ks-poll", poll_selector, good)

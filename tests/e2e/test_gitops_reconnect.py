@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -12,10 +13,10 @@ from kubernetes import client as k8s
 
 from opamp_operator.kube.shapes.naming import resource_name
 from tests.e2e.conftest import OperatorFactory
-from tests.e2e.helpers import eventually
 from tests.support.gitops import get_object, install_crd
 from tests.support.goagent import GoAgent
 from tests.support.operator_process import kubectl
+from tests.support.polling import eventually
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
@@ -40,12 +41,16 @@ def status_of(kubeconfig: Path, namespace: str, name: str) -> dict[str, Any]:
     return dict(cr.get("status") or {})
 
 
+def _phase_is(kubeconfig: Path, namespace: str, name: str, phase: str) -> bool:
+    return status_of(kubeconfig, namespace, name).get("phase") == phase
+
+
 async def recorded(kubeconfig: Path, namespace: str, name: str, value: str) -> dict[str, Any]:
     async def probe() -> dict[str, Any] | None:
         reconnect = status_of(kubeconfig, namespace, name).get("reconnect") or {}
         return reconnect if reconnect.get("requestedAt") == value else None
 
-    return await eventually(f"{name} to record reconnect {value}", probe, 30)
+    return await eventually(f"{name} to record reconnect {value}", probe, within=30)
 
 
 async def test_annotation_reconnects_once_per_value_even_across_restarts(
@@ -62,9 +67,9 @@ async def test_annotation_reconnects_once_per_value_even_across_restarts(
         for name in (ws_name, http_name, gone_name):
             await eventually(
                 f"{name} Online",
-                lambda n=name: _async(status_of(kubeconfig, namespace, n).get("phase") == "Online"),
-                30,
-            )  # fmt: skip
+                partial(_phase_is, kubeconfig, namespace, name, "Online"),
+                within=30,
+            )
 
         # WebSocket: the connection is closed, the agent connects again; once.
         await ws.wait_for_event("connected")
@@ -81,7 +86,7 @@ async def test_annotation_reconnects_once_per_value_even_across_restarts(
         annotate(kubeconfig, namespace, ws_name, "second")
         await recorded(kubeconfig, namespace, ws_name, "second")
         await eventually(
-            "a third connection", lambda: _async(len(ws.events_named("connected")) == 3), 30
+            "a third connection", lambda: len(ws.events_named("connected")) == 3, within=30
         )
 
         # HTTP: there is no connection to close; the session ends and the next poll opens
@@ -93,19 +98,19 @@ async def test_annotation_reconnects_once_per_value_even_across_restarts(
         assert result["result"] == "reconnect_requested"
         await eventually(
             "a new HTTP session",
-            lambda: _async(
+            lambda: (
                 status_of(kubeconfig, namespace, http_name).get("lastConnectedAt", before) > before
             ),
-            30,
-        )  # fmt: skip
+            within=30,
+        )
 
         # An agent that is not connected: recorded as such, nothing else.
         await gone.stop()
         await eventually(
             f"{gone_name} not Online",
-            lambda: _async(status_of(kubeconfig, namespace, gone_name).get("phase") != "Online"),
-            30,
-        )  # fmt: skip
+            lambda: status_of(kubeconfig, namespace, gone_name).get("phase") != "Online",
+            within=30,
+        )
         annotate(kubeconfig, namespace, gone_name, "while-away")
         result = await recorded(kubeconfig, namespace, gone_name, "while-away")
         assert result["result"] == "agent_not_connected"
@@ -117,9 +122,9 @@ async def test_annotation_reconnects_once_per_value_even_across_restarts(
         await operator.start()
         await eventually(
             "reconnected after the restart",
-            lambda: _async(len(ws.events_named("connected")) == connects + 1),
-            30,
-        )  # fmt: skip
+            lambda: len(ws.events_named("connected")) == connects + 1,
+            within=30,
+        )
         await asyncio.sleep(QUIET_SECONDS)
         assert len(ws.events_named("connected")) == connects + 1
         assert (status_of(kubeconfig, namespace, ws_name).get("reconnect") or {}).get(
@@ -127,8 +132,3 @@ async def test_annotation_reconnects_once_per_value_even_across_restarts(
         ) == "second"
     assert await operator.terminate() == 0
     assert "Traceback" not in operator.log_text()
-
-
-async def _async(value: bool) -> bool:
-    await asyncio.sleep(0)
-    return value

@@ -31,7 +31,7 @@ from opamp_operator.opamp.frames import decode_ws_frame, encode_ws_frame
 from opamp_operator.opamp.generated import opamp_pb2
 from opamp_operator.opamp.messages import AgentToServer, ServerToAgent, parse_server_to_agent
 from tests.e2e.conftest import OperatorFactory
-from tests.e2e.helpers import condition, eventually
+from tests.e2e.helpers import condition
 from tests.support.gitops import (
     config_hash,
     config_manifest,
@@ -40,6 +40,7 @@ from tests.support.gitops import (
     kubectl_apply,
     yaml_file,
 )
+from tests.support.polling import eventually
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
@@ -160,7 +161,7 @@ async def test_merged_effective_config_and_restarts_stay_applied(
             state = applied_state(kubeconfig, namespace, uid)
             return state if all(state[k] == v for k, v in expected.items()) else None
 
-        return await eventually(f"agent {uid}: {expected}", probe, 30)
+        return await eventually(f"agent {uid}: {expected}", probe, within=30)
 
     async def config_shows_applied() -> None:
         expected = {"applied": 1, "failed": 0, "stalled": "False", "ready": "True"}
@@ -169,7 +170,7 @@ async def test_merged_effective_config_and_restarts_stay_applied(
             state = fleet_config_state(kubeconfig, namespace, "collectors")
             return state if all(state[k] == v for k, v in expected.items()) else None
 
-        await eventually(f"OpAMPAgentConfig collectors: {expected}", probe, 30)
+        await eventually(f"OpAMPAgentConfig collectors: {expected}", probe, within=30)
 
     async with supervisor_run(operator.ws_url, uid) as first:
         await first.send()
@@ -196,7 +197,7 @@ async def test_merged_effective_config_and_restarts_stay_applied(
         await eventually(
             "the new merged effective config shown, still Applied",
             lambda: _changed(kubeconfig, namespace, uid, before["effective"]),
-            30,
+            within=30,
         )
         await agent_shows(applied)
         await config_shows_applied()

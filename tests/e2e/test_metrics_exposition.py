@@ -21,10 +21,10 @@ from prometheus_client.metrics import MetricWrapperBase
 from opamp_operator import metrics
 from opamp_operator.monitoring import dashboard
 from tests.e2e.conftest import OperatorFactory
-from tests.e2e.helpers import eventually
 from tests.support.goagent import GoAgent
 from tests.support.manifests import MANIFESTS
 from tests.support.operator_process import metric_value
+from tests.support.polling import eventually
 from tests.support.promtool import lint_metrics
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]

@@ -17,10 +17,11 @@ import pytest
 
 from opamp_operator.kube.shapes.naming import resource_name
 from tests.e2e.conftest import OperatorFactory
-from tests.e2e.helpers import condition, eventually, get_agent_cr
+from tests.e2e.helpers import condition, get_agent_cr
 from tests.support.goagent import GoAgent
 from tests.support.opamp_clients import PythonAgent
 from tests.support.operator_process import kubectl, metric_value
+from tests.support.polling import eventually
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
@@ -171,8 +172,9 @@ async def test_closed_websocket_is_offline_at_once_with_its_reason(
         await agent.start(url=operator.ws_url, instance_uid=agent_id, service_name="quitter",
                           service_version="1.2.3", heartbeat=1, no_disconnect=True,
                           run_for=2)  # fmt: skip
-        await eventually("Online", lambda: _cr_in_phase(kubeconfig, namespace, agent_id, "Online"),
-                         within=20)  # fmt: skip
+        await eventually(
+            "Online", lambda: _cr_in_phase(kubeconfig, namespace, agent_id, "Online"), within=20
+        )
         listed = await operator.get_json("/api/v1/agents")
         assert [item["serviceVersion"] for item in listed["items"]] == ["1.2.3"]
         cr = await eventually(

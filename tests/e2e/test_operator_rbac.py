@@ -16,11 +16,12 @@ from kubernetes import client as k8s
 
 from opamp_operator.kube.shapes.naming import resource_name
 from tests.e2e.conftest import OperatorFactory
-from tests.e2e.helpers import eventually, get_agent_cr
+from tests.e2e.helpers import get_agent_cr
 from tests.support.goagent import GoAgent
 from tests.support.manifests import MANIFESTS, kubectl, one, render, retarget, server_apply
 from tests.support.manifests import token_for as service_account_token
 from tests.support.operator_process import kubectl as run_kubectl
+from tests.support.polling import eventually
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 

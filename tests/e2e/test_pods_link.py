@@ -13,7 +13,7 @@ import json
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import asyncpg
 import pytest
@@ -21,9 +21,10 @@ from kubernetes import client as k8s
 
 from opamp_operator.kube.shapes.naming import resource_name
 from tests.e2e.conftest import OperatorFactory
-from tests.e2e.helpers import eventually, get_agent_cr
+from tests.e2e.helpers import get_agent_cr
 from tests.support.goagent import GoAgent
 from tests.support.operator_process import OperatorProcess, kubectl
+from tests.support.polling import eventually
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
@@ -50,7 +51,12 @@ def delete_pod(kube_api: k8s.ApiClient, namespace: str, name: str) -> None:
     k8s.CoreV1Api(kube_api).delete_namespaced_pod(name, namespace)
 
 
-def pod_attributes(uid: str, name: str, namespace: str) -> dict[str, dict[str, str]]:
+class PodAttributes(TypedDict, total=False):
+    id_attrs: dict[str, str]
+    attrs: dict[str, str]
+
+
+def pod_attributes(uid: str, name: str, namespace: str) -> PodAttributes:
     """GoAgent.start keyword arguments: the uid identifying, the rest non-identifying."""
     return {
         "id_attrs": {"k8s.pod.uid": uid},
@@ -146,7 +152,7 @@ async def test_linked_agent_goes_offline_at_once_when_its_pod_is_deleted(
 
         # The agent outside the cluster is as before: no status.pod, no pod labels.
         plain = await eventually(
-            "the outside agent's CR", lambda: _online(kubeconfig, namespace, outside_id), 30
+            "the outside agent's CR", lambda: _online(kubeconfig, namespace, outside_id), within=30
         )
         assert "pod" not in plain["status"]
         assert not any(key.startswith("opamp.dev/k8s-") for key in plain["metadata"]["labels"])
@@ -204,7 +210,7 @@ async def test_claims_that_do_not_hold_up_are_not_linked_and_say_why(
     pods_ns = make_namespace(kube_api)
     real_uid = make_pod(kube_api, pods_ns, "collector-0")
     operator = await start_operator(operator_factory)
-    cases = {
+    cases: dict[str, PodAttributes] = {
         "pod_uid_mismatch": pod_attributes(str(uuid.uuid4()), "collector-0", pods_ns),
         "pod_not_found": pod_attributes(str(uuid.uuid4()), "collector-gone", pods_ns),
         "incomplete_attributes": {"id_attrs": {"k8s.pod.uid": real_uid}},
@@ -252,10 +258,10 @@ async def test_linking_turned_off_links_nothing(
         assert cr["status"]["agent"]["identifyingAttributes"]["k8s.pod.uid"] == pod_uid
         delete_pod(kube_api, pods_ns, "collector-1")
         await asyncio.sleep(3)
-        cr = await _online(kubeconfig, namespace, agent_id)
-        assert cr is not None, "the agent must stay Online and keep its CR"
-        assert "pod" not in cr["status"]
-        assert not any(k.startswith("opamp.dev/k8s-") for k in cr["metadata"]["labels"])
+        after = await _online(kubeconfig, namespace, agent_id)
+        assert after is not None, "the agent must stay Online and keep its CR"
+        assert "pod" not in after["status"]
+        assert not any(k.startswith("opamp.dev/k8s-") for k in after["metadata"]["labels"])
     metrics = await operator.metrics_text()
     assert "opamp_kube_pod_link_checks_total{" not in metrics
 

@@ -15,14 +15,17 @@ from pathlib import Path
 
 import aiohttp
 import asyncpg
+import pytest
 from websockets.asyncio.client import connect
 
 from opamp_operator.opamp.frames import decode_ws_frame, encode_ws_frame
 from opamp_operator.opamp.generated import opamp_pb2
 from tests.e2e.conftest import OperatorFactory
-from tests.e2e.helpers import eventually
 from tests.support.fake_agents import hello
 from tests.support.operator_process import OperatorProcess
+from tests.support.polling import eventually
+
+pytestmark = pytest.mark.e2e
 
 CONTENT_TYPE = {"Content-Type": "application/x-protobuf"}
 
@@ -30,7 +33,7 @@ CONTENT_TYPE = {"Content-Type": "application/x-protobuf"}
 async def _websocket_session(operator: OperatorProcess, agent_id: str, acked: set[str]) -> None:
     async with connect(operator.ws_url, open_timeout=10) as socket:
         await socket.send(encode_ws_frame(hello(agent_id).SerializeToString()))
-        reply = opamp_pb2.ServerToAgent.FromString(decode_ws_frame(bytes(await socket.recv())))
+        reply = opamp_pb2.ServerToAgent.FromString(decode_ws_frame(await socket.recv(decode=False)))
         if reply.instance_uid == uuid.UUID(agent_id).bytes:
             acked.add(agent_id)
 

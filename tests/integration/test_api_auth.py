@@ -7,9 +7,6 @@ tokenreviews and subjectaccessreviews), except in the test of an authorizer that
 
 from __future__ import annotations
 
-import asyncio
-import time
-
 import pytest
 from kubernetes import client as k8s
 
@@ -24,16 +21,18 @@ from tests.support.api_fleet import (
     serving,
 )
 from tests.support.api_kube import client_as, grant, service_account_token
+from tests.support.polling import eventually
 
 pytestmark = pytest.mark.integration
 
 
 async def _await_grant(auth: KubeAuthorizer, token: str, verb: str) -> None:
     """RBAC reaches the authorizer through an informer: wait until a new grant shows."""
-    deadline = time.monotonic() + 15
-    while (await auth.authorize(token, verb)).status != 200:
-        assert time.monotonic() < deadline, f"grant of {verb} never became visible"
-        await asyncio.sleep(0.1)
+
+    async def granted() -> bool:
+        return (await auth.authorize(token, verb)).status == 200
+
+    await eventually(f"the grant of {verb} visible", granted, within=15)
 
 
 async def test_no_token_401_unbound_403_reader_200_and_reconnect_needs_update(

@@ -12,6 +12,7 @@ import asyncio
 import time
 import uuid
 
+import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
 from opamp_operator.fleet.model import AgentPhase, AgentSnapshot, Liveness
@@ -21,6 +22,8 @@ from opamp_operator.opamp.messages import AgentToServer, ServerToAgent, parse_se
 from tests.support.fake_agents import heartbeat, hello
 from tests.support.goagent import GoAgent
 from tests.support.opamp_clients import opamp_server
+
+pytestmark = pytest.mark.integration
 
 HEARTBEAT = 1.0
 TIMEOUT = 2.0

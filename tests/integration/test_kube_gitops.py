@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -25,21 +25,11 @@ from opamp_operator.kube.api.resources import KubeApi
 from opamp_operator.kube.gitops.controller import GitOpsController
 from opamp_operator.kube.shapes.naming import resource_name
 from tests.support.gitops import config_hash, config_manifest, install_crd, yaml_file
+from tests.support.polling import eventually
 
 pytestmark = pytest.mark.integration
 
 T = TypeVar("T")
-
-
-async def eventually(what: str, probe: Callable[[], Awaitable[T | None] | T | None]) -> T:
-    last: Any = None
-    for _ in range(200):
-        result = probe()
-        last = await result if asyncio.iscoroutine(result) else result
-        if last:
-            return last  # type: ignore[no-any-return]
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
 
 
 class Cluster:
@@ -124,44 +114,56 @@ async def test_declared_configs_reach_the_fleet_and_config_status_is_written(
     cluster.create_agent(db, {"tier": "db"}, {})
     own_files = yaml_file("own\n")
     cluster.create_agent(own, {"tier": "web"}, {"remoteConfig": own_files})
-    await eventually("both informers synced", lambda: gitops.ready)
-    await eventually("own config", lambda: fleet.desired_config(own))
+    await eventually("both informers synced", lambda: gitops.ready, within=10, every=0.05)
+    await eventually("own config", lambda: fleet.desired_config(own), within=10, every=0.05)
     assert fleet.desired_config(web) is None and fleet.desired_config(db) is None
     assert gitops.observed_generation(own) == 1
 
     web_files = yaml_file("web\n")
     await asyncio.sleep(1.5)  # let the first watches end: the next events come on resumed ones
     cluster.apply_config(config_manifest("web", {"matchLabels": {"tier": "web"}}, web_files))
-    desired = await eventually("web config", lambda: fleet.desired_config(web))
+    desired = await eventually(
+        "web config", lambda: fleet.desired_config(web), within=10, every=0.05
+    )
     assert desired.hash_hex == config_hash(web_files) and desired.source == "OpAMPAgentConfig/web"
     assert fleet.desired_config(db) is None
     own_desired = fleet.desired_config(own)
     assert own_desired is not None and own_desired.hash_hex == config_hash(own_files)
 
     status = await eventually(
-        "web status", lambda: cluster.config_status("web").get("matchedAgents") == 2
-        and cluster.config_status("web"),
-    )  # fmt: skip
+        "web status",
+        lambda: (
+            cluster.config_status("web").get("matchedAgents") == 2 and cluster.config_status("web")
+        ),
+        within=10,
+        every=0.05,
+    )
     assert status["selectedAgents"] == 1 and status["pendingAgents"] == 1
     assert status["observedGeneration"] == 1 and status["configHash"] == config_hash(web_files)
 
     # Labels change: the agent moves in and out of the selection.
     cluster.patch_agent(db, {"metadata": {"labels": {"tier": "web"}}})
-    await eventually("db selected", lambda: fleet.desired_config(db))
+    await eventually("db selected", lambda: fleet.desired_config(db), within=10, every=0.05)
     cluster.patch_agent(db, {"metadata": {"labels": {"tier": "db"}}})
-    await eventually("db released", lambda: fleet.desired_config(db) is None)
+    await eventually("db released", lambda: fleet.desired_config(db) is None, within=10, every=0.05)
 
     # The agent's own spec removed: the fleet config takes over; the generation is observed.
     cluster.patch_agent(own, {"spec": {"remoteConfig": None}})
     await eventually(
         "own agent on the fleet config",
-        lambda: (fleet.desired_config(own) or desired).source == "OpAMPAgentConfig/web"
-        and gitops.observed_generation(own) == 2,
-    )  # fmt: skip
+        lambda: (
+            (fleet.desired_config(own) or desired).source == "OpAMPAgentConfig/web"
+            and gitops.observed_generation(own) == 2
+        ),
+        within=10,
+        every=0.05,
+    )
 
     # The config deleted: nothing desired any more.
     cluster.delete_config("web")
-    await eventually("web forgotten", lambda: fleet.desired_config(web) is None)
+    await eventually(
+        "web forgotten", lambda: fleet.desired_config(web) is None, within=10, every=0.05
+    )
     assert fleet.desired_config(own) is None
     assert all(informer.lists == 1 for informer in gitops.informers)  # resumed, never relisted
 
@@ -199,12 +201,15 @@ async def test_an_informer_relists_when_its_resource_version_is_gone(
     informer._list = list_then_expire  # type: ignore[method-assign]
     task = asyncio.create_task(informer.run())
     try:
-        await eventually("two lists", lambda: len(recorder.replaced) == 2)
+        await eventually("two lists", lambda: len(recorder.replaced) == 2, within=10, every=0.05)
         assert recorder.replaced == [[resource_name(first)], [resource_name(first)]]
         second = str(uuid.uuid4())
         cluster.create_agent(second, {}, {})
         await eventually(
-            "the new agent", lambda: ("ADDED", resource_name(second)) in recorder.applied
+            "the new agent",
+            lambda: ("ADDED", resource_name(second)) in recorder.applied,
+            within=10,
+            every=0.05,
         )
     finally:
         task.cancel()

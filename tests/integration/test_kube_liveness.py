@@ -28,7 +28,8 @@ from opamp_operator.kube.kopfwiring.agents import build_registry
 from opamp_operator.kube.mirror.statuswriter import StatusWriter
 from opamp_operator.kube.shapes.agentstatus import build_status, format_time
 from opamp_operator.kube.shapes.naming import agent_labels
-from tests.support.kube_mirror import FakeAgent, condition, events_for, eventually, kubectl
+from tests.support.kube_mirror import FakeAgent, condition, events_for, kubectl
+from tests.support.polling import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -125,14 +126,14 @@ async def test_orphaned_cr_goes_offline_then_error_with_events(
         operator.fleet.handle_message(held.channel, held.first_message())
         assert await operator.writer.flush(within_seconds=20)
 
-        offline = await eventually(operator.waiter(name, "Offline"), what="Offline")
+        offline = await eventually("Offline", operator.waiter(name, "Offline"))
         assert offline["status"]["disconnectReason"] == "heartbeat_timeout"
         connected = condition(offline, "Connected")
         assert (connected["status"], connected["reason"]) == ("False", "heartbeat_timeout")
         assert "connection" not in offline["status"]
         assert offline["status"]["lastSeenAt"] == format_time(an_hour_ago)  # not invented
 
-        error = await eventually(operator.waiter(name, "Error"), what="Error")
+        error = await eventually("Error", operator.waiter(name, "Error"))
         ready = condition(error, "Ready")
         assert (ready["status"], ready["reason"]) == ("False", "offline_too_long")
         assert (
@@ -162,7 +163,7 @@ async def test_deleted_cr_comes_back_only_for_a_connected_agent(
         # nobody (the writer then recreates at the next refresh, see test_kube_mirror).
         # An orphan turning Offline proves the watch is live.
         sentinel = await orphan(mirror_api, online_at=datetime.now(UTC) - timedelta(hours=1))
-        await eventually(operator.waiter(sentinel, "Offline"), what="the watch to be live")
+        await eventually("the watch to be live", operator.waiter(sentinel, "Offline"))
         connected, gone = FakeAgent(service_name="connected"), FakeAgent(service_name="gone")
         for agent in (connected, gone):
             operator.fleet.handle_message(agent.channel, agent.first_message())
@@ -185,13 +186,13 @@ async def test_deleted_cr_comes_back_only_for_a_connected_agent(
                 return None
             return cr if cr.get("status", {}).get("phase") == "Online" else None
 
-        again = await eventually(recreated, what="the connected agent's CR recreated")
+        again = await eventually("the connected agent's CR recreated", recreated)
         assert condition(again, "Connected")["status"] == "True"
 
         async def deleted() -> bool | None:
             return True if await mirror_api.get_agent(gone.cr_name) is None else None
 
-        await eventually(deleted, what="the offline agent's CR gone")
+        await eventually("the offline agent's CR gone", deleted)
         await asyncio.sleep(1.0)  # a few timer and sweep rounds: it must stay deleted
         assert await mirror_api.get_agent(gone.cr_name) is None
 
@@ -212,7 +213,7 @@ async def test_gc_deletes_crs_offline_longer_than_the_ttl(
         async def collected() -> bool | None:
             return True if await mirror_api.get_agent(old) is None else None
 
-        await eventually(collected, what="the long-offline CR deleted")
+        await eventually("the long-offline CR deleted", collected)
         # Offline only since the timer noticed it (just now): kept, not collected.
-        await eventually(operator.waiter(recent, "Offline"), what="recent orphan Offline")
+        await eventually("recent orphan Offline", operator.waiter(recent, "Offline"))
         assert await mirror_api.get_agent(recent) is not None

@@ -22,14 +22,8 @@ from opamp_operator.fleet.events import EventBus
 from opamp_operator.fleet.registry import Fleet
 from opamp_operator.kube.api.resources import KubeApi
 from opamp_operator.kube.mirror.statuswriter import StatusWriter
-from tests.support.kube_mirror import (
-    FakeAgent,
-    condition,
-    events_for,
-    eventually,
-    kubectl,
-    table,
-)
+from tests.support.kube_mirror import FakeAgent, condition, events_for, kubectl, table
+from tests.support.polling import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -269,7 +263,7 @@ async def test_steady_fleet_causes_no_writes_between_refreshes(mirror: Mirror) -
     async def refreshed() -> bool | None:
         return True if mirror.writer.requests[("status", "ok")] >= 100 else None
 
-    await eventually(refreshed, within=20, what="50 lastSeenAt refreshes")
+    await eventually("50 lastSeenAt refreshes", refreshed, within=20)
     assert await mirror.writer.flush(within_seconds=10)
     assert sum(mirror.writer.requests.values()) == written + 50
     after = await versions()
@@ -313,9 +307,11 @@ async def test_deleted_cr_of_a_connected_agent_returns_at_the_next_refresh(
     mirror.clock.advance(15)  # past the 60s refresh: the sweep writes lastSeenAt, gets 404
 
     async def recreated() -> dict[str, Any] | None:
-        return await mirror.api.get_agent(agent.cr_name)
+        # Created first, its status written by the next request: wait for both.
+        cr = await mirror.api.get_agent(agent.cr_name)
+        return cr if cr is not None and "status" in cr else None
 
-    again = await eventually(recreated, within=20, what="the CR recreated")
+    again = await eventually("the CR recreated with its status", recreated, within=20)
     assert again["metadata"]["uid"] != first["metadata"]["uid"]
     assert again["status"]["phase"] == "Online"
     assert mirror.writer.requests[("status", "not_found")] == 1

@@ -8,9 +8,8 @@ privilege docs/kubernetes.md describes.
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -22,11 +21,13 @@ from opamp_operator.fleet.events import EventBus
 from opamp_operator.fleet.registry import Fleet
 from opamp_operator.kube.api import ApiSession, Credentials, load_credentials
 from opamp_operator.kube.api.credentials import load_configuration
+from opamp_operator.kube.api.errors import KubeApiError
 from opamp_operator.kube.api.pods import ACCEPT_LIST, PodApi
 from opamp_operator.kube.pods.linker import PodLinker
 from opamp_operator.kube.shapes.podref import LinkReason, PodLinks
 from opamp_operator.opamp.generated import anyvalue_pb2, opamp_pb2
 from tests.support.manifests import token_for
+from tests.support.polling import eventually
 from tests.unit.test_fleet import FakeChannel
 
 pytestmark = pytest.mark.integration
@@ -52,15 +53,6 @@ def make_pod(kube_api: k8s.ApiClient, namespace: str, name: str) -> str:
         ),
     )
     return str(k8s.CoreV1Api(kube_api).create_namespaced_pod(namespace, body).metadata.uid)
-
-
-async def until(what: str, probe: Callable[[], object], within: float = 15.0) -> None:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if probe():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out after {within}s waiting for {what}")
 
 
 @pytest.fixture
@@ -147,13 +139,13 @@ async def test_least_privilege_links_where_allowed_and_says_why_elsewhere(
     configuration.api_key = {"authorization": f"Bearer {token_for(kube_api, namespace, 'linker')}"}
     api = PodApi(ApiSession(Credentials.from_configuration(configuration)))
     await api.start()
-    deadline = time.monotonic() + RBAC_PROPAGATION_SECONDS
-    while time.monotonic() < deadline:
-        try:
-            await api.list(allowed)
-            break
-        except Exception:
-            await asyncio.sleep(0.2)
+    await eventually(
+        f"listing Pods in {allowed} allowed",
+        lambda: api.list(allowed),
+        within=RBAC_PROPAGATION_SECONDS,
+        every=0.2,
+        ignoring=(KubeApiError,),
+    )
 
     bus, links = EventBus(), PodLinks()
     fleet = Fleet(FleetSettings(), SystemClock(), bus)
@@ -169,16 +161,33 @@ async def test_least_privilege_links_where_allowed_and_says_why_elsewhere(
             link = links.get(agents[where])
             return None if link is None else link.reason
 
-        await until("linked where allowed", lambda: reason(allowed) is LinkReason.LINKED)
-        await until("forbidden elsewhere", lambda: reason(locked) is LinkReason.FORBIDDEN)
+        await eventually(
+            "linked where allowed",
+            lambda: reason(allowed) is LinkReason.LINKED,
+            within=15,
+            every=0.05,
+        )
+        await eventually(
+            "forbidden elsewhere",
+            lambda: reason(locked) is LinkReason.FORBIDDEN,
+            within=15,
+            every=0.05,
+        )
         link = links.get(agents[locked])
         assert link is not None and f"namespace {locked}" in link.message
 
         bind(locked)  # the administrator grants it there too: linked without a reconnect
-        await until("linked once allowed", lambda: reason(locked) is LinkReason.LINKED, 30)
+        await eventually(
+            "linked once allowed",
+            lambda: reason(locked) is LinkReason.LINKED,
+            within=30,
+            every=0.05,
+        )
 
         core.delete_namespaced_pod("collector-0", locked)
-        await until("pod_deleted", lambda: reason(locked) is LinkReason.POD_DELETED)
+        await eventually(
+            "pod_deleted", lambda: reason(locked) is LinkReason.POD_DELETED, within=15, every=0.05
+        )
         snapshot = fleet.get(agents[locked])
         assert snapshot is not None and snapshot.phase_reason == "pod_deleted"
         assert reason(allowed) is LinkReason.LINKED

@@ -16,7 +16,8 @@ from opamp_operator.fleet.registry import Fleet
 from opamp_operator.kube.api import Credentials
 from opamp_operator.kube.api.resources import KubeApi
 from opamp_operator.kube.mirror.statuswriter import StatusWriter
-from tests.support.kube_mirror import FakeAgent, events_for, eventually
+from tests.support.kube_mirror import FakeAgent, events_for
+from tests.support.polling import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -99,7 +100,7 @@ async def test_forbidden_writes_are_retried_with_backoff_until_allowed(
         async def refused_twice() -> bool | None:
             return True if writer.requests[("create", "error")] >= 2 else None
 
-        await eventually(refused_twice, within=10, what="403s counted")
+        await eventually("403s counted", refused_twice, within=10)
         assert not writer.ready
         assert await mirror_api.get_agent(agent.cr_name) is None
         assert writer.pending.busy  # still wanted, waiting for its next try
@@ -154,7 +155,7 @@ async def test_stop_is_bounded_when_the_api_server_is_unreachable(namespace: str
         async def failing() -> bool | None:
             return True if writer.requests[("create", "unreachable")] >= 1 else None
 
-        await eventually(failing, within=10, what="a failed create")
+        await eventually("a failed create", failing, within=10)
         loop = asyncio.get_running_loop()
         started = loop.time()
         await writer.stop()

@@ -51,6 +51,7 @@ from tests.support.manifests import (
     server_apply,
     token_for,
 )
+from tests.support.polling import eventually_sync
 
 pytestmark = pytest.mark.integration
 
@@ -468,10 +469,14 @@ def tokens(
 
 def _wait_for_bindings(client: TokenClient, path: str) -> None:
     # The authorizer learns of new bindings through its informers: a moment, not instantly.
-    deadline = time.monotonic() + RBAC_PROPAGATION_SECONDS
-    while (answer := client.call("GET", path))[0] == 403 and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert answer[0] == 200, f"GET {path}: {answer} after {RBAC_PROPAGATION_SECONDS}s"
+    answers: list[tuple[int, Obj]] = []
+
+    def allowed() -> bool:
+        answers.append(client.call("GET", path))
+        return answers[-1][0] != 403
+
+    eventually_sync(f"GET {path} allowed", allowed, within=RBAC_PROPAGATION_SECONDS, every=0.2)
+    assert answers[-1][0] == 200, f"GET {path}: {answers[-1]}"
 
 
 def test_rbac_grants_exactly_the_documented_rules(tokens: Tokens, kube_api: k8s.ApiClient) -> None:
@@ -666,15 +671,15 @@ def test_operator_token_is_refused_everything_else(tokens: Tokens, kube_api: k8s
 def _kopf_posted_an_event(kube_api: k8s.ApiClient, namespace: str, name: str) -> bool:
     # Kopf posts `kopf.info()` as an Event on the object, from a background task.
     core = k8s.CoreV1Api(kube_api)
-    deadline = time.monotonic() + KOPF_TIMEOUT_SECONDS
-    while time.monotonic() < deadline:
-        events = core.list_namespaced_event(
-            namespace, field_selector=f"involvedObject.name={name}"
-        ).items
-        if any(event.source and event.source.component == "kopf" for event in events):
-            return True
-        time.sleep(0.2)
-    return False
+
+    def posted() -> bool:
+        selector = f"involvedObject.name={name}"
+        events = core.list_namespaced_event(namespace, field_selector=selector).items
+        return any(event.source and event.source.component == "kopf" for event in events)
+
+    return eventually_sync(
+        f"an Event from Kopf on {name}", posted, within=KOPF_TIMEOUT_SECONDS, every=0.2
+    )
 
 
 def test_kopf_runs_with_nothing_but_the_operator_token(

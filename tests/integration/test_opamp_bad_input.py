@@ -10,7 +10,7 @@ import gzip
 import logging
 import re
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
@@ -22,6 +22,9 @@ from opamp_operator.opamp.frames import decode_ws_frame, encode_ws_frame
 from opamp_operator.opamp.generated import opamp_pb2
 from opamp_operator.opamp.messages import AgentToServer, parse_server_to_agent
 from tests.support.opamp_clients import OpAMPServer, metric, opamp_server
+from tests.support.polling import eventually
+
+pytestmark = pytest.mark.integration
 
 PROTOBUF = {"Content-Type": "application/x-protobuf"}
 MAX_MESSAGE = 64 * 1024
@@ -61,15 +64,6 @@ async def still_serves(server: OpAMPServer) -> None:
         async with session.post(server.http_url, data=body, headers=PROTOBUF) as response:
             assert response.status == 200
             assert parse_server_to_agent(await response.read()).capabilities
-
-
-async def eventually(condition: Callable[[], bool]) -> None:
-    """Wait up to 2 s for `condition` (metrics the server updates a moment later)."""
-    for _ in range(200):
-        if condition():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("condition not met within 2 s")
 
 
 async def closed_with(ws: ClientConnection) -> tuple[int | None, str | None]:
@@ -121,7 +115,12 @@ async def test_oversized_websocket_message_is_1009(server: OpAMPServer) -> None:
         close_code, _ = await closed_with(ws)
     assert close_code == 1009
     # Counted when the server's recv() sees the closed connection: maybe after the client.
-    await eventually(lambda: bad_input("websocket", "message_too_big") == before + 1)
+    await eventually(
+        "the message_too_big count",
+        lambda: bad_input("websocket", "message_too_big") == before + 1,
+        within=2,
+        every=0.01,
+    )
     await still_serves(server)
 
 
@@ -244,7 +243,12 @@ async def test_request_the_http_parser_refuses_is_answered_logged_once_and_count
     caplog.set_level(logging.INFO)
     before = bad_input("http", reason)
     assert await raw_statuses(server, *parts) == statuses
-    await eventually(lambda: bad_input("http", reason) == before + 1)
+    await eventually(
+        f"the http {reason} count",
+        lambda: bad_input("http", reason) == before + 1,
+        within=2,
+        every=0.01,
+    )
     loud = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(loud) == 1, [r.getMessage() for r in loud]
     assert "127.0.0.1" in loud[0].getMessage()

@@ -16,6 +16,9 @@ from opamp_operator.opamp.generated import opamp_pb2
 from opamp_operator.opamp.messages import ServerToAgent
 from tests.support.goagent import GoAgent
 from tests.support.opamp_clients import OpAMPServer, metric, opamp_server
+from tests.support.polling import eventually
+
+pytestmark = pytest.mark.integration
 
 HEARTBEAT = 1.0
 TIMEOUT = 2.0
@@ -81,11 +84,12 @@ async def test_frozen_agent_goes_offline_within_the_timeout(transport: Transport
         if transport is Transport.WEBSOCKET:
             # The fleet asked for the socket to be closed; the frozen peer never answers the
             # Close, so it is dropped after close_timeout.
-            for _ in range(40):
-                if not server.listener.websocket_channels:
-                    break
-                await asyncio.sleep(0.05)
-            assert not server.listener.websocket_channels
+            await eventually(
+                "the frozen peer's socket dropped",
+                lambda: not server.listener.websocket_channels,
+                within=2,
+                every=0.05,
+            )
         agent.thaw()
         back = await server.wait_for_agent(uid, online, timeout=10)
         assert back.session is not None

@@ -20,6 +20,8 @@ from opamp_operator.testbed.certs import make_certs
 from tests.support.goagent import GoAgent
 from tests.support.opamp_clients import metric, opamp_server
 
+pytestmark = pytest.mark.integration
+
 
 def online(snapshot: AgentSnapshot) -> bool:
     return snapshot.phase is AgentPhase.ONLINE

@@ -12,6 +12,8 @@ from opamp_operator.fleet.model import AgentPhase, AgentSnapshot, Transport
 from opamp_operator.testbed.certs import make_certs
 from tests.support.opamp_clients import PythonAgent, metric, opamp_server
 
+pytestmark = pytest.mark.integration
+
 HEARTBEAT = 1.0
 TIMEOUT = 2.0
 

@@ -92,7 +92,7 @@ async def test_dirty_database_stops_with_instructions(postgres_dsn: str) -> None
     assert (state.current, state.dirty) == (3, True)
     for direction in ("up", "down"):
         with pytest.raises(MigrationError, match=r"dirty at version 3.*force <version>"):
-            await migrate(postgres_dsn, direction)  # type: ignore[arg-type]
+            await migrate(postgres_dsn, direction)
     assert await _version_rows(postgres_dsn) == [(3, True)]
 
     # A person checked: migration 3 did not apply. Record 2 and go on.

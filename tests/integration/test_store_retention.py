@@ -6,12 +6,15 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
+import pytest
 
 from opamp_operator.config import StoreSettings
 from opamp_operator.fleet.clock import FakeClock
 from opamp_operator.store.migrations import migrate
 from opamp_operator.store.pool import create_pool
 from opamp_operator.store.retention import HistoryPruner
+
+pytestmark = pytest.mark.integration
 
 NOW = datetime(2026, 12, 1, tzinfo=UTC)
 DAY = timedelta(days=1)

@@ -11,7 +11,9 @@ import pytest
 from opamp_operator import metrics
 from opamp_operator.fleet.model import Reason
 from opamp_operator.store import queries
-from tests.support.store import FakeChannel, eventually, heartbeat, hello, new_agent_id, store_rig
+from opamp_operator.store.rows import HistoryCursor
+from tests.support.polling import eventually
+from tests.support.store import FakeChannel, heartbeat, hello, new_agent_id, store_rig
 
 pytestmark = pytest.mark.integration
 
@@ -155,7 +157,7 @@ async def test_superseded_session_and_reconnect_keep_one_row_per_session(
         ]
         # Paging: the second page starts after the first page's last row.
         page = await queries.agent_history(rig.pool, agent, limit=1)
-        cursor = queries.HistoryCursor(page[0].connected_at, page[0].id)
+        cursor = HistoryCursor(page[0].connected_at, page[0].id)
         (older,) = await queries.agent_history(rig.pool, agent, before=cursor, limit=5)
         assert older.disconnect_reason == "superseded"
 
@@ -172,7 +174,7 @@ async def test_running_writer_flushes_on_its_own_and_stop_flushes_the_rest(
         async def stored() -> bool:
             return bool(await queries.agent_history(rig.pool, agent))
 
-        await eventually(stored, what="the session row")
+        await eventually("the session row", stored)
         rig.clock.advance(9)
         rig.fleet.channel_closed(channel)
         await rig.writer.stop()  # must write the close even if no flush ran since

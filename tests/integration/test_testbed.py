@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import subprocess
-import time
 from pathlib import Path
 
 import asyncpg
 import pytest
 from kubernetes import client as k8s
+
+from tests.support.gitops import wait_established
 
 pytestmark = pytest.mark.integration
 
@@ -42,18 +43,6 @@ WIDGET_CRD = {
 }
 
 
-def _wait_established(api: k8s.ApiClient, name: str) -> None:
-    extensions = k8s.ApiextensionsV1Api(api)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        crd = extensions.read_custom_resource_definition(name)
-        conditions = crd.status.conditions or []
-        if any(c.type == "Established" and c.status == "True" for c in conditions):
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"CRD {name} never became Established")
-
-
 def test_crd_round_trip_through_kubectl(
     kube_api: k8s.ApiClient, kubeconfig: Path, namespace: str
 ) -> None:
@@ -63,7 +52,7 @@ def test_crd_round_trip_through_kubectl(
     except k8s.ApiException as error:
         if error.status != 409:
             raise
-    _wait_established(kube_api, "widgets.testbed.opamp.dev")
+    wait_established(kube_api, "widgets.testbed.opamp.dev")
     k8s.CustomObjectsApi(kube_api).create_namespaced_custom_object(
         "testbed.opamp.dev",
         "v1",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +12,7 @@ from kubernetes import client as k8s
 
 from opamp_operator.fleet.remoteconfig import DesiredConfig
 from opamp_operator.kube.gitops.resolver import parse_files
+from tests.support.polling import eventually_sync
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONFIG_CRD_FILE = REPO_ROOT / "crds" / "opampagentconfigs.opamp.dev.yaml"
@@ -31,13 +31,19 @@ def install_crd(kube_api: k8s.ApiClient, path: Path = CONFIG_CRD_FILE) -> str:
         current = extensions.read_custom_resource_definition(name)
         manifest["metadata"]["resourceVersion"] = current.metadata.resource_version
         extensions.replace_custom_resource_definition(name, manifest)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+    wait_established(kube_api, name)
+    return name
+
+
+def wait_established(kube_api: k8s.ApiClient, name: str) -> None:
+    """Wait until the API server serves the CRD `name` (its Established condition)."""
+    extensions = k8s.ApiextensionsV1Api(kube_api)
+
+    def established() -> bool:
         conditions = extensions.read_custom_resource_definition(name).status.conditions or []
-        if any(c.type == "Established" and c.status == "True" for c in conditions):
-            return name
-        time.sleep(0.1)
-    raise AssertionError(f"CRD {name} never became Established")
+        return any(c.type == "Established" and c.status == "True" for c in conditions)
+
+    eventually_sync(f"CRD {name} Established", established, within=30)
 
 
 def kubectl_apply(kubeconfig: Path, namespace: str, manifest: dict[str, Any]) -> str:

@@ -6,11 +6,8 @@ the messages are real `AgentToServer` protobufs; the API server is the real test
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
-import time
 import uuid
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -116,20 +113,6 @@ def events_for(api: k8s.ApiClient, namespace: str, name: str) -> list[k8s.CoreV1
     # In the order they were posted: two may share a timestamp to the second, and the test
     # bed's resourceVersions are etcd revisions (numbers that only grow).
     return sorted(events, key=lambda e: int(e.metadata.resource_version))
-
-
-async def eventually(
-    probe: Callable[[], Awaitable[T | None]], *, within: float = 30.0, what: str = "condition"
-) -> T:
-    """Poll `probe` until it returns something other than None (or fail after `within`)."""
-    deadline = time.monotonic() + within
-    while True:
-        result = await probe()
-        if result is not None:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within}s waiting for {what}")
-        await asyncio.sleep(0.1)
 
 
 def condition(cr: dict[str, Any], kind: str) -> dict[str, Any]:

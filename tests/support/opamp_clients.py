@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from opamp_operator.transport import OpAMPListener
 
 from tests.support.goagent import REPO_ROOT, JsonLinesProcess
+from tests.support.polling import eventually
 
 # Run in the child with `python -c`: puts the repository on sys.path whatever the cwd.
 _BOOTSTRAP = (
@@ -124,18 +125,18 @@ class OpAMPServer:
         timeout: float = 10.0,  # noqa: ASYNC109 - the error message shows the last snapshot
     ) -> AgentSnapshot:
         """Poll the fleet until the agent exists and `condition` holds; return the snapshot."""
-        snapshot = None
+        last: list[AgentSnapshot | None] = [None]
+
+        def matching() -> AgentSnapshot | None:
+            last[0] = snapshot = self.agent(instance_uid)
+            return snapshot if snapshot is not None and condition(snapshot) else None
+
         try:
-            async with asyncio.timeout(timeout):
-                while True:
-                    snapshot = self.agent(instance_uid)
-                    if snapshot is not None and condition(snapshot):
-                        return snapshot
-                    await asyncio.sleep(0.02)
-        except TimeoutError:
-            raise AssertionError(
-                f"agent {instance_uid}: no match in {timeout}s: {snapshot}"
-            ) from None
+            return await eventually(
+                f"agent {instance_uid} to match", matching, within=timeout, every=0.02
+            )
+        except AssertionError as error:
+            raise AssertionError(f"{error}; last snapshot: {last[0]}") from None
 
 
 @asynccontextmanager

@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 import aiohttp
 
 from opamp_operator.testbed.processes import free_port
+from tests.support.polling import eventually
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -54,6 +54,10 @@ class OperatorConfig:
             "--replica-id", self.replica_id,
             *self.extra_args,
         ]  # fmt: skip
+
+
+class OperatorExited(AssertionError):
+    """The operator process ended while a test waited for it."""
 
 
 class OperatorProcess:
@@ -104,19 +108,26 @@ class OperatorProcess:
         await self.wait_ready(within)
 
     async def wait_ready(self, within: float) -> None:
-        deadline = time.monotonic() + within
         async with aiohttp.ClientSession() as session:
-            while time.monotonic() < deadline:
+
+            async def ready() -> bool:
                 if self._process is not None and self._process.returncode is not None:
-                    raise AssertionError(f"operator exited early:\n{self.log_tail()}")
-                try:
-                    async with session.get(f"{self.api_url}/readyz") as response:
-                        if response.status == 200:
-                            return
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.2)
-        raise AssertionError(f"operator not ready after {within}s:\n{self.log_tail()}")
+                    raise OperatorExited(f"operator exited early:\n{self.log_tail()}")
+                async with session.get(f"{self.api_url}/readyz") as response:
+                    return response.status == 200
+
+            try:
+                await eventually(
+                    "the operator's /readyz 200",
+                    ready,
+                    within=within,
+                    every=0.2,
+                    ignoring=(aiohttp.ClientError,),
+                )
+            except OperatorExited:
+                raise
+            except AssertionError as error:
+                raise AssertionError(f"{error}\n{self.log_tail()}") from None
 
     async def terminate(self, within: float = 30.0) -> int:
         """SIGTERM and wait; returns the exit code (fails the test if it hangs)."""
@@ -144,10 +155,19 @@ class OperatorProcess:
             raise RuntimeError("operator not started")
         return self._process
 
-    async def cleanup(self) -> None:
-        if self._process is not None and self._process.returncode is None:
-            self._process.kill()
-            await self._process.wait()
+    async def cleanup(self, grace: float = 10.0) -> None:
+        """Stop a process the test left running: SIGTERM (so it exits as in production and
+        coverage saves its data), SIGKILL after `grace` seconds."""
+        process = self._process
+        if process is None or process.returncode is not None:
+            return
+        process.send_signal(signal.SIGTERM)
+        try:
+            async with asyncio.timeout(grace):
+                await process.wait()
+        except TimeoutError:
+            process.kill()
+            await process.wait()
 
     async def get_json(self, path: str) -> Any:
         async with aiohttp.ClientSession() as session, session.get(self.api_url + path) as response:

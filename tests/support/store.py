@@ -25,7 +25,6 @@ from tests.support.fake_agents import hello as fake_hello
 __all__ = [
     "FakeChannel",
     "StoreRig",
-    "eventually",
     "fleet_settings",
     "heartbeat",
     "hello",
@@ -81,20 +80,6 @@ async def store_rig(
         if start:
             await writer.stop()
         await pool.close()
-
-
-async def eventually(check: Any, seconds: float = 20.0, what: str = "condition") -> None:
-    """Poll an async or sync predicate until true; fail after `seconds`."""
-    deadline = asyncio.get_running_loop().time() + seconds
-    while True:
-        result = check()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out after {seconds}s waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 async def stop_postgres(server: PostgresServer, admin_dsn: str) -> None:

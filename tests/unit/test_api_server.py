@@ -323,7 +323,7 @@ async def test_history_pages_newest_first_and_handles_ties_and_outages() -> None
         t0 + timedelta(seconds=2),
         t0 + timedelta(seconds=3),
     ]
-    transitions = [
+    transitions: list[dict[str, Any]] = [
         {"id": 1, "from_status": None, "to_status": "online", "reason": "connected", "at": t0},
         {"id": 2, "from_status": "online", "to_status": "offline",
          "reason": "heartbeat_timeout", "at": t0},

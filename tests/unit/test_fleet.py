@@ -204,7 +204,9 @@ def test_registration_rate_and_cap_reject_with_retry_hint(clock: FakeClock, bus:
 
 
 def test_http_polls_share_one_session_and_reconnect_ends_it(fleet: Fleet) -> None:
-    poll = lambda: FakeChannel(transport=Transport.HTTP)  # noqa: E731 - one request each
+    def poll() -> FakeChannel:  # one request each
+        return FakeChannel(transport=Transport.HTTP)
+
     fleet.handle_message(poll(), message(UID, 1, service="a"))
     first = fleet.get(AGENT_ID)
     fleet.handle_message(poll(), message(UID, 2))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from opamp_operator.config import FleetSettings
 from opamp_operator.fleet.deadlines import DeadlineScheduler
@@ -15,7 +16,7 @@ from opamp_operator.metrics import FleetCollector
 from tests.support.api_fleet import make_fleet, visit
 from tests.support.fake_agents import FakeChannel, hello, new_agent_id
 
-SETTINGS = dict(registrations_per_second=1e9, registration_burst=10**9)
+SETTINGS: dict[str, Any] = dict(registrations_per_second=1e9, registration_burst=10**9)
 
 
 def test_departed_agents_are_forgotten_after_the_retention() -> None:

@@ -162,7 +162,7 @@ _UIDS = [uuid.UUID(int=n).bytes for n in range(1, 11)]  # a small pool: sessions
 @st.composite
 def agent_messages(draw: st.DrawFn) -> AgentToServer:
     """Any AgentToServer, usually from one of a few agents (a valid 16-byte uid)."""
-    message = draw(messages(AgentToServer.DESCRIPTOR))  # type: ignore[arg-type]
+    message = draw(messages(AgentToServer.DESCRIPTOR))
     assert isinstance(message, AgentToServer)
     uid = draw(st.sampled_from(_UIDS) | st.binary(max_size=20))
     message.instance_uid = uid

@@ -8,7 +8,6 @@ are hard to provoke there: a watch gap, a GET that raced a deletion, claims that
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from opamp_operator.kube.api.resources import KubeApiError
 from opamp_operator.kube.pods.linker import PodLinker
 from opamp_operator.kube.shapes.podref import LinkReason, PodLinks, PodMeta
 from opamp_operator.opamp.generated import anyvalue_pb2, opamp_pb2
+from tests.support.polling import eventually
 from tests.unit.test_fleet import FakeChannel
 
 NS = "observability"
@@ -72,7 +72,7 @@ class FakePodApi:
         while True:
             event = await stream.get()
             if event is None:
-                raise WatchExpired("too old")
+                raise WatchExpired(410, "too old")
             yield event
 
     def emit(self, namespace: str, event: PodEvent | None) -> None:
@@ -144,15 +144,6 @@ def claim(pod: PodMeta, **extra: str) -> dict[str, str]:
     }
 
 
-async def until(what: str, probe: Callable[[], object], within: float = 3.0) -> None:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if probe():
-            return
-        await asyncio.sleep(0.005)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 @pytest.fixture
 async def bed() -> AsyncIterator[Bed]:
     bus = EventBus()
@@ -173,7 +164,9 @@ async def bed() -> AsyncIterator[Bed]:
 async def test_linked_then_deleted_pod_ends_the_agent_and_retires_its_cr(bed: Bed) -> None:
     pod = bed.api.add("collector-0")
     agent = bed.connect(claim(pod))
-    await until("linked", lambda: bed.reason(agent) is LinkReason.LINKED)
+    await eventually(
+        "linked", lambda: bed.reason(agent) is LinkReason.LINKED, within=3, every=0.005
+    )
     link = bed.links.get(agent)
     assert link is not None and (link.workload_kind, link.workload_name) == (
         "ReplicaSet", "collector-0-rs",
@@ -182,7 +175,9 @@ async def test_linked_then_deleted_pod_ends_the_agent_and_retires_its_cr(bed: Be
     assert bed.linker.watched_namespaces == [NS]
 
     bed.api.delete(pod)
-    await until("pod_deleted", lambda: bed.reason(agent) is LinkReason.POD_DELETED)
+    await eventually(
+        "pod_deleted", lambda: bed.reason(agent) is LinkReason.POD_DELETED, within=3, every=0.005
+    )
     snapshot = bed.fleet.get(agent)
     assert snapshot is not None
     assert (snapshot.phase, snapshot.phase_reason) == (AgentPhase.OFFLINE, "pod_deleted")
@@ -193,10 +188,17 @@ async def test_linked_then_deleted_pod_ends_the_agent_and_retires_its_cr(bed: Be
 async def test_deletion_during_a_watch_gap_is_found_by_the_next_listing(bed: Bed) -> None:
     pod, other = bed.api.add("collector-0"), bed.api.add("collector-1")
     gone, stays = bed.connect(claim(pod)), bed.connect(claim(other))
-    await until("both linked", lambda: bed.reason(gone) is bed.reason(stays) is LinkReason.LINKED)
+    await eventually(
+        "both linked",
+        lambda: bed.reason(gone) is bed.reason(stays) is LinkReason.LINKED,
+        within=3,
+        every=0.005,
+    )
     bed.api.delete(pod, tell_watch=False)
     bed.api.emit(NS, None)  # 410 Gone: list again
-    await until("pod_deleted", lambda: bed.reason(gone) is LinkReason.POD_DELETED)
+    await eventually(
+        "pod_deleted", lambda: bed.reason(gone) is LinkReason.POD_DELETED, within=3, every=0.005
+    )
     assert bed.reason(stays) is LinkReason.LINKED
     assert bed.api.lists[NS] == 2
     assert bed.writer.retired == [gone]
@@ -205,7 +207,9 @@ async def test_deletion_during_a_watch_gap_is_found_by_the_next_listing(bed: Bed
 async def test_a_check_that_raced_the_deletion_still_ends_the_agent(bed: Bed) -> None:
     pod = bed.api.add("collector-0")
     watcher = bed.connect(claim(pod))  # starts the namespace's watch
-    await until("linked", lambda: bed.reason(watcher) is LinkReason.LINKED)
+    await eventually(
+        "linked", lambda: bed.reason(watcher) is LinkReason.LINKED, within=3, every=0.005
+    )
     late = bed.api.add("collector-late")  # not in the watch's listing: checked by a GET
 
     def deleted_right_after_the_get() -> None:
@@ -214,7 +218,9 @@ async def test_a_check_that_raced_the_deletion_still_ends_the_agent(bed: Bed) ->
 
     bed.api.get_hook = deleted_right_after_the_get
     agent = bed.connect(claim(late))
-    await until("pod_deleted", lambda: bed.reason(agent) is LinkReason.POD_DELETED)
+    await eventually(
+        "pod_deleted", lambda: bed.reason(agent) is LinkReason.POD_DELETED, within=3, every=0.005
+    )
     assert bed.writer.retired == [agent]
 
 
@@ -222,18 +228,17 @@ async def test_a_changed_claim_moves_the_link(bed: Bed) -> None:
     first, second = bed.api.add("a"), bed.api.add("b", namespace="other")
     agent_id = str(uuid.uuid4())
     bed.connect(claim(first), agent_id)
-    await until("linked to a", lambda: bed.reason(agent_id) is LinkReason.LINKED)
+    await eventually(
+        "linked to a", lambda: bed.reason(agent_id) is LinkReason.LINKED, within=3, every=0.005
+    )
     message = opamp_pb2.AgentToServer(instance_uid=uuid.UUID(agent_id).bytes, sequence_num=1)
     for key, value in claim(second).items():
         message.agent_description.identifying_attributes.append(
             anyvalue_pb2.KeyValue(key=key, value=anyvalue_pb2.AnyValue(string_value=value))
         )
     bed.fleet.handle_message(FakeChannel(), message)
-    await until(
-        "linked to b",
-        lambda: (link := bed.links.get(agent_id)) is not None
-        and link.linked and link.claim.namespace == "other",
-    )  # fmt: skip
+    await eventually("linked to b", lambda: (link := bed.links.get(agent_id)) is not None
+        and link.linked and link.claim.namespace == "other", within=3, every=0.005)  # fmt: skip
     assert bed.linker.watched_namespaces == ["other"]
     bed.api.delete(first)  # the old Pod no longer matters
     await asyncio.sleep(0.05)
@@ -244,11 +249,15 @@ async def test_forbidden_namespace_is_reported_and_linked_once_reading_is_allowe
     pod = bed.api.add("collector-0", namespace="locked")
     bed.api.list_errors["locked"] = KubeApiError(403, "Forbidden: pods is forbidden")
     agent = bed.connect(claim(pod))
-    await until("forbidden", lambda: bed.reason(agent) is LinkReason.FORBIDDEN)
+    await eventually(
+        "forbidden", lambda: bed.reason(agent) is LinkReason.FORBIDDEN, within=3, every=0.005
+    )
     link = bed.links.get(agent)
     assert link is not None and "namespace locked" in link.message
     del bed.api.list_errors["locked"]  # someone adds a RoleBinding
-    await until("linked", lambda: bed.reason(agent) is LinkReason.LINKED)
+    await eventually(
+        "linked", lambda: bed.reason(agent) is LinkReason.LINKED, within=3, every=0.005
+    )
 
 
 async def test_agents_without_pod_attributes_are_left_alone(bed: Bed) -> None:
@@ -268,11 +277,13 @@ async def test_ghost_cr_of_an_agent_nobody_holds_is_deleted_when_its_pod_is_gone
         "status": {"pod": {"linked": True, "uid": pod.uid, "name": pod.name, "namespace": NS}},
     }
     bed.linker.observe_cr("ADDED", body)
-    await until("watching", lambda: bed.linker.watched_namespaces == [NS])
+    await eventually(
+        "watching", lambda: bed.linker.watched_namespaces == [NS], within=3, every=0.005
+    )
     await asyncio.sleep(0.05)
     assert bed.kube.deleted == []  # the Pod is there
     bed.api.delete(pod)
-    await until("CR deleted", lambda: bed.kube.deleted)
+    await eventually("CR deleted", lambda: bed.kube.deleted, within=3, every=0.005)
     assert bed.kube.deleted == [(f"agent-{agent_id}", "cr-uid", None)]
     assert bed.kube.events == ["pod_deleted"]
     assert bed.linker.watched_namespaces == []

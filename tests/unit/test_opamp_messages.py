@@ -320,4 +320,4 @@ def test_error_response_rejects_misuse() -> None:
     with pytest.raises(ValueError, match="uint64"):
         error_response(UID, pb.ServerErrorResponseType_Unavailable, "x", -1)
     with pytest.raises(ValueError, match="unknown ServerErrorResponseType"):
-        error_response(UID, cast(pb.ServerErrorResponseType, 42), "x")
+        error_response(UID, cast("pb.ServerErrorResponseType.ValueType", 42), "x")

@@ -7,7 +7,12 @@ from datetime import UTC, datetime, timedelta
 
 from opamp_operator.fleet.events import AgentChanged, PhaseChanged, SessionClosed, SessionOpened
 from opamp_operator.fleet.model import AgentPhase, Transport
-from opamp_operator.store.batch import PendingWrites, plan_agent_states, split_sessions
+from opamp_operator.store.batch import (
+    HistoryEvent,
+    PendingWrites,
+    plan_agent_states,
+    split_sessions,
+)
 from opamp_operator.store.rows import storable, to_json
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -100,7 +105,7 @@ def test_large_backlogs_are_taken_in_bounded_batches() -> None:
 
 
 def test_agent_state_is_the_result_of_events_in_order() -> None:
-    events = [
+    events: list[HistoryEvent] = [
         opened(A, "s1", 1),
         phase(A, None, AgentPhase.ONLINE, 1),
         closed(A, "s1", 1, 5, "connection_closed"),
@@ -123,7 +128,11 @@ def test_agent_state_is_the_result_of_events_in_order() -> None:
 
 
 def test_sessions_closed_in_the_same_batch_are_not_inserted_twice() -> None:
-    events = [opened(A, "s1", 1), opened(B, "s2", 1), closed(A, "s1", 1, 2, "x")]
+    events: list[HistoryEvent] = [
+        opened(A, "s1", 1),
+        opened(B, "s2", 1),
+        closed(A, "s1", 1, 2, "x"),
+    ]
     to_open, to_close, changes = split_sessions(events)
     assert [e.session_id for e in to_open] == ["s2"]
     assert [e.session_id for e in to_close] == ["s1"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from opamp_operator.opamp.generated import opamp_pb2
 from opamp_operator.opamp.messages import AgentDescriptionView, AgentToServer, capability_names
@@ -16,7 +16,7 @@ from .reports import effective_config_hash, health_to_dict, remote_config_status
 
 REPORTS_HEARTBEAT = int(opamp_pb2.AgentCapabilities_ReportsHeartbeat)
 # What a full report carries for each capability that promises it (the spec's first message).
-_PROMISED_FIELDS = (
+_PROMISED_FIELDS: tuple[tuple[int, Literal["health", "effective_config"]], ...] = (
     (int(opamp_pb2.AgentCapabilities_ReportsHealth), "health"),
     (int(opamp_pb2.AgentCapabilities_ReportsEffectiveConfig), "effective_config"),
 )

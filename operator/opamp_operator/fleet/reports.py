@@ -30,12 +30,12 @@ def health_to_dict(health: Any, depth: int = 0) -> dict[str, Any]:
 def remote_config_status_to_dict(status: Any) -> dict[str, Any]:
     return {
         "lastRemoteConfigHash": bytes(status.last_remote_config_hash).hex(),
-        "status": _remote_config_status_name(int(status.status)),
+        "status": _remote_config_status_name(status.status),
         "errorMessage": status.error_message,
     }
 
 
-def _remote_config_status_name(number: int) -> str:
+def _remote_config_status_name(number: opamp_pb2.RemoteConfigStatuses.ValueType) -> str:
     # Enums are open on the wire: a value we do not know (a newer agent, a broken one) is
     # shown as such; Name() would raise and fail the agent's whole message.
     names = opamp_pb2.RemoteConfigStatuses

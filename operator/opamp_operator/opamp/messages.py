@@ -287,7 +287,7 @@ def server_capabilities(
 
 def error_response(
     instance_uid: bytes,
-    type: ServerErrorResponseType,  # named after the ServerErrorResponse field it fills
+    type: ServerErrorResponseType.ValueType,  # named after the ServerErrorResponse field it fills
     message: str,
     retry_after_ns: int | None = None,
 ) -> ServerToAgent:
