@@ -20,7 +20,7 @@ from tests.e2e.conftest import OperatorFactory
 from tests.e2e.helpers import condition, get_agent_cr
 from tests.support.goagent import GoAgent
 from tests.support.opamp_clients import PythonAgent
-from tests.support.operator_process import kubectl, metric_value
+from tests.support.operator_process import OperatorProcess, kubectl, metric_value
 from tests.support.polling import eventually
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
@@ -196,6 +196,23 @@ async def _closed_rows(dsn: str, agent_id: str) -> list[asyncpg.Record]:
     return [row for row in rows if row["disconnected_at"] is not None]
 
 
+async def _ws_and_http_online(
+    operator: OperatorProcess,
+    agents: tuple[GoAgent, GoAgent],
+    ids: list[str],
+    kubeconfig: Path,
+    namespace: str,
+) -> None:
+    """Start one WebSocket and one HTTP agent (1 s heartbeats); wait until both CRs are Online."""
+    for agent, agent_id, url, service in zip(
+        agents, ids, (operator.ws_url, operator.http_url), ("a", "b"), strict=True
+    ):
+        await agent.start(url=url, instance_uid=agent_id, service_name=service, heartbeat=1)
+    for agent_id in ids:
+        await eventually("Online", lambda a=agent_id: _cr_in_phase(  # type: ignore[misc]
+            kubeconfig, namespace, a, "Online"), within=20)  # fmt: skip
+
+
 async def test_sigterm_ends_every_session_as_operator_shutdown(
     operator_factory: OperatorFactory, kubeconfig: Path, namespace: str, postgres_dsn: str
 ) -> None:
@@ -203,13 +220,7 @@ async def test_sigterm_ends_every_session_as_operator_shutdown(
     await operator.start()
     ids = [str(uuid.uuid4()) for _ in range(2)]
     async with GoAgent() as ws_agent, GoAgent() as http_agent:
-        await ws_agent.start(url=operator.ws_url, instance_uid=ids[0], service_name="a",
-                             heartbeat=1)  # fmt: skip
-        await http_agent.start(url=operator.http_url, instance_uid=ids[1], service_name="b",
-                               heartbeat=1)  # fmt: skip
-        for agent_id in ids:
-            await eventually("Online", lambda a=agent_id: _cr_in_phase(  # type: ignore[misc]
-                kubeconfig, namespace, a, "Online"), within=20)  # fmt: skip
+        await _ws_and_http_online(operator, (ws_agent, http_agent), ids, kubeconfig, namespace)
         assert await operator.terminate(within=30) == 0
     for agent_id in ids:
         rows = await history_rows(postgres_dsn, agent_id)
@@ -232,13 +243,7 @@ async def test_sigterm_with_a_frozen_peer_ends_every_session_as_operator_shutdow
     await operator.start()
     ids = [str(uuid.uuid4()) for _ in range(2)]
     async with GoAgent() as frozen, GoAgent() as http_agent:
-        await frozen.start(url=operator.ws_url, instance_uid=ids[0], service_name="a",
-                           heartbeat=1)  # fmt: skip
-        await http_agent.start(url=operator.http_url, instance_uid=ids[1], service_name="b",
-                               heartbeat=1)  # fmt: skip
-        for agent_id in ids:
-            await eventually("Online", lambda a=agent_id: _cr_in_phase(  # type: ignore[misc]
-                kubeconfig, namespace, a, "Online"), within=20)  # fmt: skip
+        await _ws_and_http_online(operator, (frozen, http_agent), ids, kubeconfig, namespace)
         frozen.freeze()
         assert await operator.terminate(within=30) == 0
         assert "1 WebSockets closed" in operator.log_text()  # the frozen one was still open
