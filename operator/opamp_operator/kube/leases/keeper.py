@@ -135,8 +135,15 @@ class LeaseKeeper:
                 body = await self.api.replace(
                     self.replica_id, renewed(body, self.replica_id, self.duration_seconds, now)
                 )
-            except (Conflict, NotFound):
-                body = await self._acquire(now)  # someone else wrote or deleted it
+            except (Conflict, NotFound) as error:
+                # Only an adopter writes or deletes another replica's Lease: we were taken
+                # for lost (cut off longer than the duration). Take it back; see
+                # docs/reliability.md (known limits) for what the adoption did meanwhile.
+                log.warning(
+                    "Lease %s was claimed or deleted by another replica (this one was taken "
+                    "for lost): taking it back (%s)", self.replica_id, error.status,
+                )  # fmt: skip
+                body = await self._acquire(now)
         self._body, self._renewed_at = body, attempt
 
     async def _acquire(self, now: datetime) -> dict[str, Any]:
@@ -152,10 +159,7 @@ class LeaseKeeper:
             raise KubeApiError(404, f"Lease {self.replica_id} vanished right after a conflict")
         holder = (found.get("spec") or {}).get("holderIdentity")
         if holder != self.replica_id:
-            log.warning(
-                "Lease %s was held by %s (this replica was taken for lost); taking it back",
-                self.replica_id, holder,
-            )  # fmt: skip
+            log.warning("Lease %s was held by %s; taking it back", self.replica_id, holder)
         return await self.api.replace(
             self.replica_id, renewed(found, self.replica_id, self.duration_seconds, now)
         )
