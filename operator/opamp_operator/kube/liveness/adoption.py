@@ -11,8 +11,9 @@ The adopter then
   patch preconditioned on the CR's resourceVersion, so an agent that reconnected meanwhile
   is left alone) and posts one Event per CR moved,
 - deletes the claimed Lease.
-An adopter that dies half way leaves a claim that expires in turn; the next one redoes what
-is left (rows already closed and CRs already Offline are not touched again).
+The adopter renews its claim every renew interval while it works (a long adoption stays
+its alone). An adopter that dies half way leaves a claim that expires in turn; the next one
+redoes what is left (rows already closed and CRs already Offline are not touched again).
 
 Disruption guard (the node lifecycle controller's full-disruption mode): a replica whose own
 Lease is not current adopts nobody (it may be the one cut off); when more than half of the
@@ -25,7 +26,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -38,13 +41,29 @@ from opamp_operator.kube.api import Conflict, KubeApiError, NotFound
 from opamp_operator.kube.api.resources import KubeApi, ObjectRef
 from opamp_operator.kube.leases.keeper import LeaseKeeper
 from opamp_operator.kube.shapes.agentstatus import disconnected_status, merge_patch, parse_time
-from opamp_operator.kube.shapes.lease import LEASE_API_VERSION, ReplicaLease, claimed, micro_time
+from opamp_operator.kube.shapes.lease import (
+    LEASE_API_VERSION,
+    ReplicaLease,
+    claimed,
+    micro_time,
+    renewed,
+)
 from opamp_operator.kube.shapes.transitionevent import describe_transition, event_type
 from opamp_operator.kube.writes.pace import WriteLimiter
 
 log = logging.getLogger(__name__)
 
 CloseRows = Callable[[str, datetime], Awaitable[int]]  # (lost replica id, at) -> rows closed
+
+
+class _ClaimLost(Exception):
+    """Someone else wrote the Lease we claimed."""
+
+
+@dataclass
+class _Claim:
+    body: dict[str, Any]  # the claimed Lease as last written (its resourceVersion)
+    renewed_at: float  # monotonic
 
 
 def lost_leases(leases: dict[str, ReplicaLease], me: str, now: datetime) -> list[ReplicaLease]:
@@ -163,9 +182,13 @@ class Adopter:
             lease.name, micro_time(lost_at), lease.duration_seconds,
         )  # fmt: skip
         rows = await self.close_rows(lease.name, lost_at)
-        moved = await self._end_crs(lease.name, lost_at)
-        metadata = claim.get("metadata") or {}
-        await self._delete_claim(lease.name, metadata)
+        held = _Claim(claim, time.monotonic())
+        try:
+            moved = await self._end_crs(lease.name, lost_at, held)
+        except _ClaimLost:
+            log.warning("claim of Lease %s lost while adopting: leaving the rest", lease.name)
+            return False
+        await self._delete_claim(lease.name, held.body.get("metadata") or {})
         metrics.replica_adoptions.inc()
         log.warning(
             "adopted replica %s: %d CRs Offline (replica_lost), %d history rows closed",
@@ -195,9 +218,10 @@ class Adopter:
         except (Conflict, NotFound):
             return None  # another survivor claimed it first
 
-    async def _end_crs(self, replica: str, lost_at: datetime) -> int:
+    async def _end_crs(self, replica: str, lost_at: datetime, held: _Claim) -> int:
         moved = 0
         for body in await self.api.list_agents():
+            await self._keep(replica, held)
             status = body.get("status") or {}
             connection = status.get("connection") or {}
             if status.get("phase") != AgentPhase.ONLINE or connection.get("replica") != replica:
@@ -208,6 +232,19 @@ class Adopter:
             if await self._end_cr(body, replica):
                 moved += 1
         return moved
+
+    async def _keep(self, name: str, held: _Claim) -> None:
+        """Renew our claim every renew interval, so a long adoption stays ours alone."""
+        if time.monotonic() - held.renewed_at < self.settings.lease_renew_interval_seconds:
+            return
+        me, duration = self.keeper.replica_id, self.keeper.duration_seconds
+        try:
+            held.body = await self.keeper.api.replace(
+                name, renewed(held.body, me, duration, self.clock.now())
+            )
+        except (Conflict, NotFound) as error:
+            raise _ClaimLost(name) from error  # its replica is back, or another adopter
+        held.renewed_at = time.monotonic()
 
     async def _end_cr(self, body: dict[str, Any], replica: str) -> bool:
         metadata, status = body.get("metadata") or {}, body.get("status") or {}
