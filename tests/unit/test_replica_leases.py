@@ -62,7 +62,12 @@ def test_lost_leases_are_the_expired_ones_of_others_and_expired_claims() -> None
         "claim-fresh": lease("claim-fresh", now - timedelta(seconds=5), holder="other"),
         "claim-dead": lease("claim-dead", T0, holder="other"),
     }
-    assert [x.name for x in lost_leases(leases, "me", now)] == ["claim-dead", "gone"]
+    grace = timedelta(seconds=10)
+    assert [x.name for x in lost_leases(leases, "me", now, grace)] == ["claim-dead", "gone"]
+    # Expired less than a renew interval ago: not yet (others lost with it may follow).
+    just = {"just": lease("just", now - timedelta(seconds=45))}
+    assert lost_leases(just, "me", now, grace) == []
+    assert [x.name for x in lost_leases(just, "me", now + grace, grace)] == ["just"]
 
 
 def test_disruption_is_more_than_half_expiring_within_one_duration() -> None:

@@ -66,10 +66,19 @@ class _Claim:
     renewed_at: float  # monotonic
 
 
-def lost_leases(leases: dict[str, ReplicaLease], me: str, now: datetime) -> list[ReplicaLease]:
-    """Pure: the Leases to adopt now (expired, not ours; a claim that expired is redone)."""
+def lost_leases(
+    leases: dict[str, ReplicaLease], me: str, now: datetime, grace: timedelta
+) -> list[ReplicaLease]:
+    """Pure: the Leases to adopt now (not ours, expired at least `grace` ago; a claim that
+    expired is redone). The grace (one renew interval) lets every Lease lost in the same
+    disruption expire before any is adopted: renewals are phase-shifted by up to one renew
+    interval, so without it the first to expire would be adopted alone."""
     return sorted(
-        (lease for name, lease in leases.items() if name != me and lease.expired(now)),
+        (
+            lease
+            for name, lease in leases.items()
+            if name != me and lease.expired(now) and now - lease.expires_at >= grace
+        ),
         key=lambda lease: lease.name,
     )
 
@@ -130,7 +139,8 @@ class Adopter:
         # Leases look expired that were renewed since.
         now = self.keeper.peers_listed_wall or self.clock.now()
         leases = dict(self.keeper.peers)
-        lost = lost_leases(leases, self.keeper.replica_id, now)
+        grace = timedelta(seconds=self.settings.lease_renew_interval_seconds)
+        lost = lost_leases(leases, self.keeper.replica_id, now, grace)
         if await self._paused(leases, lost, now):
             return []
         adopted = []
@@ -149,9 +159,10 @@ class Adopter:
                 return False
             self.paused_since = now
             metrics.replica_adoption_paused.set(1)
+            expired = [lease.name for lease in leases.values() if lease.expired(now)]
             message = (
-                f"adoption paused: {len(lost)} of {len(leases)} replica Leases expired within "
-                f"{window.total_seconds():g}s ({', '.join(lease.name for lease in lost)}); "
+                f"adoption paused: {len(expired)} of {len(leases)} replica Leases expired "
+                f"within {window.total_seconds():g}s ({', '.join(sorted(expired))}); "
                 f"resuming when they are renewed or after "
                 f"{self.settings.adoption_pause_limit_seconds:g}s"
             )
