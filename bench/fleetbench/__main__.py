@@ -66,7 +66,12 @@ def parse_args() -> argparse.Namespace:
         help="py-spy the operator during saturation, steady and storm windows",
     )
     parser.add_argument("--kube-writes-per-second", type=float, default=500.0)
-    parser.add_argument("--last-seen-refresh", type=float, default=60.0)
+    parser.add_argument(
+        "--last-seen-refresh",
+        type=lambda text: None if text.strip().lower() in ("off", "none", "") else float(text),
+        default=None,
+        help="the operator's opt-in lastSeenAt refresh (seconds; default off, as the operator)",
+    )
     parser.add_argument(
         "--no-gc-stats",
         action="store_true",

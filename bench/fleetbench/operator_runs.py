@@ -233,7 +233,7 @@ class FleetScenario:
         seconds = self.plan.steady_seconds
         # Steady means every agent is past its first heartbeat and its CR past its first
         # lastSeenAt refresh: from then on the pattern repeats.
-        warm = max(self.options.heartbeat_interval, self.options.last_seen_refresh)
+        warm = max(self.options.heartbeat_interval, self.options.last_seen_refresh or 0.0)
         await asyncio.sleep(max(0.0, self._all_connected + warm - time.monotonic()))
         self.say(f"steady window {seconds:g} s")
         profile = self._profile("steady", seconds) if self.plan.profile else None

@@ -88,7 +88,7 @@ class OperatorOptions:
     heartbeat_interval: float = 30.0
     heartbeat_timeout: float = 60.0
     kube_writes_per_second: float = 500.0
-    last_seen_refresh: float = 60.0
+    last_seen_refresh: float | None = None  # off: the operator's default
     gc_stats: bool = True  # run it under fleetbench.gcwatch (collector pauses recorded)
 
     def extra_args(self) -> list[str]:

@@ -30,16 +30,19 @@ from .fleet.registry import Fleet
 from .fleet.ticker import run_deadline_ticker
 from .fleet_metrics import FleetMetrics, count_rejected_registration, count_slow_agent
 from .kube.api import load_credentials
+from .kube.api.leases import LeaseApi
 from .kube.api.resources import KubeApi
 from .kube.gitops.controller import GitOpsController
 from .kube.kopfwiring.agents import build_registry
+from .kube.leases.keeper import LeaseKeeper
+from .kube.liveness.adoption import Adopter
 from .kube.mirror.statuswriter import StatusWriter
 from .kube.pods.linker import PodLinker
 from .kube.shapes.podref import PodLinks
 from .kube.writes.gate import WriteGate
 from .store.migrations import migrate
 from .store.pool import StoreUnavailable, create_pool
-from .store.recovery import close_orphaned_sessions
+from .store.recovery import close_lost_replica_sessions, close_orphaned_sessions
 from .store.retention import HistoryPruner
 from .store.writer import StoreWriter
 from .transport import OpAMPListener
@@ -55,6 +58,7 @@ class _Running:
     store: StoreWriter | None = None
     kube: KubeApi | None = None
     mirror: StatusWriter | None = None
+    lease: LeaseKeeper | None = None
     pods: PodLinker | None = None
     gitops: GitOpsController | None = None
     listener: OpAMPListener | None = None
@@ -120,12 +124,15 @@ class OperatorApp:
             await running.pods.stop()
         if running.gitops is not None:
             await running.gitops.stop()
-        for component in (running.store, running.mirror):
-            if component is not None:
-                await component.stop()
+        if running.store is not None:
+            await running.store.stop()
+        flushed = True
+        if running.mirror is not None:
+            flushed = await running.mirror.stop()
         for task in running.tasks:
             task.cancel()
         await asyncio.gather(*running.tasks, return_exceptions=True)
+        await self._release_lease(flushed)
         if running.api is not None:
             await running.api.stop()
         if running.auth is not None:
@@ -136,12 +143,24 @@ class OperatorApp:
             await running.pool.close()
         log.info("stopped: %d agents known, all sessions closed", len(self.fleet))
 
+    async def _release_lease(self, flushed: bool) -> None:
+        """Delete our Lease once every CR says what we ended; else let a survivor adopt us."""
+        lease = self.running.lease
+        if lease is None:
+            return
+        if flushed:
+            await lease.release()
+        else:
+            log.warning("Lease %s left to expire: a surviving replica adopts the CRs this "
+                        "process could not write", lease.replica_id)  # fmt: skip
+
     def readiness(self) -> dict[str, bool]:
         running = self.running
         return {
             "listener": bool(running.listener and running.listener.ready),
             "database": bool(running.store and running.store.ready),
             "kubernetes": bool(running.mirror and running.mirror.ready),
+            "lease": bool(running.lease and running.lease.current),
         }
 
     async def _start_store(self) -> None:
@@ -177,6 +196,7 @@ class OperatorApp:
         )
         await mirror.start()
         self.running.mirror = mirror
+        await self._start_lease(api, mirror)
         gitops = GitOpsController(
             self.fleet, settings, api, self.clock, mark=mirror.mark, gate=gate
         )
@@ -192,8 +212,27 @@ class OperatorApp:
             await pods.start()
             self.running.pods = pods
         self.kopf_registry = build_registry(
-            self.fleet, settings, api, writer=mirror, clock=self.clock, pods=self.running.pods
-        )
+            self.fleet, settings, api, writer=mirror, clock=self.clock, pods=self.running.pods,
+            replicas=self.running.lease,
+        )  # fmt: skip
+
+    async def _start_lease(self, api: KubeApi, mirror: StatusWriter) -> None:
+        """Our Lease before any agent connects; adoption of lost replicas on every replica."""
+        settings = self.settings.kube
+        keeper = LeaseKeeper(LeaseApi(api.session, settings.namespace), settings, self.clock)
+        await keeper.start()
+        self.running.lease = keeper
+        self._spawn(keeper.run(), "replica-lease")
+        pool = self.running.pool
+
+        async def close_rows(replica_id: str, at: Any) -> int:
+            return await close_lost_replica_sessions(pool, replica_id, at)
+
+        adopter = Adopter(
+            keeper, self.fleet, settings, api,
+            clock=self.clock, gate=mirror.gate, close_rows=close_rows,
+        )  # fmt: skip
+        self._spawn(adopter.run(), "replica-adoption")
 
     async def _start_api(self) -> None:
         settings = self.settings.api

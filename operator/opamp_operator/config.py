@@ -181,7 +181,9 @@ class StoreSettings:
 class KubeSettings:
     namespace: str = "opamp-system"
     kubeconfig: Path | None = None  # None: in-cluster credentials, else the default kubeconfig
-    last_seen_refresh_seconds: float = 60.0  # how stale a CR's lastSeenAt may get
+    # Periodic status.lastSeenAt refresh of steady agents (None: off, CRs are written on
+    # change only; a replica's Lease proves its agents alive). On: N / this writes per second.
+    last_seen_refresh_seconds: float | None = None
     writes_per_second: float = 20.0  # every API write (create, patch, event, delete)
     write_queue_size: int = 50_000  # agents waiting for a CR write; when full: resync later
     # Delete CRs Offline/Error this long (None: keep). 14 days: when Elastic Fleet calls
@@ -200,10 +202,21 @@ class KubeSettings:
     link_pods: bool = True
     # Kopf peering object (None: Kopf's own choice, "default" if it exists, else standalone).
     peering_name: str | None = None
+    # This replica's Lease (docs/reliability.md, "Replica Leases"): renewed this often, and
+    # its replica counts as lost when it was not renewed for `lease_duration_seconds`.
+    lease_duration_seconds: float = 40.0
+    lease_renew_interval_seconds: float = 10.0
+    # Adoption pauses while more than half of the replicas' Leases expired within one Lease
+    # duration (a disruption, not lost replicas); it resumes after this long regardless.
+    adoption_pause_limit_seconds: float = 600.0
 
     def __post_init__(self) -> None:
+        refresh = self.last_seen_refresh_seconds
         positive = {
-            "last-seen refresh": self.last_seen_refresh_seconds,
+            "last-seen refresh": 1.0 if refresh is None else refresh,
+            "lease duration": self.lease_duration_seconds,
+            "lease renew interval": self.lease_renew_interval_seconds,
+            "adoption pause limit": self.adoption_pause_limit_seconds,
             "writes per second": self.writes_per_second,
             "write queue size": self.write_queue_size,
             "api threads": self.api_threads,
@@ -219,6 +232,11 @@ class KubeSettings:
             raise ConfigError("kube GC TTL must be > 0 seconds, or unset to keep CRs")
         if self.stop_timeout_seconds < 0:
             raise ConfigError("kube stop timeout must be >= 0 seconds")
+        if self.lease_renew_interval_seconds * 2 > self.lease_duration_seconds:
+            raise ConfigError(
+                f"lease renew interval ({self.lease_renew_interval_seconds}s) must be at most "
+                f"half the lease duration ({self.lease_duration_seconds}s)"
+            )
 
 
 @dataclass(frozen=True)

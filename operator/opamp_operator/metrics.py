@@ -131,6 +131,28 @@ kube_gc_deleted = Counter(
     "OpAMPAgent resources deleted after staying Offline/Error longer than the GC TTL.",
     registry=REGISTRY,
 )
+# -- Replica Leases (kube/leases, kube/liveness/adoption.py) --------------------------
+replica_lease_current = Gauge(
+    "opamp_replica_lease_current",
+    "1 while this replica's Lease was renewed within the Lease duration, else 0.",
+    registry=REGISTRY,
+)
+replica_lease_renewals = Counter(
+    "opamp_replica_lease_renewals_total",
+    "Renewals of this replica's Lease (with the listing of the others'), by outcome.",
+    ["outcome"],
+    registry=REGISTRY,
+)
+replica_adoptions = Counter(
+    "opamp_replica_adoptions_total",
+    "Lost replicas adopted by this one (their CRs Offline replica_lost, their rows closed).",
+    registry=REGISTRY,
+)
+replica_adoption_paused = Gauge(
+    "opamp_replica_adoption_paused",
+    "1 while adoption is paused: more than half the replicas' Leases expired at once.",
+    registry=REGISTRY,
+)
 kube_pod_link_checks = Counter(
     "opamp_kube_pod_link_checks_total",
     "Checks of the Pod an agent reports it runs in, by result (linked, pod_not_found...).",

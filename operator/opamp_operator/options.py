@@ -102,7 +102,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("--kubeconfig", "KUBECONFIG", "kube", "kubeconfig", Path,
            "kubeconfig file (in-cluster config when unset)"),
     Option("--last-seen-refresh", "OPAMP_LAST_SEEN_REFRESH", "kube", "last_seen_refresh_seconds",
-           float, "how often status.lastSeenAt is refreshed for healthy agents (seconds)"),
+           _optional_float, "refresh status.lastSeenAt of steady agents this often (seconds; "
+           "off: CRs are written on change only); costs N agents / this CR writes per second"),
     Option("--kube-writes-per-second", "OPAMP_KUBE_WRITES_PER_SECOND", "kube",
            "writes_per_second", float, "rate limit of CR writes"),
     Option("--gc-ttl", "OPAMP_GC_TTL", "kube", "gc_ttl_seconds", _optional_float,
@@ -110,6 +111,15 @@ OPTIONS: tuple[Option, ...] = (
     Option("--liveness-check-interval", "OPAMP_LIVENESS_CHECK_INTERVAL", "kube",
            "liveness_check_interval_seconds", float,
            "how often CRs that no live session holds are checked for Offline/Error (seconds)"),
+    Option("--lease-duration", "OPAMP_LEASE_DURATION", "kube", "lease_duration_seconds", float,
+           "a replica whose Lease was not renewed this long is lost and adopted (seconds)"),
+    Option("--lease-renew-interval", "OPAMP_LEASE_RENEW_INTERVAL", "kube",
+           "lease_renew_interval_seconds", float,
+           "how often this replica renews its Lease (seconds; at most half the duration)"),
+    Option("--adoption-pause-limit", "OPAMP_ADOPTION_PAUSE_LIMIT", "kube",
+           "adoption_pause_limit_seconds", float,
+           "adoption pauses while more than half the Leases expired within one duration; "
+           "it resumes after this long regardless (seconds)"),
     Option("--link-pods", "OPAMP_LINK_PODS", "kube", "link_pods", _bool,
            "link agents reporting k8s.pod.* attributes to their Pod; a deleted Pod ends its "
            "agent at once and removes its CR (needs get/list/watch on pods)"),

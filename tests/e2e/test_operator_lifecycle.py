@@ -87,7 +87,7 @@ async def test_real_clients_are_mirrored_time_out_and_come_back(
 
         table = await eventually("three Online agents in kubectl", all_online, within=30)
         header = table.splitlines()[0].split()
-        assert header[:6] == ["NAME", "PHASE", "SERVICE", "VERSION", "HOST", "LAST"]
+        assert header[:6] == ["NAME", "PHASE", "SERVICE", "VERSION", "HOST", "SINCE"]
         checkout = next(line for line in table.splitlines() if resource_name(ws_id) in line)
         assert checkout.split()[1:5] == ["Online", "checkout", "1.2.3", "node-a"]
         wide = kubectl(kubeconfig, "-n", namespace, "get", "opampagents", "-o", "wide")

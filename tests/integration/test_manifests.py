@@ -74,7 +74,7 @@ NAMESPACED_RULES: dict[tuple[str, str], tuple[str, ...]] = {
     ("", "events"): ("create", "patch"),
     ("events.k8s.io", "events"): ("create", "patch"),
     ("kopf.dev", "kopfpeerings"): ("get", "list", "watch", "patch"),
-    ("coordination.k8s.io", "leases"): ("get", "create", "update"),
+    ("coordination.k8s.io", "leases"): ("get", "list", "create", "update", "delete"),
 }
 CLUSTER_RULES: dict[tuple[str, str], tuple[str, ...]] = {
     ("apiextensions.k8s.io", "customresourcedefinitions"): ("get", "list", "watch"),
@@ -596,7 +596,7 @@ def test_operator_token_does_what_the_operator_does(
     )
     assert access["status"]["allowed"] is False
 
-    # Kopf: CRD discovery, peering, and (for later) leases.
+    # Kopf: CRD discovery and peering; replica Leases.
     crds = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
     operator.expect(200, "GET", crds)
     operator.expect(200, "GET", f"{crds}/opampagents.opamp.dev")
@@ -613,7 +613,10 @@ def test_operator_token_does_what_the_operator_does(
         {"metadata": {"name": "opamp-operator"}, "spec": {"holderIdentity": "replica-a"}},
     )
     lease["spec"]["holderIdentity"] = "replica-b"
-    operator.expect(200, "PUT", f"{leases}/opamp-operator", lease)
+    lease = operator.expect(200, "PUT", f"{leases}/opamp-operator", lease)
+    operator.expect(200, "GET", f"{leases}/opamp-operator")
+    operator.expect(200, "GET", leases)
+    operator.expect(200, "DELETE", f"{leases}/opamp-operator")
 
     # Pod linking: read Pods where agents run (any namespace): get, list, watch.
     elsewhere = _create_namespace(kube_api, f"{namespace}-pods")
@@ -653,11 +656,13 @@ def test_operator_token_is_refused_everything_else(tokens: Tokens, kube_api: k8s
             agents.replace("/opampagents", "/opampagentconfigs") + "?dryRun=All",
             tokens.config("config-rbac"),
         ),
+        # Leases: only in the operator's namespace, and never watched.
         (
             "DELETE",
-            f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases/x?dryRun=All",
+            f"/apis/coordination.k8s.io/v1/namespaces/{other}/leases/x?dryRun=All",
             None,
         ),
+        ("GET", f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases?watch=1", None),
         ("POST", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions?dryRun=All", crd),
         (
             "POST",

@@ -29,7 +29,7 @@ class OperatorConfig:
     heartbeat_interval: float = 1.0
     heartbeat_timeout: float = 3.0
     error_after_offline: float = 6.0
-    last_seen_refresh: float = 30.0
+    last_seen_refresh: float | None = 30.0  # None: off (the operator's default)
     api_auth: bool = False
     replica_id: str = "e2e"
     listen_port: int = field(default_factory=free_port)
@@ -49,7 +49,8 @@ class OperatorConfig:
             "--heartbeat-interval", str(self.heartbeat_interval),
             "--heartbeat-timeout", str(self.heartbeat_timeout),
             "--error-after-offline", str(self.error_after_offline),
-            "--last-seen-refresh", str(self.last_seen_refresh),
+            "--last-seen-refresh",
+            "off" if self.last_seen_refresh is None else str(self.last_seen_refresh),
             "--flush-interval", "0.2",
             "--replica-id", self.replica_id,
             *self.extra_args,

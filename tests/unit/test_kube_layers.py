@@ -13,6 +13,7 @@ RANK = {
     "shapes": 0,
     "api": 1,
     "writes": 2,
+    "leases": 2,
     "mirror": 3,
     "liveness": 4,
     "gitops": 4,

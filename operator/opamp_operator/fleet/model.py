@@ -31,6 +31,7 @@ class Reason(StrEnum):
     RECONNECT_REQUESTED = "reconnect_requested"
     PROTOCOL_ERROR = "protocol_error"
     POD_DELETED = "pod_deleted"
+    REPLICA_LOST = "replica_lost"  # the replica holding the session stopped renewing its Lease
 
 
 # Deliberate departures: the agent said goodbye (AgentDisconnect) or its Pod was deleted.

@@ -41,3 +41,22 @@ async def close_orphaned_sessions(
             reason,
         )
     return closed
+
+
+async def close_lost_replica_sessions(
+    pool: asyncpg.Pool, replica_id: str, at: datetime, reason: str = Reason.REPLICA_LOST
+) -> int:
+    """Adoption of a lost replica: close its open rows as of `at` (its Lease's last renewal).
+
+    The same statements as the crash recovery above, for another replica's id: its agents
+    that have no open session anywhere (they did not reconnect elsewhere) become offline
+    with a transition row. Idempotent: a second adopter finds nothing left open.
+    """
+    async with pool.acquire() as conn, conn.transaction():
+        closed = await queries.close_open_sessions(conn, at, str(reason), replica_id)
+        offline = await queries.mark_unconnected_agents_offline(conn, at, str(reason))
+    log.info(
+        "adoption of replica %s: closed %d sessions as %s at %s, marked %d agents offline",
+        replica_id, closed, reason, at.isoformat(), offline,
+    )  # fmt: skip
+    return closed

@@ -41,6 +41,8 @@ class ObjectRef:
     name: str
     uid: str
     namespace: str
+    kind: str = KIND
+    api_version: str = API_VERSION
 
 
 class KubeApi:
@@ -162,7 +164,7 @@ class KubeApi:
                 "namespace": target.namespace,
             },
             "involvedObject": {
-                "apiVersion": API_VERSION, "kind": KIND, "name": target.name,
+                "apiVersion": target.api_version, "kind": target.kind, "name": target.name,
                 "namespace": target.namespace, "uid": target.uid,
             },
             "reason": reason,

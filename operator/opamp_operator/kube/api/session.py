@@ -1,5 +1,5 @@
-"""Requests to the API server over one aiohttp session: get, list, create, merge patch,
-delete, post, and the watch stream. No operator logic, no retries (callers decide).
+"""Requests to the API server over one aiohttp session: get, list, create, replace, merge
+patch, delete, post, and the watch stream. No operator logic, no retries (callers decide).
 
 Why aiohttp rather than the official client on a thread pool: Kopf runs on aiohttp already,
 a watch is a long-lived request that a cancelled task ends, and the official client's
@@ -59,6 +59,10 @@ class ApiSession:
 
     async def create(self, path: str, body: Mapping[str, Any]) -> Json:
         return await self._json("POST", path, body=body)
+
+    async def replace(self, path: str, body: Mapping[str, Any]) -> Json:
+        """PUT the whole object; Conflict when its metadata.resourceVersion is not current."""
+        return await self._json("PUT", path, body=body)
 
     async def merge_patch(
         self, path: str, body: Mapping[str, Any], resource_version: str | None = None

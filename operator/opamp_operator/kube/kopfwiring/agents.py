@@ -34,7 +34,7 @@ from opamp_operator.config import KubeSettings
 from opamp_operator.fleet.clock import Clock, SystemClock
 from opamp_operator.fleet.registry import Fleet
 from opamp_operator.kube.api.resources import KubeApi
-from opamp_operator.kube.liveness.judge import LivenessChecker
+from opamp_operator.kube.liveness.judge import LivenessChecker, ReplicaView
 from opamp_operator.kube.liveness.schedule import LivenessWatch
 from opamp_operator.kube.mirror.statuswriter import StatusWriter
 from opamp_operator.kube.pods.linker import PodLinker
@@ -52,11 +52,12 @@ def build_registry(
     writer: StatusWriter | None = None,
     clock: Clock | None = None,
     pods: PodLinker | None = None,
+    replicas: ReplicaView | None = None,
 ) -> kopf.OperatorRegistry:
     """A Kopf registry with every handler of the mirror, bound to these collaborators."""
     registry = kopf.OperatorRegistry()
     gate = writer.gate if writer is not None else WriteGate.for_settings(api, settings)
-    checker = LivenessChecker(fleet, settings, api, clock or SystemClock(), gate)
+    checker = LivenessChecker(fleet, settings, api, clock or SystemClock(), gate, replicas=replicas)
     watch = LivenessWatch(checker, settings.liveness_check_interval_seconds, settings.api_threads)
     credentials = api.session.credentials  # loaded once, at start-up
     tasks: list[asyncio.Task[None]] = []

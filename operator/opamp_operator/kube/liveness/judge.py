@@ -2,11 +2,17 @@
 
 The fleet's own state machine moves agents this process knows, and the status writer
 mirrors that. But the process that held an agent may have died (a crash, a rolling update,
-another replica gone), and then only the CR remembers the agent. This check moves such CRs
-Online -> Offline (`heartbeat_timeout`) once their `lastSeenAt` is older than the heartbeat
-timeout plus the lastSeenAt refresh interval (the CR lags the truth by up to that), then
-Offline -> Error (`offline_too_long`), posting an Event for each; with a GC TTL it deletes
-CRs that stayed Offline/Error that long (their history stays in PostgreSQL).
+another replica gone), and then only the CR remembers the agent. Who judges an Online CR:
+- held by another replica that has a Lease: nobody here. While the Lease is current that
+  replica's own deadlines move its agents; once it expires, a survivor adopts them
+  (`kube/liveness/adoption.py`, reason `replica_lost`). CRs are written on change only, so
+  their `lastSeenAt` says nothing about a live replica's agents.
+- held by this replica id (a previous run of this process) or by a replica without a Lease
+  (an older version, or one whose Lease is gone): Online -> Offline (`heartbeat_timeout`)
+  once `lastSeenAt` is older than the heartbeat timeout plus the lastSeenAt refresh interval
+  (`LEGACY_REFRESH_SECONDS` when refresh is off: what a replica without Leases writes).
+Then Offline -> Error (`offline_too_long`), posting an Event for each; with a GC TTL it
+deletes CRs that stayed Offline/Error that long (their history stays in PostgreSQL).
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from opamp_operator import metrics
 from opamp_operator.config import KubeSettings
@@ -35,6 +41,15 @@ from opamp_operator.kube.shapes.transitionevent import describe_transition, even
 from opamp_operator.kube.writes.gate import WriteGate
 
 log = logging.getLogger(__name__)
+
+# Replicas without Leases (before issue 15) refresh lastSeenAt every 60 s by default.
+LEGACY_REFRESH_SECONDS = 60.0
+
+
+class ReplicaView(Protocol):
+    """Which replicas hold a Lease (`kube/leases/keeper.py`)."""
+
+    def live(self, replica_id: str) -> bool | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,11 +74,14 @@ def judge(
     limits: Thresholds,
     *,
     known_here: bool,
+    leased_elsewhere: bool = False,
 ) -> Verdict | None:
     """Pure: what a CR nobody holds a session for should become, if anything.
 
     `known_here`: this process's fleet knows the agent (without a session); its state
     machine then owns the Offline/Error transitions, and only GC is left to decide here.
+    `leased_elsewhere`: the CR names another replica that has a Lease; that replica (or
+    the survivor adopting it) owns the Online -> Offline transition.
     """
     phase = status.get("phase")
     since = offline_since(status)
@@ -83,7 +101,7 @@ def judge(
         if offline_for is not None and offline_for >= limits.error_after:
             return Verdict(AgentPhase.ERROR, Reason.OFFLINE_TOO_LONG)
         return None
-    if phase == AgentPhase.ERROR:
+    if phase == AgentPhase.ERROR or leased_elsewhere:
         return None
     last_seen = parse_time(status.get("lastSeenAt")) or created_at
     if last_seen is not None and now - last_seen >= limits.offline_after:
@@ -92,7 +110,11 @@ def judge(
 
 
 def due_at(
-    status: Mapping[str, Any], created_at: datetime | None, limits: Thresholds
+    status: Mapping[str, Any],
+    created_at: datetime | None,
+    limits: Thresholds,
+    *,
+    leased_elsewhere: bool = False,
 ) -> datetime | None:
     """Pure: the first moment `judge` may decide something about this CR (None: never)."""
     phase = status.get("phase")
@@ -106,6 +128,8 @@ def due_at(
         if limits.gc_after is not None:
             moments.append(since + limits.gc_after)
         return min(moments, default=None)
+    if leased_elsewhere:
+        return None  # its replica, or the survivor adopting it, decides (watch events reset)
     last_seen = parse_time(status.get("lastSeenAt")) or created_at
     return None if last_seen is None else last_seen + limits.offline_after
 
@@ -120,8 +144,11 @@ class LivenessChecker:
         api: KubeApi,
         clock: Clock,
         gate: WriteGate,
+        *,
+        replicas: ReplicaView | None = None,
     ) -> None:
         self.fleet = fleet
+        self.replicas = replicas
         self.settings = settings
         self.api = api  # reads; writes go through the gate
         self.clock = clock
@@ -132,7 +159,7 @@ class LivenessChecker:
         self.limits = Thresholds(
             offline_after=timedelta(
                 seconds=fleet_settings.heartbeat_timeout_seconds
-                + settings.last_seen_refresh_seconds
+                + (settings.last_seen_refresh_seconds or LEGACY_REFRESH_SECONDS)
             ),
             error_after=timedelta(seconds=fleet_settings.error_after_offline_seconds),
             gc_after=None if gc is None else timedelta(seconds=gc),
@@ -153,7 +180,10 @@ class LivenessChecker:
             return None
         now = self.clock.now()
         created = parse_time(metadata.get("creationTimestamp"))
-        verdict = judge(status, created, now, self.limits, known_here=snapshot is not None)
+        verdict = judge(
+            status, created, now, self.limits,
+            known_here=snapshot is not None, leased_elsewhere=self.leased_elsewhere(status),
+        )  # fmt: skip
         if verdict is None:
             return None
         target = ObjectRef(name, str(metadata.get("uid", "")), self.api.namespace)
@@ -163,6 +193,19 @@ class LivenessChecker:
         else:
             await self._transition(target, body, verdict, now)
         return verdict
+
+    def leased_elsewhere(self, status: Mapping[str, Any]) -> bool:
+        """The CR names another replica, and that replica has a Lease (current or not)."""
+        replica = (status.get("connection") or {}).get("replica")
+        if self.replicas is None or not replica or replica == self.settings.replica_id:
+            return False
+        return self.replicas.live(str(replica)) is not None
+
+    def next_look(self, body: Mapping[str, Any]) -> datetime | None:
+        """When `judge` may first decide something about this CR (None: never)."""
+        status = body.get("status") or {}
+        created = parse_time((body.get("metadata") or {}).get("creationTimestamp"))
+        return due_at(status, created, self.limits, leased_elsewhere=self.leased_elsewhere(status))
 
     async def _transition(
         self, target: ObjectRef, body: Mapping[str, Any], verdict: Verdict, now: datetime

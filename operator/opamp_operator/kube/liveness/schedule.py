@@ -24,8 +24,7 @@ from typing import Any
 
 from opamp_operator.fleet.deadlines import DeadlineScheduler
 from opamp_operator.kube.api.resources import KubeApiError
-from opamp_operator.kube.liveness.judge import LivenessChecker, due_at
-from opamp_operator.kube.shapes.agentstatus import parse_time
+from opamp_operator.kube.liveness.judge import LivenessChecker
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +35,8 @@ class LivenessWatch:
         self.interval_seconds = interval_seconds
         self.parallel = max(1, parallel)
         self._due = DeadlineScheduler()  # CR name -> POSIX time at which to look again
-        self._settle_seconds = checker.settings.last_seen_refresh_seconds / 2
+        refresh = checker.settings.last_seen_refresh_seconds
+        self._settle_seconds = (refresh or checker.settings.lease_renew_interval_seconds) / 2
 
     def __len__(self) -> int:
         return len(self._due)
@@ -50,8 +50,7 @@ class LivenessWatch:
         if event_type == "DELETED" or metadata.get("deletionTimestamp"):
             self._due.cancel(name)
             return
-        created = parse_time(metadata.get("creationTimestamp"))
-        moment = due_at(body.get("status") or {}, created, self.checker.limits)
+        moment = self.checker.next_look(body)
         if moment is None:
             self._due.cancel(name)
         else:
@@ -89,5 +88,5 @@ class LivenessWatch:
             log.warning("liveness of OpAMPAgent %s not checked: %s", name, error)
             self._due.set(name, retry)
             return
-        if verdict is None:
+        if verdict is None and self.checker.next_look(body) is not None:
             self._due.set(name, later)

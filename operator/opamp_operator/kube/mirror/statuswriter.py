@@ -1,8 +1,10 @@
 """The status writer: fleet events in, OpAMPAgent creates, status patches and Events out.
 
-A heartbeat changes nothing the CR shows except `lastSeenAt`, and that is written at most
-every `last_seen_refresh_seconds` (a periodic sweep finds agents due for it), so a steady
-fleet costs no API writes between refreshes. Everything else (phase transitions, sessions,
+A heartbeat changes nothing the CR shows except `lastSeenAt`, and that alone is never
+written unless the opt-in `last_seen_refresh_seconds` is set (then a periodic sweep finds
+agents due for it: N agents cost N / refresh writes per second). By default a steady fleet
+costs no API writes at all: the replica's Lease (`kube/leases/`) proves its sessions alive,
+and `lastSeenAt` is as of the CR's latest change. Everything else (phase transitions, sessions,
 what agents report) marks the agent in a bounded coalescing set; workers write each marked
 agent's latest snapshot as a JSON merge patch of what differs from the CR, at a bounded rate,
 retrying failures with backoff. Writes go through the shared `WriteGate`
@@ -48,6 +50,7 @@ from opamp_operator.kube.writes.gate import WriteGate, retry_hint
 log = logging.getLogger(__name__)
 
 _CONFLICT_RETRIES = 3
+_NEVER = timedelta(days=36500)  # lastSeenAt refresh off: an interval that never comes
 _PROBE_SECONDS = 2.0  # while the API server is unreachable, a retry at least this often
 _Patch = Callable[[str], Awaitable[dict[str, Any]]]  # resourceVersion -> the CR as written
 
@@ -90,7 +93,8 @@ class StatusWriter:
         self._wakeup = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._sweeper: asyncio.Task[None] | None = None
-        self._refresh = timedelta(seconds=settings.last_seen_refresh_seconds)
+        refresh = settings.last_seen_refresh_seconds
+        self._refresh = _NEVER if refresh is None else timedelta(seconds=refresh)
         self._api_ok = True  # the latest request got an answer we could act on
         # Set by the GitOps controller: the generation it resolved, and why an agent has no
         # config (see `kube/gitops/controller.py`). None: observedGeneration is the CR's generation.
@@ -113,8 +117,12 @@ class StatusWriter:
         for number in range(self.settings.api_threads):
             self._tasks.append(asyncio.create_task(self._work(), name=f"kube-writer-{number}"))
 
-    async def stop(self) -> None:
-        """Write what transitions are pending (bounded by `stop_timeout_seconds`), then stop."""
+    async def stop(self) -> bool:
+        """Write what is pending (bounded by `stop_timeout_seconds`), then stop.
+
+        False when something was left unwritten (the replica's Lease should then expire, so
+        that a survivor adopts what this one could not write).
+        """
         if self._sweeper is not None:
             self._sweeper.cancel()  # lastSeenAt refreshes are not worth the wait
         self.pending.clear_refresh()
@@ -125,6 +133,7 @@ class StatusWriter:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
+        return flushed
 
     async def flush(self, *, within_seconds: float) -> bool:
         """Wait until every event received so far is written; False if that took too long."""

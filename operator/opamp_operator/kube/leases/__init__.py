@@ -1,0 +1,1 @@
+"""Replica Leases: this replica's own (created, renewed, released) and what the others' say."""

@@ -1,0 +1,106 @@
+"""Replica Leases, pure parts: Lease bodies, which Leases are lost, the disruption guard,
+and the CR judge deferring to a replica that has a Lease."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from opamp_operator.kube.liveness.adoption import disrupted, lost_leases
+from opamp_operator.kube.liveness.judge import Thresholds, due_at, judge
+from opamp_operator.kube.shapes.lease import (
+    LOST_RENEWAL_ANNOTATION,
+    ReplicaLease,
+    claimed,
+    lease_body,
+    renewed,
+)
+
+T0 = datetime(2026, 12, 2, 12, 0, 0, tzinfo=UTC)
+LIMITS = Thresholds(timedelta(seconds=90), timedelta(seconds=300), None)
+
+
+def lease(name: str, renewed_at: datetime, holder: str | None = None) -> ReplicaLease:
+    body = lease_body(name, holder or name, 40, renewed_at)
+    body["metadata"].update(resourceVersion="7", uid=f"uid-{name}")
+    parsed = ReplicaLease.from_body(body)
+    assert parsed is not None
+    return parsed
+
+
+def test_a_lease_body_round_trips_and_expires_after_its_duration() -> None:
+    own = lease("r-a", T0)
+    assert (own.name, own.holder, own.duration_seconds) == ("r-a", "r-a", 40)
+    assert own.renew_time == T0 and own.lost_renewal == T0 and not own.claimed
+    assert not own.expired(T0 + timedelta(seconds=39.9))
+    assert own.expired(T0 + timedelta(seconds=40))
+    assert ReplicaLease.from_body({"metadata": {"name": "x"}, "spec": {}}) is None
+
+
+def test_renewal_keeps_the_version_and_a_claim_keeps_the_lost_renewal() -> None:
+    body = lease_body("r-a", "r-a", 40, T0)
+    body["metadata"]["resourceVersion"] = "7"
+    later = renewed(body, "r-a", 40, T0 + timedelta(seconds=10))
+    assert later["metadata"]["resourceVersion"] == "7"  # the PUT's precondition
+    assert later["spec"]["acquireTime"] == body["spec"]["acquireTime"]
+    stale = ReplicaLease.from_body(later)
+    assert stale is not None
+    claim = claimed(stale, later, "r-b", T0 + timedelta(seconds=60))
+    parsed = ReplicaLease.from_body(claim)
+    assert parsed is not None and parsed.claimed and parsed.holder == "r-b"
+    assert parsed.lost_renewal == T0 + timedelta(seconds=10)  # not the claim's time
+    assert parsed.renew_time == T0 + timedelta(seconds=60)
+    assert LOST_RENEWAL_ANNOTATION in claim["metadata"]["annotations"]
+    assert claim["spec"]["leaseTransitions"] == 1
+
+
+def test_lost_leases_are_the_expired_ones_of_others_and_expired_claims() -> None:
+    now = T0 + timedelta(seconds=100)
+    leases = {
+        "me": lease("me", T0),  # ours, even expired: never adopted by ourselves
+        "live": lease("live", now - timedelta(seconds=5)),
+        "gone": lease("gone", T0),
+        "claim-fresh": lease("claim-fresh", now - timedelta(seconds=5), holder="other"),
+        "claim-dead": lease("claim-dead", T0, holder="other"),
+    }
+    grace = timedelta(seconds=10)
+    assert [x.name for x in lost_leases(leases, "me", now, grace)] == ["claim-dead", "gone"]
+    # Expired less than a renew interval ago: not yet (others lost with it may follow).
+    just = {"just": lease("just", now - timedelta(seconds=45))}
+    assert lost_leases(just, "me", now, grace) == []
+    assert [x.name for x in lost_leases(just, "me", now + grace, grace)] == ["just"]
+
+
+def test_disruption_is_more_than_half_expiring_within_one_duration() -> None:
+    window = timedelta(seconds=40)
+    now = T0 + timedelta(seconds=60)
+    fresh, recent = now - timedelta(seconds=5), now - timedelta(seconds=50)  # expired 10 s ago
+    old = now - timedelta(hours=1)
+    two = {"a": lease("a", fresh), "b": lease("b", recent)}
+    assert not disrupted(two, now, window)  # one of two lost: adopt it
+    three = {**two, "c": lease("c", recent)}
+    assert disrupted(three, now, window)  # two of three at once: pause
+    # Leases that expired long ago (no replica was left for a while) are no disruption.
+    stale = {"a": lease("a", fresh), "b": lease("b", old), "c": lease("c", old)}
+    assert not disrupted(stale, now, window)
+    # Once paused, the same Leases keep it paused (they expired within the window before
+    # the pause began) until they are renewed.
+    paused_at = now
+    later = now + timedelta(minutes=5)
+    assert not disrupted(three, later, window)  # as seen afresh: long expired
+    assert disrupted(three, later, window, since=paused_at)
+    renewing = later - timedelta(seconds=1)
+    back = {**three, "a": lease("a", renewing), "b": lease("b", renewing)}
+    assert not disrupted(back, later, window, since=paused_at)
+
+
+def test_the_judge_leaves_online_crs_of_a_leased_replica_alone() -> None:
+    online = {"phase": "Online", "lastSeenAt": "2026-12-02T12:00:00Z"}
+    much_later = T0 + timedelta(days=1)
+    assert judge(online, T0, much_later, LIMITS, known_here=False) is not None
+    assert judge(online, T0, much_later, LIMITS, known_here=False, leased_elsewhere=True) is None
+    assert due_at(online, T0, LIMITS, leased_elsewhere=True) is None
+    # Offline CRs still escalate to Error, whoever wrote them.
+    offline = {"phase": "Offline", "disconnectReason": "replica_lost",
+               "lastDisconnectedAt": "2026-12-02T12:00:00Z"}  # fmt: skip
+    verdict = judge(offline, T0, much_later, LIMITS, known_here=False, leased_elsewhere=True)
+    assert verdict is not None and verdict.reason == "offline_too_long"
