@@ -25,9 +25,15 @@ from .api.server import ApiServer
 from .config import Settings
 from .fleet.clock import Clock, SystemClock
 from .fleet.events import EventBus
+from .fleet.identity import DuplicateUid
 from .fleet.registry import Fleet
 from .fleet.ticker import run_deadline_ticker
-from .fleet_metrics import FleetMetrics, count_rejected_registration, count_slow_agent
+from .fleet_metrics import (
+    FleetMetrics,
+    count_duplicate,
+    count_rejected_registration,
+    count_slow_agent,
+)
 from .kube.api import load_credentials
 from .kube.client import KubeApi
 from .kube.gitops import GitOpsController
@@ -71,6 +77,7 @@ class OperatorApp:
         self.fleet = Fleet(
             settings.fleet, self.clock, self.bus,
             on_rejected=count_rejected_registration, on_slow_agent=count_slow_agent,
+            on_duplicate=self._on_duplicate,
         )  # fmt: skip
         # Subscribe before anything can publish, so no subscriber misses the first events.
         self._store_events = self.bus.subscribe("store", settings.store.queue_size)
@@ -130,6 +137,11 @@ class OperatorApp:
         if running.pool is not None:
             await running.pool.close()
         log.info("stopped: %d agents known, all sessions closed", len(self.fleet))
+
+    def _on_duplicate(self, found: DuplicateUid) -> None:
+        count_duplicate(found)
+        if self.running.gitops is not None:
+            self.running.gitops.restarts.notices.duplicate(found)  # an Event on the original
 
     def readiness(self) -> dict[str, bool]:
         running = self.running

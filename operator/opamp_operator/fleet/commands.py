@@ -31,3 +31,16 @@ def restart_command(uid: bytes, capabilities: int) -> ServerToAgent:
     message = ServerToAgent(instance_uid=uid, capabilities=capabilities)
     message.command.type = opamp_pb2.CommandType_Restart
     return message
+
+
+def explain(result: RestartResult, agent_id: str) -> str:
+    """One sentence for the CR, the Event and the REST problem document."""
+    texts = {
+        RestartResult.SENT: "the Restart command was sent on the agent's WebSocket",
+        RestartResult.QUEUED: "the Restart command goes out in the reply to the agent's next poll",
+        RestartResult.NOT_SUPPORTED: "the agent does not claim the AcceptsRestartCommand "
+        "capability, so it would ignore a Restart command; none was sent",
+        RestartResult.NOT_CONNECTED: "the agent is not connected to this operator",
+        RestartResult.UNKNOWN_AGENT: "no agent with this instance uid is known to this operator",
+    }
+    return f"agent {agent_id}: {texts[result]}"

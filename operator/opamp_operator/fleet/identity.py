@@ -29,11 +29,11 @@ from typing import Final
 from opamp_operator.opamp.messages import AgentDescriptionView
 
 # Attributes that say which machine, pod or service instance an agent is: they stay the same
-# when the same agent restarts or reconnects, and differ between two clones.
+# when the same agent restarts or reconnects, and differ between two clones. Not k8s.pod.uid:
+# a StatefulSet Pod that is recreated keeps its name (and a persisted uid) but gets a new uid.
 IDENTITY_KEYS: Final = (
     "host.name",
     "host.id",
-    "k8s.pod.uid",
     "k8s.pod.name",
     "k8s.namespace.name",
     "service.name",

@@ -73,9 +73,8 @@ class Fleet:
         self._on_rejected = on_rejected
         # Called once per agent whose messages come further apart than the timeout.
         self._on_slow_agent = on_slow_agent
-        # Called for every duplicate instance uid found (metric, Kubernetes Event); public
-        # so that the Kubernetes side, started after the fleet, can attach itself.
-        self.on_duplicate = on_duplicate
+        # Called for every duplicate instance uid found (the app counts it and posts an Event).
+        self._on_duplicate = on_duplicate
         self._agents: dict[str, AgentRecord] = {}
         self._by_channel: dict[Channel, str] = {}  # long-lived channels (WebSockets) only
         # WebSockets of duplicates told to switch: the old uid -> the assigned one, until the
@@ -368,8 +367,8 @@ class Fleet:
                 identity_of(original.description) or (), newcomer, self.clock.now(),
             )  # fmt: skip
             log.warning("duplicate instance uid: %s", found.describe())
-            if self.on_duplicate is not None:
-                self.on_duplicate(found)
+            if self._on_duplicate is not None:
+                self._on_duplicate(found)
         return self._serve_duplicate(original, assigned, channel, message)
 
     def _serve_duplicate(

@@ -35,6 +35,7 @@ from .configstatus import REMOTE_CONFIG_APPLIED, AgentView, config_status
 from .informer import Informer
 from .naming import CONFIG_PLURAL, PLURAL, RECONNECT_ANNOTATION, agent_id_from_name
 from .resolver import ConfigSpecError, FleetConfig, Resolution, fleet_config, own_config, resolve
+from .restart import RestartRequests
 from .status import condition, format_time, merge_patch
 
 log = logging.getLogger(__name__)
@@ -116,6 +117,7 @@ class GitOpsController:
         self._writes: set[asyncio.Task[None]] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self.informers: list[Informer] = []
+        self.restarts = RestartRequests(fleet, settings, api, clock)  # kube/restart.py
 
     # -- what the status writer asks ---------------------------------------------------
 
@@ -153,6 +155,7 @@ class GitOpsController:
             task.cancel()
         await asyncio.gather(*self._tasks, *self._writes, return_exceptions=True)
         self._tasks = []
+        await self.restarts.stop()
 
     # -- OpAMPAgent events -------------------------------------------------------------
 
@@ -189,6 +192,7 @@ class GitOpsController:
         if old is None or old.status != entry.status:
             self._counts_dirty = True
         self._check_reconnect(entry)
+        self.restarts.check(name, entry.agent_id, obj)
 
     def _parse_agent(self, obj: Mapping[str, Any], old: _Agent | None) -> _Agent | None:
         metadata = obj.get("metadata") or {}
@@ -225,6 +229,7 @@ class GitOpsController:
         entry = self._agents.pop(name, None)
         self._resolutions.pop(name, None)
         self._reconnects.pop(name, None)
+        self.restarts.forget(name)
         self._dirty.discard(name)
         if entry is None:
             return
