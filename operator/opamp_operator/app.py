@@ -26,6 +26,7 @@ from .config import Settings
 from .fleet.clock import Clock, SystemClock
 from .fleet.events import EventBus
 from .fleet.identity import DuplicateUid
+from .fleet.ledger import NO_LEDGER, SessionLedger
 from .fleet.registry import Fleet
 from .fleet.ticker import run_deadline_ticker
 from .fleet_metrics import (
@@ -35,12 +36,12 @@ from .fleet_metrics import (
     count_slow_agent,
 )
 from .kube.api import load_credentials
-from .kube.client import KubeApi
-from .kube.gitops import GitOpsController
-from .kube.handlers import build_registry
-from .kube.podlink import PodLinks
-from .kube.podlinker import PodLinker
-from .kube.writer import StatusWriter
+from .kube.api.resources import KubeApi
+from .kube.gitops.controller import GitOpsController
+from .kube.kopfwiring.agents import build_registry
+from .kube.mirror.statuswriter import StatusWriter
+from .kube.pods.linker import PodLinker
+from .kube.shapes.podref import PodLinks
 from .store.migrations import migrate
 from .store.pool import StoreUnavailable, create_pool
 from .store.recovery import close_orphaned_sessions
@@ -99,7 +100,9 @@ class OperatorApp:
         self._spawn(run_deadline_ticker(self.fleet), "deadline-ticker")
         self._spawn(FleetMetrics(self._metric_events, self.bus).run(), "fleet-metrics")
         await self._start_api()
-        listener = OpAMPListener(self.settings.listener, self.fleet)
+        # New sessions' rows are committed before their first replies.
+        ledger: SessionLedger = self.running.store or NO_LEDGER
+        listener = OpAMPListener(self.settings.listener, self.fleet, ledger)
         await listener.start()
         self.running.listener = listener
         log.info(
@@ -110,6 +113,7 @@ class OperatorApp:
 
     async def end_sessions(self) -> None:
         """Stop accepting and end every session as operator_shutdown (idempotent)."""
+        self.fleet.begin_shutdown()  # no heartbeat times out while the sockets close
         if self.running.listener is not None:
             await self.running.listener.stop(reason="operator_shutdown")
         self.fleet.shutdown()  # HTTP sessions have no socket: end them here

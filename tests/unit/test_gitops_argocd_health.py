@@ -15,7 +15,11 @@ import yaml
 
 from opamp_operator.fleet.model import AgentPhase, AgentSnapshot
 from opamp_operator.fleet.remoteconfig import ConfigState
-from opamp_operator.kube.configstatus import AgentView, config_status, remote_config_conditions
+from opamp_operator.kube.shapes.configstatus import (
+    AgentView,
+    config_status,
+    remote_config_conditions,
+)
 
 lua51 = pytest.importorskip("lupa.lua51")
 

@@ -92,6 +92,12 @@ class Fleet:
         # Remote config per agent id, also for agents not (yet) known here; as many entries
         # as the configuration source (the Kubernetes mirror) declares, one per agent.
         self._desired: dict[str, DesiredConfig] = {}
+        # Set by `begin_shutdown`: from then on no deadline fires, so every session that is
+        # still open ends as operator_shutdown, however long its socket takes to close.
+        self._shutting_down = False
+        # Sessions opened since start: a transport compares it around `handle_message` to
+        # learn that a message opened a session (see fleet/ledger.py).
+        self.sessions_opened = 0
         self.rejected_registrations = 0
 
     # -- reading -----------------------------------------------------------------
@@ -274,8 +280,18 @@ class Fleet:
         if record is not None:
             record.pending_full_state = True
 
+    def begin_shutdown(self) -> None:
+        """Stop judging deadlines: the process is ending every session (see `shutdown`).
+
+        While the listener closes the WebSockets (a frozen peer holds its close handshake
+        for seconds), an HTTP agent cannot poll any more; without this its heartbeat would
+        time out first, and its session would end `heartbeat_timeout`.
+        """
+        self._shutting_down = True
+
     def shutdown(self) -> list[Channel]:
         """End every session with `operator_shutdown`; return the channels to close."""
+        self._shutting_down = True
         channels: list[Channel] = []
         for record in self._agents.values():
             if record.session is not None:
@@ -288,6 +304,8 @@ class Fleet:
     def check_deadlines(self) -> int:
         """Move timed-out agents Online -> Offline, long-offline ones -> Error, and forget
         agents gone longer than the retention."""
+        if self._shutting_down:
+            return 0
         now = self.clock.monotonic()
         fired = 0
         for agent_id in self._heartbeats.pop_due(now):
@@ -420,6 +438,7 @@ class Fleet:
         if channel.transport is Transport.WEBSOCKET:
             self._by_channel[channel] = record.agent_id
         record.last_connected_at = now
+        self.sessions_opened += 1
         record.offered_settings = False
         record.config_sent_hash = None
         self.events.publish(
@@ -580,7 +599,9 @@ class Fleet:
     def _set_phase(self, record: AgentRecord, phase: AgentPhase, reason: str) -> None:
         previous, now = record.phase, self.clock.now()
         record.phase, record.phase_reason, record.phase_since = phase, reason, now
-        self.events.publish(PhaseChanged(record.agent_id, previous, phase, reason, now))
+        self.events.publish(
+            PhaseChanged(record.agent_id, previous, phase, reason, now, record.last_seen_at)
+        )
 
 
 def _hash_of(config: DesiredConfig | None) -> bytes | None:

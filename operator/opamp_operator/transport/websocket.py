@@ -28,6 +28,7 @@ from websockets.server import ServerProtocol
 
 from opamp_operator import metrics
 from opamp_operator.config import ListenerSettings
+from opamp_operator.fleet.ledger import NO_LEDGER, SessionLedger
 from opamp_operator.fleet.model import Reason, Transport
 from opamp_operator.fleet.registry import Fleet
 from opamp_operator.opamp.errors import FrameError, MalformedMessage
@@ -151,9 +152,12 @@ def _log_close_failure(task: asyncio.Task[None]) -> None:
 class WebSocketEndpoint:
     """Creates websockets connections for the front protocol and runs their sessions."""
 
-    def __init__(self, settings: ListenerSettings, fleet: Fleet) -> None:
+    def __init__(
+        self, settings: ListenerSettings, fleet: Fleet, ledger: SessionLedger = NO_LEDGER
+    ) -> None:
         self._settings = settings
         self._fleet = fleet
+        self._ledger = ledger
         self.channels: set[WebSocketChannel] = set()
 
     def new_connection(
@@ -270,6 +274,7 @@ class WebSocketEndpoint:
             detail = mismatch_detail(header, uid)
             self._reject(channel, MISMATCH, CloseCode.POLICY_VIOLATION, detail)
             return False
+        opened = self._fleet.sessions_opened
         try:
             reply = self._fleet.handle_message(channel, message)
         except Exception:
@@ -277,6 +282,8 @@ class WebSocketEndpoint:
             channel.close(CloseCode.INTERNAL_ERROR, "internal error", Reason.CONNECTION_CLOSED)
             return False
         metrics.messages_received.labels(Transport.WEBSOCKET.value, message_kind(message)).inc()
+        if self._fleet.sessions_opened != opened:
+            await self._ledger.recorded()  # its row first: the reply acknowledges the session
         if reply is not None:
             if allowed is not None and reply.HasField("agent_identification"):
                 allowed.add(bytes(reply.agent_identification.new_instance_uid))

@@ -1,11 +1,11 @@
 """GitOps: remote config declared in Kubernetes, handed to the fleet, reported back in status.
 
-Every replica runs one `GitOpsController` (see `kube/informer.py` for why not Kopf handlers):
+Every replica runs one `GitOpsController` (see `kube/api/listwatch.py` for why not Kopf handlers):
 - two informers keep a small cache of every OpAMPAgent (labels, generation, own
   `spec.remoteConfig`, the reconnect annotation, a few status fields) and every
   OpAMPAgentConfig (selector, priority, config);
 - a resolver task gives each agent whose inputs changed its effective config
-  (`kube/resolver.py` has the precedence) through `Fleet.set_desired_config`; the fleet sends
+  (`kube/gitops/resolver.py` has the precedence) through `Fleet.set_desired_config`; the fleet sends
   it to the agent if it is connected here, and keeps it for when it connects;
 - the status writer asks `observed_generation` and `problem` when it writes an OpAMPAgent
   (`observedGeneration`, and the RemoteConfigApplied/Reconciling/Stalled conditions);
@@ -29,14 +29,25 @@ from opamp_operator.fleet.clock import Clock
 from opamp_operator.fleet.model import AgentPhase
 from opamp_operator.fleet.registry import Fleet
 from opamp_operator.fleet.remoteconfig import DesiredConfig
-
-from .client import KubeApi, KubeApiError
-from .configstatus import REMOTE_CONFIG_APPLIED, AgentView, config_status
-from .informer import Informer
-from .naming import CONFIG_PLURAL, PLURAL, RECONNECT_ANNOTATION, agent_id_from_name
-from .resolver import ConfigSpecError, FleetConfig, Resolution, fleet_config, own_config, resolve
-from .restart import RestartRequests
-from .status import condition, format_time, merge_patch
+from opamp_operator.kube.api.listwatch import Informer
+from opamp_operator.kube.api.resources import KubeApi, KubeApiError
+from opamp_operator.kube.gitops.resolver import (
+    ConfigSpecError,
+    FleetConfig,
+    Resolution,
+    fleet_config,
+    own_config,
+    resolve,
+)
+from opamp_operator.kube.gitops.restart import RestartRequests
+from opamp_operator.kube.shapes.agentstatus import condition, format_time, merge_patch
+from opamp_operator.kube.shapes.configstatus import REMOTE_CONFIG_APPLIED, AgentView, config_status
+from opamp_operator.kube.shapes.naming import (
+    CONFIG_PLURAL,
+    PLURAL,
+    RECONNECT_ANNOTATION,
+    agent_id_from_name,
+)
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +128,7 @@ class GitOpsController:
         self._writes: set[asyncio.Task[None]] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self.informers: list[Informer] = []
-        self.restarts = RestartRequests(fleet, settings, api, clock)  # kube/restart.py
+        self.restarts = RestartRequests(fleet, settings, api, clock)  # kube/gitops/restart.py
 
     # -- what the status writer asks ---------------------------------------------------
 

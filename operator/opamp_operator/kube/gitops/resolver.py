@@ -16,8 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from opamp_operator.fleet.remoteconfig import ConfigFile, DesiredConfig
-
-from .selectors import Selector, SelectorError, parse_selector
+from opamp_operator.kube.gitops.selectors import Selector, SelectorError, parse_selector
 
 CONFIG_KIND = "OpAMPAgentConfig"
 MAX_FILES = 64

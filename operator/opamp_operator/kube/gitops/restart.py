@@ -1,10 +1,10 @@
 """Restart on request: the `opamp.dev/restart-requested-at` annotation on an OpAMPAgent.
 
-Mirrors the reconnect annotation (kube/gitops.py): set it to any new value (a timestamp) and
-the replica holding the agent sends it the OpAMP Restart command, once per value. What was
-done goes to `status.restart` (requestedAt = the value, handledAt, result, message, replica)
-and into an Event: Normal `RestartRequested` when the command went out (or waits for an HTTP
-agent's next poll), Warning `RestartRefused` when the agent does not claim
+Mirrors the reconnect annotation (kube/gitops/controller.py): set it to any new value (a
+timestamp) and the replica holding the agent sends it the OpAMP Restart command, once per
+value. What was done goes to `status.restart` (requestedAt = the value, handledAt, result,
+message, replica) and into an Event: Normal `RestartRequested` when the command went out (or
+waits for an HTTP agent's next poll), Warning `RestartRefused` when the agent does not claim
 AcceptsRestartCommand or is not connected. The REST API's `POST .../restart` uses the same
 fleet call (api/handlers.py); both count in `opamp_restart_requests_total`.
 """
@@ -22,10 +22,9 @@ from opamp_operator.fleet.clock import Clock
 from opamp_operator.fleet.commands import explain
 from opamp_operator.fleet.model import AgentPhase
 from opamp_operator.fleet.registry import Fleet
-
-from .client import KubeApi, KubeApiError
-from .notices import AgentNotices
-from .status import format_time
+from opamp_operator.kube.api.resources import KubeApi, KubeApiError
+from opamp_operator.kube.mirror.notices import AgentNotices
+from opamp_operator.kube.shapes.agentstatus import format_time
 
 log = logging.getLogger(__name__)
 

@@ -11,9 +11,8 @@ from typing import Final
 from opamp_operator.config import KubeSettings
 from opamp_operator.fleet.clock import Clock
 from opamp_operator.fleet.identity import DuplicateUid
-
-from .client import KubeApi, KubeApiError, ObjectRef
-from .naming import resource_name
+from opamp_operator.kube.api.resources import KubeApi, KubeApiError, ObjectRef
+from opamp_operator.kube.shapes.naming import resource_name
 
 log = logging.getLogger(__name__)
 
