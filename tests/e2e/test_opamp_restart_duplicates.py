@@ -21,7 +21,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from opamp_operator.kube.naming import resource_name
+from opamp_operator.kube.shapes.naming import resource_name
 from opamp_operator.opamp.frames import encode_ws_frame
 from opamp_operator.opamp.generated import opamp_pb2
 from tests.e2e.conftest import OperatorFactory
