@@ -206,3 +206,22 @@ def test_custom_capabilities_are_kept_sorted_and_bounded(fleet: Fleet) -> None:
     names = snapshot.custom_capabilities
     assert len(names) == 32 and names == sorted(names) and names[0] == "com.acme.discovery"
     assert all(len(name) <= 253 for name in names)
+
+
+def test_clone_that_never_switches_outlives_a_forgotten_original(
+    clock: FakeClock, found: list[DuplicateUid]
+) -> None:
+    settings = FleetSettings(
+        heartbeat_interval_seconds=10, heartbeat_timeout_seconds=30, forget_after_seconds=60
+    )
+    fleet = Fleet(settings, clock, EventBus(), on_duplicate=found.append)
+    first, second = Socket(), Socket()
+    fleet.handle_message(first, message(UID, 0, host="vm-a"))
+    fleet.handle_message(second, message(UID, 0, host="vm-b"))
+    fleet.channel_closed(first)
+    clock.advance(400)  # Error, then forgotten
+    fleet.check_deadlines()
+    assert fleet.get(AGENT_ID) is None
+    reply = fleet.handle_message(second, message(UID, 1))  # still the old uid
+    assert reply is not None and not reply.HasField("error_response")
+    assert fleet.get(AGENT_ID) is not None  # the uid is free again: it is this agent's now

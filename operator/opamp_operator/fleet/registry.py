@@ -158,7 +158,10 @@ class Fleet:
             )
         alias = self._aliases.get(channel)
         if alias is not None and alias[0] == agent_id:
-            return self._serve_duplicate(self._agents[alias[0]], alias[1], channel, message)
+            original = self._agents.get(agent_id)
+            if original is not None:
+                return self._serve_duplicate(original, alias[1], channel, message)
+            del self._aliases[channel]  # the original was forgotten: nothing to tell apart
         record = self._agents.get(agent_id)
         if record is None:
             rejection = self._admit()
