@@ -25,10 +25,16 @@ from .api.server import ApiServer
 from .config import Settings
 from .fleet.clock import Clock, SystemClock
 from .fleet.events import EventBus
+from .fleet.identity import DuplicateUid
 from .fleet.ledger import NO_LEDGER, SessionLedger
 from .fleet.registry import Fleet
 from .fleet.ticker import run_deadline_ticker
-from .fleet_metrics import FleetMetrics, count_rejected_registration, count_slow_agent
+from .fleet_metrics import (
+    FleetMetrics,
+    count_duplicate,
+    count_rejected_registration,
+    count_slow_agent,
+)
 from .kube.api import load_credentials
 from .kube.api.leases import LeaseApi
 from .kube.api.resources import KubeApi
@@ -77,6 +83,7 @@ class OperatorApp:
         self.fleet = Fleet(
             settings.fleet, self.clock, self.bus,
             on_rejected=count_rejected_registration, on_slow_agent=count_slow_agent,
+            on_duplicate=self._on_duplicate,
         )  # fmt: skip
         # Subscribe before anything can publish, so no subscriber misses the first events.
         self._store_events = self.bus.subscribe("store", settings.store.queue_size)
@@ -153,6 +160,11 @@ class OperatorApp:
         else:
             log.warning("Lease %s left to expire: a surviving replica adopts the CRs this "
                         "process could not write", lease.replica_id)  # fmt: skip
+
+    def _on_duplicate(self, found: DuplicateUid) -> None:
+        count_duplicate(found)
+        if self.running.gitops is not None:
+            self.running.gitops.restarts.notices.duplicate(found)  # an Event on the original
 
     def readiness(self) -> dict[str, bool]:
         running = self.running

@@ -19,6 +19,7 @@ from opamp_operator.fleet.events import (
     SessionClosed,
     Subscription,
 )
+from opamp_operator.fleet.identity import DuplicateUid
 from opamp_operator.fleet.model import AgentPhase, Reason
 
 log = logging.getLogger(__name__)
@@ -95,3 +96,8 @@ def count_slow_agent() -> None:
 def _reason_label(reason: str) -> str:
     # Reasons are free strings on the events; keep the label set bounded.
     return reason if reason in _KNOWN_REASONS else "other"
+
+
+def count_duplicate(found: DuplicateUid) -> None:
+    """The fleet's `on_duplicate` hook (via the app): one more duplicate instance uid."""
+    metrics.duplicate_instance_uids.labels(found.transport).inc()

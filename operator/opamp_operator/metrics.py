@@ -91,6 +91,19 @@ registrations_rejected = Counter(
     ["reason"],
     registry=REGISTRY,
 )
+duplicate_instance_uids = Counter(
+    "opamp_duplicate_instance_uids_total",
+    "Second live agents found presenting another agent's instance uid; each was sent a new one.",
+    ["transport"],
+    registry=REGISTRY,
+)
+restart_requests = Counter(
+    "opamp_restart_requests_total",
+    "Agent restarts asked for, by source (api, annotation) and result (sent, queued; refused: "
+    "not_supported, not_connected, unknown_agent).",
+    ["source", "result"],
+    registry=REGISTRY,
+)
 events_dropped = Counter(
     "opamp_fleet_events_dropped_total",
     "Fleet events dropped because a subscriber's queue was full.",

@@ -10,6 +10,7 @@ from aiohttp import web
 
 from opamp_operator import metrics
 from opamp_operator.config import ApiSettings
+from opamp_operator.fleet.commands import RestartResult, explain
 from opamp_operator.fleet.model import AgentPhase
 from opamp_operator.fleet.registry import Fleet
 
@@ -67,6 +68,7 @@ class AgentRoutes:
             f"{prefix}/agents/{{id}}/transitions", self.transitions, allow_head=False
         )
         app.router.add_post(f"{prefix}/agents/{{id}}/reconnect", self.reconnect)
+        app.router.add_post(f"{prefix}/agents/{{id}}/restart", self.restart)
 
     # -- the fleet, in memory ----------------------------------------------------
 
@@ -104,6 +106,25 @@ class AgentRoutes:
         user = request.get(USER) or "anonymous (auth off)"
         log.info("reconnect of agent %s (%s) requested by %s", agent_id, transport, user)
         body = {"id": agent_id, "status": "reconnect requested", "transport": transport}
+        return web.json_response(body, status=202)
+
+    async def restart(self, request: web.Request) -> web.Response:
+        agent_id = parse_agent_id(request.match_info["id"])
+        result = self.fleet.request_restart(agent_id)
+        metrics.restart_requests.labels("api", result.value).inc()
+        user = request.get(USER) or "anonymous (auth off)"
+        message = explain(result, agent_id)
+        if result is RestartResult.UNKNOWN_AGENT:
+            raise not_found(f"no agent {agent_id} is known to this operator")
+        if not result.accepted:
+            log.info("restart of agent %s requested by %s refused: %s", agent_id, user, message)
+            kind = "restart-not-supported" if result is RestartResult.NOT_SUPPORTED else "conflict"
+            raise Problem(409, kind, "Conflict", message)
+        snapshot = self.fleet.get(agent_id)
+        transport = snapshot.session.transport.value if snapshot and snapshot.session else None
+        log.info("restart of agent %s (%s) requested by %s: %s", agent_id, transport, user, message)
+        body = {"id": agent_id, "status": "restart requested", "result": result.value,
+                "transport": transport}  # fmt: skip
         return web.json_response(body, status=202)
 
     # -- history, from PostgreSQL -------------------------------------------------

@@ -99,6 +99,12 @@ SCHEMAS: dict[str, Any] = {
                 {"identifyingAttributes": _ANY_OBJECT, "nonIdentifyingAttributes": _ANY_OBJECT}
             ),
             "capabilities": {"type": "array", "items": {"type": "string"}},
+            "customCapabilities": {
+                "type": "array",
+                "items": {"type": "string", "maxLength": 253},
+                "maxItems": 32,
+                "description": "CustomCapabilities the agent reports (reverse-FQDN names), sorted.",
+            },
             "health": {"oneOf": [_ANY_OBJECT, {"type": "null"}]},
             "effectiveConfigHash": _NULLABLE_TEXT,
             "remoteConfigStatus": {"oneOf": [_ANY_OBJECT, {"type": "null"}]},
@@ -149,6 +155,19 @@ SCHEMAS: dict[str, Any] = {
         {
             "id": {"type": "string", "format": "uuid"},
             "status": {"type": "string", "const": "reconnect requested"},
+            "transport": {"oneOf": [_TRANSPORT, {"type": "null"}]},
+        }
+    ),
+    "RestartAccepted": _obj(
+        {
+            "id": {"type": "string", "format": "uuid"},
+            "status": {"type": "string", "const": "restart requested"},
+            "result": {
+                "type": "string",
+                "enum": ["sent", "queued"],
+                "description": "sent: pushed on the agent's WebSocket; queued: in the reply "
+                "to the HTTP agent's next poll.",
+            },
             "transport": {"oneOf": [_TRANSPORT, {"type": "null"}]},
         }
     ),
@@ -288,6 +307,22 @@ def openapi_document(settings: ApiSettings) -> dict[str, Any]:
                 },
             )
         },
+        "/api/v1/agents/{id}/restart": {
+            "post": _operation(
+                "restartAgent",
+                "Send a connected agent the OpAMP Restart command (verb: update).",
+                [agent_id],
+                {
+                    "202": _json("RestartAccepted", "The Restart command was sent or queued."),
+                    "409": {
+                        "description": "Not connected here, or the agent does not claim "
+                        "AcceptsRestartCommand (problem type .../restart-not-supported).",
+                        "content": _PROBLEM_CONTENT,
+                    },
+                    **_errors(400, 401, 403, 404, 503),
+                },
+            )
+        },
         "/api/v1/openapi.json": {
             "get": {
                 **_operation(
@@ -336,7 +371,8 @@ def openapi_document(settings: ApiSettings) -> dict[str, Any]:
             "version": "1",
             "description": "Agent state from the operator's OpAMP server. Callers authenticate "
             "with a Kubernetes bearer token; RBAC on opampagents.opamp.dev decides (get/list "
-            "to read, update to request a reconnect). Errors are RFC 9457 problem documents.",
+            "to read, update to request a reconnect or a restart). Errors are RFC 9457 problem "
+            "documents.",
         },
         "servers": [{"url": "/"}],
         "security": [{"bearer": []}],

@@ -82,6 +82,7 @@ def agent_status(snapshot: AgentSnapshot) -> dict[str, Any]:
             "nonIdentifyingAttributes": jsonable(snapshot.non_identifying_attributes),
         },
         "capabilities": list(snapshot.capabilities),
+        "customCapabilities": list(snapshot.custom_capabilities),
         "health": jsonable(snapshot.health),
         "effectiveConfigHash": snapshot.effective_config_hash,
         "remoteConfigStatus": jsonable(snapshot.remote_config_status),

@@ -29,6 +29,7 @@ class Reason(StrEnum):
     OFFLINE_TOO_LONG = "offline_too_long"
     SUPERSEDED = "superseded"
     RECONNECT_REQUESTED = "reconnect_requested"
+    RESTART_REQUESTED = "restart_requested"
     PROTOCOL_ERROR = "protocol_error"
     POD_DELETED = "pod_deleted"
     REPLICA_LOST = "replica_lost"  # the replica holding the session stopped renewing its Lease
@@ -96,6 +97,7 @@ class AgentSnapshot:
     remote_config_state: ConfigState = ConfigState.NONE
     remote_config_message: str = ""
     liveness: Liveness | None = None  # None: not connected
+    custom_capabilities: list[str] = field(default_factory=list)
 
     @property
     def connected(self) -> bool:

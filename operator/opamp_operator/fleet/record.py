@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
@@ -10,11 +11,15 @@ from opamp_operator.opamp.generated import opamp_pb2
 from opamp_operator.opamp.messages import AgentDescriptionView, AgentToServer, capability_names
 
 from .channel import Channel
+from .identity import Identity
 from .model import AgentPhase, AgentSnapshot, Liveness, SessionInfo, liveness_rule
 from .remoteconfig import ConfigProgress, DesiredConfig, config_progress
 from .reports import effective_config_hash, health_to_dict, remote_config_status_to_dict
 
 REPORTS_HEARTBEAT = int(opamp_pb2.AgentCapabilities_ReportsHeartbeat)
+# Custom capabilities kept per agent, and characters per name: the CR has to stay small.
+MAX_CUSTOM_CAPABILITIES = 32
+MAX_CUSTOM_CAPABILITY_CHARS = 253  # a reverse FQDN is at most a DNS name long
 # What a full report carries for each capability that promises it (the spec's first message).
 _PROMISED_FIELDS: tuple[tuple[int, Literal["health", "effective_config"]], ...] = (
     (int(opamp_pb2.AgentCapabilities_ReportsHealth), "health"),
@@ -50,6 +55,13 @@ class AgentRecord:
     # Things to tell the agent in the next reply (HTTP agents only hear us when they poll).
     pending_full_state: bool = False
     pending_reconnect: bool = False
+    pending_restart: bool = False
+    # Monotonic time a Restart command went out: the session end that follows is the restart.
+    restart_sent_at: float | None = None
+    custom_capabilities: tuple[str, ...] = ()
+    # Identity of a duplicate -> the uid assigned to it, so that a clone that has not switched
+    # yet (or lost the reply) is told the same uid again, not a new one per message.
+    reassigned: dict[Identity, str] = field(default_factory=dict)
     offered_settings: bool = False
     # Remote config: what the operator wants the agent to run; the hash sent to it in the
     # current session (sent again in a new session when the agent reports another hash).
@@ -94,6 +106,7 @@ class AgentRecord:
             remote_config_state=progress.state,
             remote_config_message=progress.message,
             liveness=self.liveness(),
+            custom_capabilities=list(self.custom_capabilities),
         )
 
     def config_progress(self) -> ConfigProgress:
@@ -140,9 +153,24 @@ def apply_report(record: AgentRecord, message: AgentToServer) -> frozenset[str]:
         if config_hash != record.effective_config_hash:
             record.effective_config_hash = config_hash
             changed.add("effective_config")
+    if message.HasField("custom_capabilities"):
+        custom = custom_capability_names(message.custom_capabilities.capabilities)
+        if custom != record.custom_capabilities:
+            record.custom_capabilities = custom
+            changed.add("custom_capabilities")
     if message.HasField("remote_config_status"):
         status = remote_config_status_to_dict(message.remote_config_status)
         if status != record.remote_config_status:
             record.remote_config_status = status
             changed.add("remote_config_status")
     return frozenset(changed)
+
+
+def custom_capability_names(names: Iterable[str]) -> tuple[str, ...]:
+    """Sorted, de-duplicated, bounded: at most MAX_CUSTOM_CAPABILITIES names, each cut short.
+
+    The list is the agent's (reverse-FQDN names); an agent sending thousands must not make
+    its CR too large to write.
+    """
+    cut = {name[:MAX_CUSTOM_CAPABILITY_CHARS] for name in names if name}
+    return tuple(sorted(cut)[:MAX_CUSTOM_CAPABILITIES])

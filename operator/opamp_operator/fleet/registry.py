@@ -15,6 +15,7 @@ from opamp_operator.config import FleetSettings
 from opamp_operator.opamp.errors import InvalidInstanceUid
 from opamp_operator.opamp.generated import opamp_pb2
 from opamp_operator.opamp.messages import (
+    AgentDescriptionView,
     AgentToServer,
     ServerToAgent,
     error_response,
@@ -24,6 +25,7 @@ from opamp_operator.opamp.messages import (
 
 from .channel import Channel, PushChannel
 from .clock import Clock
+from .commands import ACCEPTS_RESTART, RestartResult, restart_command
 from .deadlines import DeadlineScheduler
 from .events import (
     AgentChanged,
@@ -33,6 +35,7 @@ from .events import (
     SessionClosed,
     SessionOpened,
 )
+from .identity import DuplicateUid, identity_of, is_duplicate, new_instance_uid, uid_text
 from .limits import Rejection, TokenBucket
 from .model import DEPARTURES, AgentPhase, AgentSnapshot, Liveness, Reason, SessionInfo, Transport
 from .record import AgentRecord, LiveSession, apply_report, is_full_report
@@ -44,6 +47,11 @@ SERVER_CAPABILITIES = server_capabilities()
 _FULL_STATE = opamp_pb2.ServerToAgentFlags_ReportFullState
 _MEMORY_FACTOR = 2  # agents kept in memory, Online or not, per allowed Online agent
 _SLOW_WINDOW = 4.0  # timeouts within which a timed-out agent's return counts as slow
+_MAX_REASSIGNED = 16  # duplicates remembered per uid (clones of one image)
+# How a restarting agent's session ends; other reasons (shutdown, pod deleted) win.
+_RESTART_ENDINGS = frozenset(
+    {Reason.AGENT_DISCONNECT, Reason.CONNECTION_CLOSED, Reason.HEARTBEAT_TIMEOUT}
+)
 
 
 class Fleet:
@@ -55,6 +63,7 @@ class Fleet:
         *,
         on_rejected: Callable[[str], None] | None = None,
         on_slow_agent: Callable[[], None] | None = None,
+        on_duplicate: Callable[[DuplicateUid], None] | None = None,
     ) -> None:
         self.settings = settings
         self.clock = clock
@@ -64,8 +73,13 @@ class Fleet:
         self._on_rejected = on_rejected
         # Called once per agent whose messages come further apart than the timeout.
         self._on_slow_agent = on_slow_agent
+        # Called for every duplicate instance uid found (the app counts it and posts an Event).
+        self._on_duplicate = on_duplicate
         self._agents: dict[str, AgentRecord] = {}
         self._by_channel: dict[Channel, str] = {}  # long-lived channels (WebSockets) only
+        # WebSockets of duplicates told to switch: the old uid -> the assigned one, until the
+        # agent uses it (messages in flight still carry the old uid).
+        self._aliases: dict[Channel, tuple[str, str]] = {}
         # Invariant: exactly the Online agents have a heartbeat deadline (the agent cap
         # counts them). For agents judged by their connection it is only a refresh time.
         self._heartbeats = DeadlineScheduler()  # Online agents: when they time out
@@ -142,12 +156,26 @@ class Fleet:
                 opamp_pb2.ServerErrorResponseType_BadRequest,
                 str(error),
             )
+        alias = self._aliases.get(channel)
+        if alias is not None and alias[0] == agent_id:
+            original = self._agents.get(agent_id)
+            if original is not None:
+                return self._serve_duplicate(original, alias[1], channel, message)
+            del self._aliases[channel]  # the original was forgotten: nothing to tell apart
         record = self._agents.get(agent_id)
         if record is None:
             rejection = self._admit()
             if rejection is not None:
                 return self._reject(message, rejection)
             record = self._register(agent_id, bytes(message.instance_uid))
+        elif self._duplicate(record, channel, message):
+            return self._split_duplicate(record, channel, message)
+        return self._serve(record, channel, message)
+
+    def _serve(
+        self, record: AgentRecord, channel: Channel, message: AgentToServer
+    ) -> ServerToAgent | None:
+        """Apply `message` to `record` (whatever uid it carried) and build the reply."""
         reply = ServerToAgent(instance_uid=record.uid_bytes, capabilities=SERVER_CAPABILITIES)
         opened = self._bind_session(record, channel)
         if self._needs_full_state(record, message):
@@ -159,17 +187,20 @@ class Fleet:
         if progress is not None and record.config_progress() != progress:
             changed |= {"remote_config"}
         if changed:
-            self.events.publish(AgentChanged(agent_id, self.clock.now(), changed))
+            self.events.publish(AgentChanged(record.agent_id, self.clock.now(), changed))
         self._heartbeat(record, Reason.CONNECTED if opened else Reason.HEARTBEAT_RESUMED)
         if message.HasField("agent_disconnect"):
             self._end_session(record, Reason.AGENT_DISCONNECT)
             return None
+        if record.pending_restart:
+            return self._deliver_restart(record)
         self._add_pending(record, reply)
         self._add_remote_config(record, message, reply)
         return reply
 
     def channel_closed(self, channel: Channel, reason: str = Reason.CONNECTION_CLOSED) -> None:
         """The transport lost `channel`; end the session it carried, if still current."""
+        self._aliases.pop(channel, None)
         agent_id = self._by_channel.pop(channel, None)
         record = self._agents.get(agent_id) if agent_id else None
         if record is not None and record.session is not None and record.session.channel is channel:
@@ -185,6 +216,27 @@ class Fleet:
         else:
             record.pending_reconnect = True
         return True
+
+    def request_restart(self, agent_id: str) -> RestartResult:
+        """Send a connected agent that accepts it the Restart command (ServerToAgentCommand).
+
+        A WebSocket agent gets it at once, an HTTP agent in the reply to its next poll. The
+        session that ends next (within the heartbeat timeout) ends as `restart_requested`.
+        """
+        record = self._agents.get(agent_id)
+        if record is None:
+            return RestartResult.UNKNOWN_AGENT
+        if record.session is None:
+            return RestartResult.NOT_CONNECTED
+        if not record.capabilities & ACCEPTS_RESTART:
+            return RestartResult.NOT_SUPPORTED
+        channel = record.session.channel
+        command = restart_command(record.uid_bytes, SERVER_CAPABILITIES)
+        if isinstance(channel, PushChannel) and channel.offer(command):
+            record.restart_sent_at = self.clock.monotonic()
+            return RestartResult.SENT
+        record.pending_restart = True
+        return RestartResult.QUEUED
 
     def set_desired_config(self, agent_id: str, config: DesiredConfig | None) -> None:
         """Set (None: forget) the remote config `agent_id` should run; sends it when it can.
@@ -305,6 +357,68 @@ class Fleet:
             rejection.reason,
             retry_after_ns=int(rejection.retry_after_seconds * 1e9),
         )
+
+    def _duplicate(self, record: AgentRecord, channel: Channel, message: AgentToServer) -> bool:
+        """`message` comes from a second live agent using `record`'s uid (identity.py's rule)."""
+        session = record.session
+        if session is None or session.channel is channel:
+            return False
+        if not message.HasField("agent_description"):
+            return False
+        newcomer = AgentDescriptionView.from_proto(message.agent_description)
+        return is_duplicate(identity_of(record.description), identity_of(newcomer))
+
+    def _split_duplicate(
+        self, original: AgentRecord, channel: Channel, message: AgentToServer
+    ) -> ServerToAgent | None:
+        """Give the newcomer its own uid and record; the agent holding the uid keeps it."""
+        newcomer = identity_of(AgentDescriptionView.from_proto(message.agent_description)) or ()
+        assigned = original.reassigned.get(newcomer)
+        if assigned is None or assigned not in self._agents:
+            rejection = self._admit()
+            if rejection is not None:
+                return self._reject(message, rejection)
+            uid = new_instance_uid()
+            assigned = uid_text(uid)
+            self._register(assigned, uid)
+            if len(original.reassigned) < _MAX_REASSIGNED:
+                original.reassigned[newcomer] = assigned
+            found = DuplicateUid(
+                original.agent_id, assigned, channel.transport.value, channel.remote_addr,
+                identity_of(original.description) or (), newcomer, self.clock.now(),
+            )  # fmt: skip
+            log.warning("duplicate instance uid: %s", found.describe())
+            if self._on_duplicate is not None:
+                self._on_duplicate(found)
+        return self._serve_duplicate(original, assigned, channel, message)
+
+    def _serve_duplicate(
+        self, original: AgentRecord, assigned: str, channel: Channel, message: AgentToServer
+    ) -> ServerToAgent | None:
+        """Apply a message carrying `original`'s uid to the newcomer's record `assigned`,
+        and tell the agent (again) to use its new uid from now on."""
+        record = self._agents.get(assigned)
+        if record is None:  # forgotten meanwhile: start over as a duplicate
+            self._aliases.pop(channel, None)
+            return self._split_duplicate(original, channel, message)
+        if channel.transport is Transport.WEBSOCKET:
+            self._aliases[channel] = (original.agent_id, assigned)
+        reply = self._serve(record, channel, message)
+        if reply is None or reply.HasField("command"):
+            return reply
+        reply.instance_uid = original.uid_bytes  # addressed to the uid the agent still uses
+        reply.agent_identification.new_instance_uid = record.uid_bytes
+        return reply
+
+    def _deliver_restart(self, record: AgentRecord) -> ServerToAgent:
+        """The queued Restart command, alone in the reply (the spec's rule for commands)."""
+        record.pending_restart = False
+        record.restart_sent_at = self.clock.monotonic()
+        if record.session is not None and record.session.info.transport is Transport.HTTP:
+            # As for a reconnect: no connection to watch, so the session ends now and the
+            # restarted agent's next poll opens a new one.
+            self._end_session(record, Reason.RESTART_REQUESTED)
+        return restart_command(record.uid_bytes, SERVER_CAPABILITIES)
 
     def _register(self, agent_id: str, uid: bytes) -> AgentRecord:
         now = self.clock.now()
@@ -449,6 +563,7 @@ class Fleet:
         self.events.publish(AgentChanged(record.agent_id, self.clock.now(), frozenset({what})))
 
     def _end_session(self, record: AgentRecord, reason: str) -> None:
+        reason = self._restart_reason(record, reason)
         session = record.session
         if session is not None:
             record.session = None
@@ -464,6 +579,16 @@ class Fleet:
             self.events.publish(closed)
         if reason != Reason.SUPERSEDED:
             self._go_offline(record, reason)
+
+    def _restart_reason(self, record: AgentRecord, reason: str) -> str:
+        """`restart_requested` for the way a session ends soon after a Restart command (the
+        agent says goodbye, drops the connection or goes silent while it restarts)."""
+        sent, record.restart_sent_at = record.restart_sent_at, None
+        if sent is None or reason not in _RESTART_ENDINGS:
+            return reason
+        if self.clock.monotonic() - sent > self.settings.heartbeat_timeout_seconds:
+            return reason
+        return Reason.RESTART_REQUESTED
 
     def _go_offline(self, record: AgentRecord, reason: str) -> None:
         self._heartbeats.cancel(record.agent_id)

@@ -51,6 +51,7 @@ from .body import (
     salvage_instance_uid,
 )
 from .describe import message_kind, remote_addr
+from .instanceuid import HEADER, MISMATCH, BadUidHeader, describe, header_uid, mismatch_detail
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +149,9 @@ class HttpEndpoint:
             message = parse_agent_to_server(data)
         except MalformedMessage:
             return self._malformed(request, data)
+        refusal = self._check_uid_header(request, message)
+        if refusal is not None:
+            return refusal
         opened = self._fleet.sessions_opened
         reply = self._fleet.handle_message(HttpChannel(_peer(request)), message)
         metrics.messages_received.labels(_HTTP, message_kind(message)).inc()
@@ -186,6 +190,30 @@ class HttpEndpoint:
             return self._bad(request, "too_large", HTTPStatus.REQUEST_ENTITY_TOO_LARGE, detail)
         return None
 
+    def _check_uid_header(
+        self, request: BaseRequest, message: AgentToServer
+    ) -> web.StreamResponse | None:
+        """Refuse a request whose OpAMP-Instance-UID header is bad or names another agent."""
+        uid = bytes(message.instance_uid)
+        try:
+            header = header_uid(request.headers.getall(HEADER, []))
+        except BadUidHeader as error:
+            return self._bad_request(request, error.reason, str(error), uid)
+        if header is None or header == uid:
+            return None
+        return self._bad_request(request, MISMATCH, mismatch_detail(header, uid), uid)
+
+    def _bad_request(
+        self, request: BaseRequest, reason: str, detail: str, uid: bytes
+    ) -> web.StreamResponse:
+        """400 with a BAD_REQUEST ServerErrorResponse, as for a malformed message."""
+        metrics.bad_input.labels(_HTTP, reason).inc()
+        log.warning("refused an OpAMP HTTP request from %s: %s", _peer(request), detail)
+        body = error_response(uid, opamp_pb2.ServerErrorResponseType_BadRequest, detail)
+        return web.Response(
+            status=HTTPStatus.BAD_REQUEST, body=body.SerializeToString(), content_type=CONTENT_TYPE
+        )
+
     def _malformed(self, request: BaseRequest, data: bytes) -> web.StreamResponse:
         metrics.bad_input.labels(_HTTP, "malformed_message").inc()
         log.warning("refused an OpAMP HTTP request from %s: malformed message", _peer(request))
@@ -213,7 +241,8 @@ class HttpEndpoint:
         self, request: BaseRequest, reason: str, status: HTTPStatus, detail: str
     ) -> web.Response:
         metrics.bad_input.labels(_HTTP, reason).inc()
-        log.warning("refused an OpAMP HTTP request from %s: %s", _peer(request), detail)
+        agent = describe(_claimed_uid(request))
+        log.warning("refused an OpAMP HTTP request from %s%s: %s", _peer(request), agent, detail)
         response = _plain(status, detail)
         if status >= HTTPStatus.REQUEST_TIMEOUT:
             response.force_close()  # the body may be unread or half-sent: do not reuse
@@ -269,6 +298,14 @@ async def _continue_if_expected(request: BaseRequest) -> None:
     if request.version == HttpVersion11 and expect.lower() == "100-continue":
         await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         request.writer.output_size = 0  # the interim response is not part of the body
+
+
+def _claimed_uid(request: BaseRequest) -> bytes | None:
+    """The uid the OpAMP-Instance-UID header names, for log lines (None if absent or bad)."""
+    try:
+        return header_uid(request.headers.getall(HEADER, []))
+    except BadUidHeader:
+        return None
 
 
 def _plain(status: HTTPStatus, detail: str) -> web.Response:

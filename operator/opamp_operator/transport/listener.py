@@ -20,6 +20,7 @@ from .auth import BearerAuth
 from .front import FrontProtocol, Refusal
 from .head import RequestHead
 from .http import HttpEndpoint
+from .instanceuid import HEADER, BadUidHeader, header_uid
 from .websocket import WebSocketChannel, WebSocketEndpoint, protocol_log
 
 log = logging.getLogger(__name__)
@@ -162,6 +163,12 @@ class OpAMPListener:
                 "missing or wrong bearer token",
                 (("WWW-Authenticate", "Bearer"),),
             )
+        try:
+            uid = header_uid(head.values(HEADER))
+        except BadUidHeader as error:
+            metrics.bad_input.labels(transport, error.reason).inc()
+            log.warning("refused an OpAMP WebSocket from %s: %s", peer, error)
+            return Refusal(HTTPStatus.BAD_REQUEST, str(error))
         if self._stopping:
             return Refusal(HTTPStatus.SERVICE_UNAVAILABLE, "shutting down")
-        return self._websockets.new_connection(server, accepted_at)
+        return self._websockets.new_connection(server, accepted_at, uid)

@@ -36,6 +36,7 @@ from opamp_operator.opamp.frames import decode_ws_frame, encode_ws_frame
 from opamp_operator.opamp.messages import ServerToAgent, parse_agent_to_server
 
 from .describe import message_kind, remote_addr
+from .instanceuid import MISMATCH, describe, mismatch_detail
 
 log = logging.getLogger(__name__)
 # websockets' own per-connection logs ("connection open" at INFO...), kept apart so that a
@@ -71,6 +72,7 @@ class OpAMPConnection(ServerConnection):
     """A websockets connection that knows when its TCP connection was accepted."""
 
     accepted_at: float  # loop time
+    header_uid: bytes | None  # what its OpAMP-Instance-UID request header named
 
 
 class WebSocketChannel:
@@ -82,6 +84,10 @@ class WebSocketChannel:
         self.close_reason: str = Reason.CONNECTION_CLOSED
         self._closing: asyncio.Task[None] | None = None
         self._pushes: set[asyncio.Task[None]] = set()  # one per server-initiated message
+        # The uids its messages may carry when the upgrade named one (OpAMP-Instance-UID):
+        # that one, and any the server assigned it since (a duplicate switching uid).
+        header = connection.header_uid
+        self.allowed_uids: set[bytes] | None = None if header is None else {header}
 
     @property
     def transport(self) -> Transport:
@@ -154,7 +160,9 @@ class WebSocketEndpoint:
         self._ledger = ledger
         self.channels: set[WebSocketChannel] = set()
 
-    def new_connection(self, server: Server, accepted_at: float) -> OpAMPConnection:
+    def new_connection(
+        self, server: Server, accepted_at: float, header_uid: bytes | None = None
+    ) -> OpAMPConnection:
         settings = self._settings
         protocol = ServerProtocol(
             # No permessage-deflate: its zlib state costs ~hundreds of KiB per connection,
@@ -172,6 +180,7 @@ class WebSocketEndpoint:
             max_queue=_MAX_QUEUE,
         )
         connection.accepted_at = accepted_at
+        connection.header_uid = header_uid
         return connection
 
     async def handle_connection(self, connection: ServerConnection) -> None:
@@ -257,6 +266,14 @@ class WebSocketEndpoint:
             detail = "AgentToServer does not decode"
             self._reject(channel, "malformed_message", CloseCode.INVALID_DATA, detail)
             return False
+        uid = bytes(message.instance_uid)
+        allowed = channel.allowed_uids
+        if allowed is not None and uid not in allowed:
+            header = channel.connection.header_uid
+            assert header is not None
+            detail = mismatch_detail(header, uid)
+            self._reject(channel, MISMATCH, CloseCode.POLICY_VIOLATION, detail)
+            return False
         opened = self._fleet.sessions_opened
         try:
             reply = self._fleet.handle_message(channel, message)
@@ -268,6 +285,8 @@ class WebSocketEndpoint:
         if self._fleet.sessions_opened != opened:
             await self._ledger.recorded()  # its row first: the reply acknowledges the session
         if reply is not None:
+            if allowed is not None and reply.HasField("agent_identification"):
+                allowed.add(bytes(reply.agent_identification.new_instance_uid))
             await channel.send(reply)
         elapsed = time.perf_counter() - started
         metrics.message_handling_seconds.labels(Transport.WEBSOCKET.value).observe(elapsed)
@@ -296,4 +315,5 @@ class WebSocketEndpoint:
     def _count_bad_input(self, reason: str, connection: ServerConnection, detail: str) -> None:
         metrics.bad_input.labels(Transport.WEBSOCKET.value, reason).inc()
         peer = remote_addr(connection.transport.get_extra_info("peername"))
-        log.warning("closing the OpAMP WebSocket from %s: %s (%s)", peer, detail, reason)
+        agent = describe(getattr(connection, "header_uid", None))
+        log.warning("closing the OpAMP WebSocket from %s%s: %s (%s)", peer, agent, detail, reason)

@@ -30,7 +30,11 @@ type agent struct {
 	cfg    *config
 	out    *emitter
 	caps   protobufs.AgentCapabilities
-	client client.OpAMPClient
+	logger eventLogger
+
+	clientMu sync.Mutex
+	client   client.OpAMPClient // replaced by a restart (--accept-restart)
+	restarts atomic.Int32       // restarts under way (at most one runs)
 
 	connected atomic.Bool
 	// httpRequests counts AgentToServer messages the HTTP client has prepared.
@@ -58,6 +62,9 @@ func newAgent(cfg *config, out *emitter) *agent {
 			protobufs.AgentCapabilities_AgentCapabilities_ReportsRemoteConfig |
 			protobufs.AgentCapabilities_AgentCapabilities_ReportsEffectiveConfig
 	}
+	if cfg.AcceptRestart {
+		caps |= protobufs.AgentCapabilities_AgentCapabilities_AcceptsRestartCommand
+	}
 	a := &agent{
 		cfg:  cfg,
 		out:  out,
@@ -67,34 +74,54 @@ func newAgent(cfg *config, out *emitter) *agent {
 			"": {Body: []byte("# opamp-goagent: no remote config applied yet\n"), ContentType: "text/yaml"},
 		}},
 	}
-	logger := eventLogger{out: out, debug: cfg.Debug, httpRejected: a.onHTTPRejected}
-	if cfg.Transport == "ws" {
-		a.client = client.NewWebSocket(logger)
-	} else {
-		httpClient := client.NewHTTP(logger)
-		if cfg.NoReportsHeartbeat {
-			// Without ReportsHeartbeat opamp-go ignores StartSettings.HeartbeatInterval
-			// and the server's offer; poll at --heartbeat anyway, as the Collector's
-			// opamp extension polls at its own fixed interval.
-			httpClient.SetPollingInterval(cfg.Heartbeat)
-		}
-		a.client = httpClient
-	}
+	a.logger = eventLogger{out: out, debug: cfg.Debug, httpRejected: a.onHTTPRejected}
+	a.client = a.newClient()
 	return a
 }
 
+func (a *agent) newClient() client.OpAMPClient {
+	if a.cfg.Transport == "ws" {
+		return client.NewWebSocket(a.logger)
+	}
+	httpClient := client.NewHTTP(a.logger)
+	if a.cfg.NoReportsHeartbeat {
+		// Without ReportsHeartbeat opamp-go ignores StartSettings.HeartbeatInterval
+		// and the server's offer; poll at --heartbeat anyway, as the Collector's
+		// opamp extension polls at its own fixed interval.
+		httpClient.SetPollingInterval(a.cfg.Heartbeat)
+	}
+	return httpClient
+}
+
+// cl is the current client (a restart replaces it).
+func (a *agent) cl() client.OpAMPClient {
+	a.clientMu.Lock()
+	defer a.clientMu.Unlock()
+	return a.client
+}
+
 func (a *agent) start() error {
-	if err := a.client.SetAgentDescription(a.description()); err != nil {
+	c := a.cl()
+	if err := c.SetAgentDescription(a.description()); err != nil {
 		return fmt.Errorf("SetAgentDescription: %w", err)
 	}
 	// Health first: SetCapabilities refuses ReportsHealth while health is unset.
-	if err := a.client.SetHealth(a.health()); err != nil {
+	if err := c.SetHealth(a.health()); err != nil {
 		return fmt.Errorf("SetHealth: %w", err)
 	}
 	caps := a.caps
-	if err := a.client.SetCapabilities(&caps); err != nil {
+	if err := c.SetCapabilities(&caps); err != nil {
 		return fmt.Errorf("SetCapabilities: %w", err)
 	}
+	if len(a.cfg.CustomCapabilities) > 0 {
+		custom := &protobufs.CustomCapabilities{Capabilities: a.cfg.CustomCapabilities}
+		if err := c.SetCustomCapabilities(custom); err != nil {
+			return fmt.Errorf("SetCustomCapabilities: %w", err)
+		}
+	}
+	a.mu.Lock()
+	uid := uuid.UUID(a.uid) // the server may have assigned another since launch
+	a.mu.Unlock()
 	header := http.Header{}
 	if a.cfg.Token != "" {
 		header.Set("Authorization", "Bearer "+a.cfg.Token)
@@ -104,7 +131,7 @@ func (a *agent) start() error {
 		OpAMPServerURL:    a.cfg.URL,
 		Header:            header,
 		HeaderFunc:        a.headerFunc,
-		InstanceUid:       types.InstanceUid(a.cfg.InstanceUID),
+		InstanceUid:       types.InstanceUid(uid),
 		HeartbeatInterval: &heartbeat,
 		Callbacks: types.Callbacks{
 			OnConnect:       a.onConnect,
@@ -118,14 +145,17 @@ func (a *agent) start() error {
 		// result in the first message, so only install it with the capability.
 		settings.Callbacks.GetEffectiveConfig = a.getEffectiveConfig
 	}
-	if err := a.client.Start(context.Background(), settings); err != nil {
+	if a.cfg.AcceptRestart {
+		settings.Callbacks.OnCommand = a.onCommand
+	}
+	if err := c.Start(context.Background(), settings); err != nil {
 		return fmt.Errorf("Start: %w", err)
 	}
 	a.out.Emit("started", map[string]any{
 		"transport":     a.cfg.Transport,
 		"url":           a.cfg.URL,
-		"instance_uid":  hex.EncodeToString(a.cfg.InstanceUID[:]),
-		"instance_uuid": a.cfg.InstanceUID.String(),
+		"instance_uid":  hex.EncodeToString(uid[:]),
+		"instance_uuid": uid.String(),
 		"capabilities":  uint64(a.caps),
 		"heartbeat":     a.cfg.Heartbeat.String(),
 	})
@@ -260,15 +290,53 @@ func (a *agent) processRemoteConfig(ctx context.Context, rc *protobufs.AgentRemo
 		status.ErrorMessage = "config body contains " + rejectMarker
 		fields["status"], fields["error"] = "FAILED", status.ErrorMessage
 	}
-	if err := a.client.SetRemoteConfigStatus(status); err != nil {
+	if err := a.cl().SetRemoteConfigStatus(status); err != nil {
 		a.out.Emit("error", map[string]any{"error": "SetRemoteConfigStatus: " + err.Error()})
 	}
 	if !rejected {
-		if err := a.client.UpdateEffectiveConfig(ctx); err != nil {
+		if err := a.cl().UpdateEffectiveConfig(ctx); err != nil {
 			a.out.Emit("error", map[string]any{"error": "UpdateEffectiveConfig: " + err.Error()})
 		}
 	}
 	a.out.Emit("remote_config", fields)
+}
+
+// onCommand handles ServerToAgentCommand (opamp-go calls it only with
+// AcceptsRestartCommand declared). The restart runs in its own goroutine:
+// client.Stop waits for the receive loop this callback runs on.
+func (a *agent) onCommand(_ context.Context, command *protobufs.ServerToAgentCommand) error {
+	a.out.Emit("command", map[string]any{"type": command.GetType().String()})
+	if command.GetType() != protobufs.CommandType_CommandType_Restart {
+		return nil
+	}
+	if a.restarts.Add(1) > 1 {
+		a.restarts.Add(-1)
+		return nil // one restart at a time
+	}
+	go a.restart()
+	return nil
+}
+
+// restart does what a restarting agent process does on the wire: the old
+// client stops (WebSocket: AgentDisconnect, then Close), a new one starts with
+// the same instance UID (as an agent that persists it) and sequence number 0.
+func (a *agent) restart() {
+	defer a.restarts.Add(-1)
+	a.out.Emit("restarting", nil)
+	ctx, cancel := context.WithTimeout(context.Background(), a.cfg.StopTimeout)
+	defer cancel()
+	if err := a.cl().Stop(ctx); err != nil {
+		a.out.Emit("error", map[string]any{"error": "restart: Stop: " + err.Error()})
+	}
+	a.connected.Store(false)
+	a.clientMu.Lock()
+	a.client = a.newClient()
+	a.clientMu.Unlock()
+	if err := a.start(); err != nil {
+		a.out.Emit("start_failed", map[string]any{"error": err.Error()})
+		return
+	}
+	a.out.Emit("restarted", nil)
 }
 
 func (a *agent) getEffectiveConfig(context.Context) (*protobufs.EffectiveConfig, error) {
@@ -316,7 +384,7 @@ func (a *agent) stop(reason string) int {
 		"was_connected": a.connected.Load(),
 	}
 	code := 0
-	if err := a.client.Stop(ctx); err != nil {
+	if err := a.cl().Stop(ctx); err != nil {
 		fields["error"] = "Stop: " + err.Error()
 		code = 1
 	}

@@ -34,9 +34,24 @@ type config struct {
 	Debug              bool
 	StopTimeout        time.Duration
 	NoReportsHeartbeat bool
+	AcceptRestart      bool
+	CustomCapabilities []string
 }
 
 type keyValue struct{ Key, Value string }
+
+// stringList is a repeatable string flag.
+type stringList []string
+
+func (l *stringList) String() string { return strings.Join(*l, ",") }
+
+func (l *stringList) Set(s string) error {
+	if s == "" {
+		return errors.New("empty value")
+	}
+	*l = append(*l, s)
+	return nil
+}
 
 // kvList is a repeatable key=value flag.
 type kvList []keyValue
@@ -66,6 +81,7 @@ func parseConfig(args []string, stderr io.Writer) (*config, error) {
 	cfg := &config{}
 	var uidText string
 	var idAttrs, attrs kvList
+	var custom stringList
 	fs.StringVar(&cfg.URL, "url", "", "OpAMP server URL: ws://... uses WebSocket, http://... plain HTTP (required)")
 	fs.StringVar(&uidText, "instance-uid", "", "instance UID, 32 hex digits or a UUID string (default: random UUIDv7)")
 	fs.StringVar(&cfg.ServiceName, "service-name", "opamp-goagent", "identifying attribute service.name")
@@ -94,6 +110,10 @@ func parseConfig(args []string, stderr io.Writer) (*config, error) {
 			"interval is ignored; over WebSocket --heartbeat 0 sends nothing after the first messages "+
 			"but still answers pings; over HTTP it polls at --heartbeat")
 	fs.DurationVar(&cfg.StopTimeout, "stop-timeout", 10*time.Second, "how long client.Stop may take")
+	fs.BoolVar(&cfg.AcceptRestart, "accept-restart", false,
+		"declare AcceptsRestartCommand; on a Restart command stop the client (as a restarting "+
+			"process does: AgentDisconnect and Close over WebSocket) and start a new one with the same instance UID")
+	fs.Var(&custom, "custom-capability", "report this custom capability in CustomCapabilities (repeatable)")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -101,6 +121,7 @@ func parseConfig(args []string, stderr io.Writer) (*config, error) {
 		return nil, fmt.Errorf("unexpected arguments: %v", fs.Args())
 	}
 	cfg.IDAttrs, cfg.Attrs = idAttrs, attrs
+	cfg.CustomCapabilities = custom
 
 	transport, err := transportOf(cfg.URL)
 	if err != nil {

@@ -38,6 +38,7 @@ from opamp_operator.fleet.remoteconfig import DesiredConfig
 from opamp_operator.kube.api import NotFound
 from opamp_operator.kube.api.listwatch import Informer
 from opamp_operator.kube.api.resources import KubeApi, KubeApiError
+from opamp_operator.kube.gitops.requests import RECORD_RETRIES, record_handled
 from opamp_operator.kube.gitops.resolver import (
     ConfigSpecError,
     FleetConfig,
@@ -46,6 +47,7 @@ from opamp_operator.kube.gitops.resolver import (
     own_config,
     resolve,
 )
+from opamp_operator.kube.gitops.restart import RestartRequests
 from opamp_operator.kube.shapes.agentstatus import condition, format_time, merge_patch
 from opamp_operator.kube.shapes.configstatus import REMOTE_CONFIG_APPLIED, AgentView, config_status
 from opamp_operator.kube.shapes.naming import (
@@ -60,9 +62,9 @@ log = logging.getLogger(__name__)
 
 _YIELD_EVERY = 500  # agents resolved between two yields to the event loop
 _STATUS_KEYS = ("phase", "desiredConfig", "reconnect", "connection")
-# Throttled / unavailable writes are tried again this many times (with the gate's backoff)
-# before the config status waits for its next interval, or a reconnect record is given up.
-_WRITE_RETRIES = 3
+# Throttled / unavailable config status writes are tried again this many times (with the
+# gate's backoff) before the status waits for its next interval.
+_WRITE_RETRIES = RECORD_RETRIES
 
 
 @dataclass(slots=True)
@@ -141,6 +143,7 @@ class GitOpsController:
         self._writes: set[asyncio.Task[None]] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self.informers: list[Informer] = []
+        self.restarts = RestartRequests(fleet, settings, api, clock, gate=self.gate)
 
     # -- what the status writer asks ---------------------------------------------------
 
@@ -178,6 +181,7 @@ class GitOpsController:
             task.cancel()
         await asyncio.gather(*self._tasks, *self._writes, return_exceptions=True)
         self._tasks = []
+        await self.restarts.stop()
 
     # -- OpAMPAgent events -------------------------------------------------------------
 
@@ -214,6 +218,7 @@ class GitOpsController:
         if old is None or old.status != entry.status:
             self._counts_dirty = True
         self._check_reconnect(entry, obj)
+        self.restarts.check(name, entry.agent_id, obj)
 
     def _parse_agent(self, obj: Mapping[str, Any], old: _Agent | None) -> _Agent | None:
         metadata = obj.get("metadata") or {}
@@ -250,6 +255,7 @@ class GitOpsController:
         entry = self._agents.pop(name, None)
         self._resolutions.pop(name, None)
         self._reconnects.pop(name, None)
+        self.restarts.forget(name)
         self._dirty.discard(name)
         if entry is None:
             return
@@ -480,23 +486,10 @@ class GitOpsController:
     async def _record_reconnect(
         self, name: str, record: dict[str, Any], seen: Mapping[str, Any]
     ) -> None:
-        """Write `record` into status.reconnect, unless a re-read shows it is not wanted."""
-
-        def change(body: Mapping[str, Any]) -> dict[str, Any] | None:
-            annotations = (body.get("metadata") or {}).get("annotations") or {}
-            if annotations.get(RECONNECT_ANNOTATION) != record["requestedAt"]:
-                return None  # a newer request came meanwhile: that one gets recorded
-            if _supersedes((body.get("status") or {}).get("reconnect"), record):
-                return None
-            return {"reconnect": record}
-
-        write = functools.partial(
-            self.gate.patch_agent_status, name, kind="reconnect", retries=_WRITE_RETRIES
-        )
-        try:
-            await self.gate.update(seen, functools.partial(self.api.get_agent, name), change, write)
-        except KubeApiError as error:
-            log.warning("OpAMPAgent %s: reconnect not recorded: %s", name, error)
+        await record_handled(
+            self.gate, self.api, name, seen, annotation=RECONNECT_ANNOTATION, key="reconnect",
+            record=record, acted=lambda r: r.get("result") == "reconnect_requested",
+        )  # fmt: skip
 
 
 def _name(obj: Mapping[str, Any]) -> str:
@@ -505,19 +498,6 @@ def _name(obj: Mapping[str, Any]) -> str:
 
 def _version(obj: Mapping[str, Any]) -> str:
     return str((obj.get("metadata") or {}).get("resourceVersion") or "")
-
-
-def _supersedes(recorded: Mapping[str, Any] | None, ours: Mapping[str, Any]) -> bool:
-    """`recorded` (in the CR) already answers the request `ours` would record.
-
-    Two replicas may both record one value: the one that holds the agent says
-    reconnect_requested, the others agent_not_connected; the former wins.
-    """
-    if not recorded or recorded.get("requestedAt") != ours["requestedAt"]:
-        return False
-    return (
-        recorded.get("result") == "reconnect_requested" or ours["result"] != "reconnect_requested"
-    )
 
 
 def _identity(config: DesiredConfig | None) -> tuple[bytes, str] | None:

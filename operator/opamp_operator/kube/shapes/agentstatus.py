@@ -70,6 +70,7 @@ def build_status(
         "instanceUid": snapshot.agent_id,
         "agent": _agent(snapshot),
         "capabilities": list(snapshot.capabilities),
+        "customCapabilities": list(snapshot.custom_capabilities) or None,
         "health": snapshot.health,
         "effectiveConfigHash": snapshot.effective_config_hash,
         "remoteConfigStatus": snapshot.remote_config_status,

@@ -163,13 +163,17 @@ class _CommandType:
 class _CommandTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CommandType.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     CommandType_Restart: _CommandType.ValueType  # 0
-    """Ignored by agents that cannot restart."""
+    """Restart the agent. Ignored by agents that cannot restart; servers send
+    it only to agents claiming AgentCapabilities_AcceptsRestartCommand.
+    """
 
 class CommandType(_CommandType, metaclass=_CommandTypeEnumTypeWrapper):
     """[Beta]"""
 
 CommandType_Restart: CommandType.ValueType  # 0
-"""Ignored by agents that cannot restart."""
+"""Restart the agent. Ignored by agents that cannot restart; servers send
+it only to agents claiming AgentCapabilities_AcceptsRestartCommand.
+"""
 Global___CommandType: _TypeAlias = CommandType  # noqa: Y015
 
 class _AgentCapabilities:
@@ -339,7 +343,9 @@ class AgentToServer(_message.Message):
     CONNECTION_SETTINGS_STATUS_FIELD_NUMBER: _builtins.int
     instance_uid: _builtins.bytes
     """The agent instance: exactly 16 bytes, a UUID (v7 recommended), stable
-    for the life of the agent process.
+    for the life of the agent process. Clients should also send it, as a
+    hyphenated UUID, in the OpAMP-Instance-UID request header (the WebSocket
+    upgrade and every plain-HTTP request) so that proxies can route by agent.
     """
     sequence_num: _builtins.int
     """Grows by one with every message, so the server can notice a gap."""
@@ -377,7 +383,9 @@ class AgentToServer(_message.Message):
 
     @_builtins.property
     def custom_capabilities(self) -> Global___CustomCapabilities:
-        """[Development]"""
+        """Custom capabilities the agent supports; may be left out when unchanged.
+        [Development]
+        """
 
     @_builtins.property
     def custom_message(self) -> Global___CustomMessage:
@@ -652,10 +660,16 @@ class ServerToAgent(_message.Message):
         """[Beta]"""
 
     @_builtins.property
-    def agent_identification(self) -> Global___AgentIdentification: ...
+    def agent_identification(self) -> Global___AgentIdentification:
+        """Set when the server overrides the agent's instance_uid (on request, or
+        after detecting a duplicate instance_uid).
+        """
+
     @_builtins.property
     def command(self) -> Global___ServerToAgentCommand:
-        """When set, only instance_uid and capabilities accompany it. [Beta]"""
+        """When set, only instance_uid and capabilities accompany it; the agent
+        ignores the other fields. [Beta]
+        """
 
     @_builtins.property
     def custom_capabilities(self) -> Global___CustomCapabilities:
@@ -1577,7 +1591,10 @@ class AgentIdentification(_message.Message):
 
     NEW_INSTANCE_UID_FIELD_NUMBER: _builtins.int
     new_instance_uid: _builtins.bytes
-    """When set, the agent switches to this 16-byte instance uid for good."""
+    """When set, the agent switches to this 16-byte instance uid (UUID v7
+    recommended) for all further communication. A server should send one
+    when it detects two agents using the same instance_uid.
+    """
     def __init__(
         self,
         *,
