@@ -46,10 +46,7 @@ def progressive(**extra: Any) -> RolloutSpec:
 
 
 def agents(reason: str | None = None, desired: str | None = NEW, **fields: Any) -> list[Any]:
-    return [
-        AgentObservation(i, f"agent-{i}", desired, reason, **fields)
-        for i in IDS
-    ]
+    return [AgentObservation(i, f"agent-{i}", desired, reason, **fields) for i in IDS]
 
 
 def by_rank() -> list[str]:
