@@ -135,8 +135,9 @@ class KubeApi:
         message: str,
         at: datetime,
         reporter: str,
+        kind: str = KIND,
     ) -> None:
-        """Post a core/v1 Event about `target` (what `kubectl describe` lists)."""
+        """Post a core/v1 Event about `target` (an OpAMPAgent unless `kind` says otherwise)."""
         stamp = at.strftime("%Y-%m-%dT%H:%M:%SZ")
         body = {
             "apiVersion": "v1",
@@ -148,7 +149,7 @@ class KubeApi:
                 "namespace": target.namespace,
             },
             "involvedObject": {
-                "apiVersion": API_VERSION, "kind": KIND, "name": target.name,
+                "apiVersion": API_VERSION, "kind": kind, "name": target.name,
                 "namespace": target.namespace, "uid": target.uid,
             },
             "reason": reason,

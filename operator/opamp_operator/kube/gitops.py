@@ -12,7 +12,9 @@ Every replica runs one `GitOpsController` (see `kube/informer.py` for why not Ko
 - a status task writes each OpAMPAgentConfig's counts and conditions, from the OpAMPAgent
   statuses (written by whichever replica holds each agent), at most every interval;
 - `opamp.dev/reconnect-requested-at` on an OpAMPAgent: the replica holding the agent asks it
-  to reconnect, once per annotation value, and records the value in `status.reconnect`.
+  to reconnect, once per annotation value, and records the value in `status.reconnect`;
+- `spec.rollout` of an OpAMPAgentConfig: which agents get its new config and which keep the
+  stable one, and the step decision, are in `kube/rollouts.py`.
 """
 
 from __future__ import annotations
@@ -35,12 +37,21 @@ from .configstatus import REMOTE_CONFIG_APPLIED, AgentView, config_status
 from .informer import Informer
 from .naming import CONFIG_PLURAL, PLURAL, RECONNECT_ANNOTATION, agent_id_from_name
 from .resolver import ConfigSpecError, FleetConfig, Resolution, fleet_config, own_config, resolve
+from .rollouts import (
+    ConfigRollout,
+    RolloutDecider,
+    observe,
+    offered_config,
+    read_rollout,
+    rolled_back_error,
+    rollout_conditions,
+)
 from .status import condition, format_time, merge_patch
 
 log = logging.getLogger(__name__)
 
 _YIELD_EVERY = 500  # agents resolved between two yields to the event loop
-_STATUS_KEYS = ("phase", "desiredConfig", "reconnect", "connection")
+_STATUS_KEYS = ("phase", "desiredConfig", "reconnect", "connection", "disconnectReason")
 
 
 @dataclass(slots=True)
@@ -65,6 +76,7 @@ class _Config:
     error: str | None
     status: dict[str, Any]
     written: dict[str, Any] | None = None  # the last status this replica wrote
+    rollout: ConfigRollout | None = None
 
 
 @dataclass(frozen=True)
@@ -116,6 +128,7 @@ class GitOpsController:
         self._writes: set[asyncio.Task[None]] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self.informers: list[Informer] = []
+        self.decider = RolloutDecider(api, settings.namespace, settings.replica_id)
 
     # -- what the status writer asks ---------------------------------------------------
 
@@ -188,6 +201,7 @@ class GitOpsController:
             self._wake.set()
         if old is None or old.status != entry.status:
             self._counts_dirty = True
+            self._note_rollback(entry)
         self._check_reconnect(entry)
 
     def _parse_agent(self, obj: Mapping[str, Any], old: _Agent | None) -> _Agent | None:
@@ -210,6 +224,7 @@ class GitOpsController:
         applied = condition(status, REMOTE_CONFIG_APPLIED)
         if applied is not None:
             kept["conditions"] = [applied]
+        kept["healthy"] = (status.get("health") or {}).get("healthy")  # for rollout gates
         return _Agent(
             name=name,
             agent_id=str(agent_id),
@@ -252,8 +267,8 @@ class GitOpsController:
             return
         old = self._configs.get(name)
         config = self._put_config(obj)
-        if old is None or old.generation != config.generation:
-            self._configs_changed()
+        if old is None or old.generation != config.generation or _key(old) != _key(config):
+            self._configs_changed()  # new spec, or the rollout moved: offer anew
         self._counts_dirty = True
 
     def _put_config(self, obj: Mapping[str, Any]) -> _Config:
@@ -270,6 +285,7 @@ class GitOpsController:
             except ConfigSpecError as failure:
                 error = str(failure)
         config = _Config(name, generation, parsed, error, dict(obj.get("status") or {}))
+        config.rollout = read_rollout(name, obj, None if old is None else old.rollout)
         if old is not None and old.generation == generation:
             config.written = old.written
         self._configs[name] = config
@@ -312,10 +328,11 @@ class GitOpsController:
         old = self._resolutions.get(entry.name)
         self._resolutions[entry.name] = result
         agent_id = entry.agent_id
-        before = old.desired if old is not None else self.fleet.desired_config(agent_id)
-        if _identity(before) != _identity(result.desired):
-            self.fleet.set_desired_config(agent_id, result.desired)
-            source = result.desired.source.split("/")[0] if result.desired else "none"
+        offered = self._offered(result, agent_id)
+        before = self.fleet.desired_config(agent_id)
+        if _identity(before) != _identity(offered):
+            self.fleet.set_desired_config(agent_id, offered)
+            source = offered.source.split("/")[0] if offered else "none"
             metrics.kube_desired_config_changes.labels(source).inc()
         rewrite = False
         problem = result.problem
@@ -333,12 +350,80 @@ class GitOpsController:
         if rewrite and self.mark is not None:
             self.mark(agent_id)
 
+    def _offered(self, result: Resolution, agent_id: str) -> DesiredConfig | None:
+        """What the agent is offered: a fleet config's new or stable version, by its rollout."""
+        desired = result.desired
+        if desired is None or not desired.source.startswith("OpAMPAgentConfig/"):
+            return desired
+        config = self._configs.get(desired.source.split("/", 1)[1])
+        if config is None or config.parsed is None or config.parsed.desired is not desired:
+            return desired
+        return offered_config(config.parsed, config.rollout, agent_id)
+
+    def _note_rollback(self, entry: _Agent) -> None:
+        """Tell this replica's fleet about an agent that rolled itself back (its CR says so).
+
+        The replica holding the agent saw it happen; the others, and every replica after a
+        restart, learn it here, so that none offers that config again when the agent
+        reconnects to it.
+        """
+        found = rolled_back_error(entry.status)
+        if found is not None:
+            self.fleet.note_rolled_back(entry.agent_id, *found)
+
+    # -- rollouts --------------------------------------------------------------------------
+
+    async def decide_rollouts(self, *, everything: bool = True) -> int:
+        """Evaluate the rollout of each OpAMPAgentConfig; return how many decisions were written.
+
+        Unless `everything`, only rollouts still under way (their gates depend on time).
+        """
+        agents = self._selected_agents()
+        written = 0
+        for name, config in list(self._configs.items()):
+            parsed, rollout = config.parsed, config.rollout
+            if parsed is None or rollout is None:
+                continue
+            state = rollout.state
+            if (
+                not everything
+                and state is not None
+                and state.done
+                and (state.config_hash == parsed.desired.hash_hex)
+            ):
+                continue
+            observed = [observe(e.name, e.agent_id, e.status) for e in agents.get(name, [])]
+            body = await self.decider.run(
+                name, parsed, rollout, observed,
+                status=config.status, generation=config.generation, now=self.clock.now(),
+            )  # fmt: skip
+            if body is not None:
+                written += 1
+                self.apply_config("MODIFIED", body)
+        return written
+
+    def _selected_agents(self) -> dict[str, list[_Agent]]:
+        """Config name -> the agents it is the effective config of."""
+        selected: dict[str, list[_Agent]] = {}
+        for name, result in self._resolutions.items():
+            entry = self._agents.get(name)
+            source = result.desired.source if result.desired is not None else ""
+            if entry is not None and source.startswith("OpAMPAgentConfig/"):
+                selected.setdefault(source.split("/", 1)[1], []).append(entry)
+        return selected
+
     # -- OpAMPAgentConfig status ---------------------------------------------------------
 
     async def _write_counts_forever(self) -> None:
         while True:
             await asyncio.sleep(self.status_interval_seconds)
-            if not self.ready or not self._counts_dirty:
+            if not self.ready:
+                continue
+            try:
+                await self.decide_rollouts(everything=self._counts_dirty)
+            except Exception:
+                log.exception("deciding rollouts failed; trying again")
+            if not self._counts_dirty:
                 continue
             self._counts_dirty = False
             try:
@@ -367,7 +452,7 @@ class GitOpsController:
         now = self.clock.now()
         statuses = {}
         for name, config in self._configs.items():
-            statuses[name] = config_status(
+            statuses[name] = status = config_status(
                 config_hash=config.parsed.desired.hash_hex if config.parsed else None,
                 error=config.error,
                 matched=matched[name],
@@ -377,6 +462,13 @@ class GitOpsController:
                 generation=config.generation,
                 now=now,
             )
+            if config.parsed is not None:
+                rolling = rollout_conditions(
+                    config.parsed, config.rollout, config.status,
+                    generation=config.generation, now=now,
+                )  # fmt: skip
+                if rolling is not None:
+                    status["conditions"] = rolling
         return statuses
 
     async def write_config_statuses(self) -> int:
@@ -445,6 +537,10 @@ class GitOpsController:
 
 def _name(obj: Mapping[str, Any]) -> str:
     return str((obj.get("metadata") or {}).get("name", ""))
+
+
+def _key(config: _Config) -> tuple[Any, ...] | None:
+    return None if config.rollout is None else config.rollout.key
 
 
 def _identity(config: DesiredConfig | None) -> tuple[bytes, str] | None:
