@@ -316,9 +316,14 @@ def test_resume_by_annotation_accepts_the_failures_and_goes_on() -> None:
     assert resumed.state.accepted_failures == 1
     assert resumed.events[0].kind is EventKind.RESUMED
     assert resumed.state.phase is Phase.PROGRESSING
-    # The same value again is no new resume.
-    again = run(spec, resumed.state, applied_for(resumed.state, failing), T0)
-    assert again.state is not None and again.state.phase is not Phase.PAUSED
+    # The accepted failure does not hold the gate: the next step goes ahead.
+    assert resumed.state.step == 1
+    assert offered(spec, resumed.state) == set(by_rank()[:5])
+    # The same value again is no new resume; a new failure pauses again.
+    more = failing | {by_rank()[1]}
+    again = run(spec, resumed.state, applied_for(resumed.state, more), T0, resume="r1")
+    assert again.state is not None and again.state.phase is Phase.PAUSED
+    assert again.state.step == 1
 
 
 def test_spec_paused_pauses_and_unpausing_resumes() -> None:

@@ -16,7 +16,8 @@ No I/O and no clock: the caller passes `now` and what the agents' CRs say. docs/
   after a heartbeat timeout, or in Error while the rollout runs. More than `maxFailures` new
   failures (beyond those accepted by a resume) pause the rollout or roll it back.
 - A step is done when its gate passed: `pauseSeconds` after it started, or every Online agent
-  of the cohort applied the config and stayed healthy for `healthyForSeconds` (default 0).
+  of the cohort applied the config (or failed, within the failure limit) and stayed healthy
+  for `healthyForSeconds` (default 0).
 """
 
 from __future__ import annotations
@@ -506,8 +507,10 @@ def _gate_passed(spec: RolloutSpec, state: RolloutState, agents: Sequence[AgentO
     """Whether the current step may end, and the healthySince to keep."""
     if spec.pause_seconds is not None:
         return (now - state.step_started_at).total_seconds() >= spec.pause_seconds, None
+    # Failed agents do not hold the gate: the failure limit judges them (tolerated, or
+    # accepted by a resume), else a rollout resumed over a failure could never go on.
     settled = all(
-        agent.outcome(state.config_hash)[0] is Outcome.APPLIED
+        agent.outcome(state.config_hash)[0] is not Outcome.PENDING
         for agent in agents
         if agent.online and agent_rank(agent.agent_id) <= state.cohort_up_to
     )
