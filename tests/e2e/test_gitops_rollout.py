@@ -202,9 +202,9 @@ async def test_progressive_rollout_to_20_agents_goes_step_by_step(
     reasons = event_reasons(kubeconfig, namespace)
     assert reasons.count("RolloutStarted") == 1 and reasons.count("RolloutStep") == 2
     assert reasons.count("RolloutComplete") == 1
-    table = kubectl(kubeconfig, "-n", namespace, "get", "oac", "fleet")
-    assert "STEP" in table.splitlines()[0] and "UPDATED" in table.splitlines()[0]
-    assert table.split()[-6:-3] == ["3", "20", "True"] or "20" in table.splitlines()[1]
+    table = kubectl(kubeconfig, "-n", namespace, "get", "oac", "fleet").splitlines()
+    columns = dict(zip(table[0].split(), table[1].split(), strict=True))
+    assert columns["STEP"] == "3" and columns["UPDATED"] == "20" and columns["FAILED"] == "0"
 
 
 async def test_a_failing_config_pauses_at_the_first_step_with_only_the_canaries_affected(
