@@ -287,6 +287,40 @@ async def test_operator_restart_mid_rollout_continues_at_the_same_step(
     await agents.all_got(new)
 
 
+async def test_two_replicas_decide_each_step_once(
+    operator_factory: OperatorFactory, kube_api: k8s.ApiClient, kubeconfig: Path, namespace: str
+) -> None:
+    """Agents split over two operator processes; both evaluate the rollout, one write wins."""
+    install_crd(kube_api)
+    replicas = [operator_factory(replica_id=f"r{n}") for n in (1, 2)]
+    for replica in replicas:
+        await replica.start()
+    async with AsyncExitStack() as stack:
+        groups = [Agents(replica, stack) for replica in replicas]
+        for group in groups:
+            await group.start(4)
+        everyone = Agents(replicas[0], stack)
+        for group in groups:
+            everyone.by_id.update(group.by_id)
+        apply_config(kubeconfig, namespace, OLD, None)
+        await everyone.all_got(config_hash(OLD))
+        new = config_hash(NEW)
+        apply_config(
+            kubeconfig, namespace, NEW, rollout_spec(steps=[1, "50%"], healthyForSeconds=1)
+        )
+        await wait_rollout(kubeconfig, namespace, {"configHash": new, "phase": "Complete"}, 60)
+        await everyone.all_got(new)
+        for agent_id, agent in everyone.by_id.items():
+            hashes = [e.get("hash") for e in agent.events_named("remote_config")]
+            assert hashes.count(new) == 1, (agent_id, hashes)
+        reasons = event_reasons(kubeconfig, namespace)
+        assert reasons.count("RolloutStarted") == 1, reasons
+        assert reasons.count("RolloutStep") == 2, reasons
+        assert reasons.count("RolloutComplete") == 1, reasons
+        for replica in replicas:
+            assert "Traceback" not in replica.log_text()
+
+
 # -- self-rollback ------------------------------------------------------------------------------
 
 
