@@ -18,7 +18,7 @@ from pathlib import Path
 from kubernetes import config as k8s_config
 
 from opamp_operator.config import KubeSettings
-from opamp_operator.kube.client import KubeApi
+from opamp_operator.kube.api.resources import KubeApi
 from opamp_operator.testbed.controlplane import ControlPlane
 from tests.support.gitops import install_crd
 

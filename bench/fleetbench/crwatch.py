@@ -19,7 +19,7 @@ from typing import Any
 
 import aiohttp
 
-from opamp_operator.kube.naming import GROUP, PLURAL, VERSION, agent_id_from_name
+from opamp_operator.kube.shapes.naming import GROUP, PLURAL, VERSION, agent_id_from_name
 from opamp_operator.testbed.controlplane import ControlPlaneEndpoints
 
 log = logging.getLogger("fleetbench.crwatch")

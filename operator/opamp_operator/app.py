@@ -29,12 +29,12 @@ from .fleet.registry import Fleet
 from .fleet.ticker import run_deadline_ticker
 from .fleet_metrics import FleetMetrics, count_rejected_registration, count_slow_agent
 from .kube.api import load_credentials
-from .kube.client import KubeApi
-from .kube.gitops import GitOpsController
-from .kube.handlers import build_registry
-from .kube.podlink import PodLinks
-from .kube.podlinker import PodLinker
-from .kube.writer import StatusWriter
+from .kube.api.resources import KubeApi
+from .kube.gitops.controller import GitOpsController
+from .kube.kopfwiring.agents import build_registry
+from .kube.mirror.statuswriter import StatusWriter
+from .kube.pods.linker import PodLinker
+from .kube.shapes.podref import PodLinks
 from .store.migrations import migrate
 from .store.pool import StoreUnavailable, create_pool
 from .store.recovery import close_orphaned_sessions
@@ -103,6 +103,7 @@ class OperatorApp:
 
     async def end_sessions(self) -> None:
         """Stop accepting and end every session as operator_shutdown (idempotent)."""
+        self.fleet.begin_shutdown()  # no heartbeat times out while the sockets close
         if self.running.listener is not None:
             await self.running.listener.stop(reason="operator_shutdown")
         self.fleet.shutdown()  # HTTP sessions have no socket: end them here

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from opamp_operator.kube.naming import resource_name
+from opamp_operator.kube.shapes.naming import resource_name
 from opamp_operator.testbed.processes import free_port
 from tests.e2e.helpers import eventually
 from tests.support.goagent import GoAgent

@@ -30,9 +30,9 @@ from opamp_operator.fleet.clock import FakeClock
 from opamp_operator.fleet.events import EventBus
 from opamp_operator.fleet.model import Transport
 from opamp_operator.fleet.registry import Fleet
-from opamp_operator.kube.client import KubeApi
-from opamp_operator.kube.naming import agent_labels, resource_name
-from opamp_operator.kube.status import build_status
+from opamp_operator.kube.api.resources import KubeApi
+from opamp_operator.kube.shapes.agentstatus import build_status
+from opamp_operator.kube.shapes.naming import agent_labels, resource_name
 from opamp_operator.opamp.messages import AgentToServer
 from opamp_operator.testbed.controlplane import ControlPlane
 from tests.e2e.conftest import OperatorFactory

@@ -27,7 +27,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from opamp_operator.kube.naming import resource_name
+from opamp_operator.kube.shapes.naming import resource_name
 from opamp_operator.testbed.postgres import PostgresServer
 from tests.e2e.conftest import OperatorFactory
 from tests.e2e.helpers import eventually, get_agent_cr

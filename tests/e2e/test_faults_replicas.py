@@ -21,7 +21,7 @@ import pytest
 import yaml
 from kubernetes import client as k8s
 
-from opamp_operator.kube.naming import resource_name
+from opamp_operator.kube.shapes.naming import resource_name
 from tests.e2e.conftest import OperatorFactory
 from tests.e2e.helpers import eventually, get_agent_cr
 from tests.support.faults import fetch, history
@@ -87,11 +87,6 @@ async def api_status(operator: OperatorProcess, agent_id: str) -> int:
         return response.status
 
 
-# Known race since the issue-16 merges (2026-12-02), about 1 run in 3: after the active replica
-# is SIGTERMed, one CR it held sometimes shows heartbeat_timeout instead of operator_shutdown
-# (the other replica's stale view or its liveness judge writes over the shutdown state).
-# Not strict, so the run stays green while it is fixed (closing note of 2026-12-02).
-@pytest.mark.xfail(strict=False, reason="race: CR reason after the active replica's SIGTERM")
 async def test_two_replicas_mirror_their_own_agents_and_one_runs_kopf(
     *,
     operator_factory: OperatorFactory,

@@ -22,7 +22,7 @@ from kubernetes import client as k8s
 from websockets.asyncio.client import ClientConnection, connect
 
 from opamp_operator.fleet.rollout import agent_rank
-from opamp_operator.kube.naming import resource_name
+from opamp_operator.kube.shapes.naming import resource_name
 from opamp_operator.opamp.frames import decode_ws_frame, encode_ws_frame
 from opamp_operator.opamp.generated import opamp_pb2
 from opamp_operator.opamp.messages import AgentToServer, parse_server_to_agent

@@ -26,7 +26,7 @@ import pytest
 from kubernetes import client as k8s
 from websockets.asyncio.client import ClientConnection, connect
 
-from opamp_operator.kube.naming import resource_name
+from opamp_operator.kube.shapes.naming import resource_name
 from opamp_operator.opamp.frames import decode_ws_frame, encode_ws_frame
 from opamp_operator.opamp.generated import opamp_pb2
 from opamp_operator.opamp.messages import AgentToServer, ServerToAgent, parse_server_to_agent

@@ -15,7 +15,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from opamp_operator.kube.naming import resource_name
+from opamp_operator.kube.shapes.naming import resource_name
 from tests.e2e.conftest import OperatorFactory
 from tests.e2e.helpers import condition, eventually, get_agent_cr
 from tests.support.goagent import GoAgent
@@ -219,6 +219,30 @@ async def test_sigterm_ends_every_session_as_operator_shutdown(
         assert cr is not None
         assert cr["status"]["phase"] == "Offline"
         assert cr["status"]["disconnectReason"] == "operator_shutdown"
+
+
+async def test_sigterm_with_a_frozen_peer_ends_every_session_as_operator_shutdown(
+    operator_factory: OperatorFactory, kubeconfig: Path, namespace: str, postgres_dsn: str
+) -> None:
+    """A frozen WebSocket peer holds its close handshake for the close timeout (5 s), longer
+    than the 3 s heartbeat timeout: no session may time out while the listener waits."""
+    operator = operator_factory()
+    await operator.start()
+    ids = [str(uuid.uuid4()) for _ in range(2)]
+    async with GoAgent() as frozen, GoAgent() as http_agent:
+        await frozen.start(url=operator.ws_url, instance_uid=ids[0], service_name="a",
+                           heartbeat=1)  # fmt: skip
+        await http_agent.start(url=operator.http_url, instance_uid=ids[1], service_name="b",
+                               heartbeat=1)  # fmt: skip
+        for agent_id in ids:
+            await eventually("Online", lambda a=agent_id: _cr_in_phase(  # type: ignore[misc]
+                kubeconfig, namespace, a, "Online"), within=20)  # fmt: skip
+        frozen.freeze()
+        assert await operator.terminate(within=30) == 0
+        assert "1 WebSockets closed" in operator.log_text()  # the frozen one was still open
+    for agent_id in ids:
+        rows = await history_rows(postgres_dsn, agent_id)
+        assert [row["disconnect_reason"] for row in rows] == ["operator_shutdown"], agent_id
 
 
 async def test_sigkill_then_restart_closes_orphaned_rows_and_agents_return(

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from opamp_operator.config import KubeSettings
-from opamp_operator.kube.client import KubeApi
+from opamp_operator.kube.api.resources import KubeApi
 
 
 @pytest.fixture

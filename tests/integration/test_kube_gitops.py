@@ -20,10 +20,10 @@ from opamp_operator.config import FleetSettings, KubeSettings
 from opamp_operator.fleet.clock import SystemClock
 from opamp_operator.fleet.events import EventBus
 from opamp_operator.fleet.registry import Fleet
-from opamp_operator.kube.client import KubeApi
-from opamp_operator.kube.gitops import GitOpsController
-from opamp_operator.kube.informer import Informer
-from opamp_operator.kube.naming import resource_name
+from opamp_operator.kube.api.listwatch import Informer
+from opamp_operator.kube.api.resources import KubeApi
+from opamp_operator.kube.gitops.controller import GitOpsController
+from opamp_operator.kube.shapes.naming import resource_name
 from tests.support.gitops import config_hash, config_manifest, install_crd, yaml_file
 
 pytestmark = pytest.mark.integration

@@ -23,11 +23,11 @@ from opamp_operator.config import FleetSettings, KubeSettings
 from opamp_operator.fleet.clock import FakeClock, SystemClock
 from opamp_operator.fleet.events import EventBus
 from opamp_operator.fleet.registry import Fleet
-from opamp_operator.kube.client import KubeApi
-from opamp_operator.kube.handlers import build_registry
-from opamp_operator.kube.naming import agent_labels
-from opamp_operator.kube.status import build_status, format_time
-from opamp_operator.kube.writer import StatusWriter
+from opamp_operator.kube.api.resources import KubeApi
+from opamp_operator.kube.kopfwiring.agents import build_registry
+from opamp_operator.kube.mirror.statuswriter import StatusWriter
+from opamp_operator.kube.shapes.agentstatus import build_status, format_time
+from opamp_operator.kube.shapes.naming import agent_labels
 from tests.support.kube_mirror import FakeAgent, condition, events_for, eventually, kubectl
 
 pytestmark = pytest.mark.integration

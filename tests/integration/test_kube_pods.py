@@ -22,9 +22,9 @@ from opamp_operator.fleet.events import EventBus
 from opamp_operator.fleet.registry import Fleet
 from opamp_operator.kube.api import ApiSession, Credentials, load_credentials
 from opamp_operator.kube.api.credentials import load_configuration
-from opamp_operator.kube.podapi import ACCEPT_LIST, PodApi
-from opamp_operator.kube.podlink import LinkReason, PodLinks
-from opamp_operator.kube.podlinker import PodLinker
+from opamp_operator.kube.api.pods import ACCEPT_LIST, PodApi
+from opamp_operator.kube.pods.linker import PodLinker
+from opamp_operator.kube.shapes.podref import LinkReason, PodLinks
 from opamp_operator.opamp.generated import anyvalue_pb2, opamp_pb2
 from tests.support.manifests import token_for
 from tests.unit.test_fleet import FakeChannel

@@ -14,8 +14,8 @@ from opamp_operator.fleet.clock import FakeClock
 from opamp_operator.fleet.events import EventBus
 from opamp_operator.fleet.registry import Fleet
 from opamp_operator.kube.api import Credentials
-from opamp_operator.kube.client import KubeApi
-from opamp_operator.kube.writer import StatusWriter
+from opamp_operator.kube.api.resources import KubeApi
+from opamp_operator.kube.mirror.statuswriter import StatusWriter
 from tests.support.kube_mirror import FakeAgent, events_for, eventually
 
 pytestmark = pytest.mark.integration

@@ -12,7 +12,7 @@ import yaml
 from kubernetes import client as k8s
 
 from opamp_operator.fleet.remoteconfig import DesiredConfig
-from opamp_operator.kube.resolver import parse_files
+from opamp_operator.kube.gitops.resolver import parse_files
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONFIG_CRD_FILE = REPO_ROOT / "crds" / "opampagentconfigs.opamp.dev.yaml"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from opamp_operator.kube.pending import PendingUpdates
+from opamp_operator.kube.mirror.pending import PendingUpdates
 
 
 def failing(pending: PendingUpdates, agents: str, now: float, probe: float | None) -> None:

@@ -239,6 +239,20 @@ def test_shutdown_closes_every_session(fleet: Fleet) -> None:
     assert all(s.phase_reason == Reason.OPERATOR_SHUTDOWN for s in fleet.snapshots())
 
 
+def test_no_heartbeat_times_out_while_the_sessions_are_being_ended(
+    fleet: Fleet, clock: FakeClock
+) -> None:
+    """SIGTERM: the listener closes the WebSockets (a frozen peer takes seconds) while HTTP
+    agents can no longer poll; their sessions must still end operator_shutdown."""
+    fleet.handle_message(FakeChannel(transport=Transport.HTTP), message(UID, 1))
+    fleet.begin_shutdown()
+    clock.advance(31)
+    assert fleet.check_deadlines() == 0
+    fleet.shutdown()
+    snapshot = fleet.get(AGENT_ID)
+    assert snapshot is not None and snapshot.phase_reason == Reason.OPERATOR_SHUTDOWN
+
+
 def test_full_subscriber_queue_drops_and_flags_resync(fleet: Fleet, bus: EventBus) -> None:
     small = bus.subscribe("small", maxsize=2)
     fleet.handle_message(FakeChannel(), message(UID, 1, service="a"))

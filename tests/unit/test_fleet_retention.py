@@ -9,8 +9,8 @@ from opamp_operator.fleet.deadlines import DeadlineScheduler
 from opamp_operator.fleet.events import AgentForgotten
 from opamp_operator.fleet.model import AgentPhase, Liveness, Transport, liveness_rule
 from opamp_operator.fleet.record import is_full_report
-from opamp_operator.kube.events import event_type
-from opamp_operator.kube.liveness import Thresholds, due_at, judge
+from opamp_operator.kube.liveness.judge import Thresholds, due_at, judge
+from opamp_operator.kube.shapes.transitionevent import event_type
 from opamp_operator.metrics import FleetCollector
 from tests.support.api_fleet import make_fleet, visit
 from tests.support.fake_agents import FakeChannel, hello, new_agent_id

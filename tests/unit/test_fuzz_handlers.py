@@ -34,8 +34,8 @@ from opamp_operator.fleet.clock import FakeClock
 from opamp_operator.fleet.events import EventBus, PhaseChanged, SessionClosed, SessionOpened
 from opamp_operator.fleet.model import AgentPhase, Transport
 from opamp_operator.fleet.registry import Fleet
-from opamp_operator.kube.naming import agent_labels, label_value
-from opamp_operator.kube.status import build_status
+from opamp_operator.kube.shapes.agentstatus import build_status
+from opamp_operator.kube.shapes.naming import agent_labels, label_value
 from opamp_operator.opamp.errors import FrameError, MalformedMessage
 from opamp_operator.opamp.frames import decode_ws_frame, encode_ws_frame
 from opamp_operator.opamp.generated import opamp_pb2

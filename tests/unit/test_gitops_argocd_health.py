@@ -16,8 +16,12 @@ import yaml
 from opamp_operator.fleet import rollout as planner
 from opamp_operator.fleet.model import AgentPhase, AgentSnapshot
 from opamp_operator.fleet.remoteconfig import ConfigState
-from opamp_operator.kube import resolver, rollouts
-from opamp_operator.kube.configstatus import AgentView, config_status, remote_config_conditions
+from opamp_operator.kube.gitops import resolver, rollouts
+from opamp_operator.kube.shapes.configstatus import (
+    AgentView,
+    config_status,
+    remote_config_conditions,
+)
 
 lua51 = pytest.importorskip("lupa.lua51")
 

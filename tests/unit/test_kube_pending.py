@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 
 from opamp_operator.fleet.events import PhaseChanged
 from opamp_operator.fleet.model import AgentPhase
-from opamp_operator.kube.pending import MAX_TRANSITIONS_PER_AGENT, PendingUpdates
-from opamp_operator.kube.ratelimit import WriteLimiter
+from opamp_operator.kube.mirror.pending import MAX_TRANSITIONS_PER_AGENT, PendingUpdates
+from opamp_operator.kube.writes.pace import WriteLimiter
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from opamp_operator.kube.mirror import labels_patch
-from opamp_operator.kube.podlink import (
+from opamp_operator.kube.mirror.known import labels_patch
+from opamp_operator.kube.shapes.podref import (
     LinkReason,
     PodClaim,
     PodLinks,

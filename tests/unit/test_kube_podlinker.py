@@ -21,10 +21,10 @@ from opamp_operator.fleet.clock import FakeClock
 from opamp_operator.fleet.events import EventBus
 from opamp_operator.fleet.model import AgentPhase
 from opamp_operator.fleet.registry import Fleet
-from opamp_operator.kube.client import KubeApiError
-from opamp_operator.kube.podapi import PodEvent, WatchExpired
-from opamp_operator.kube.podlink import LinkReason, PodLinks, PodMeta
-from opamp_operator.kube.podlinker import PodLinker
+from opamp_operator.kube.api.pods import PodEvent, WatchExpired
+from opamp_operator.kube.api.resources import KubeApiError
+from opamp_operator.kube.pods.linker import PodLinker
+from opamp_operator.kube.shapes.podref import LinkReason, PodLinks, PodMeta
 from opamp_operator.opamp.generated import anyvalue_pb2, opamp_pb2
 from tests.unit.test_fleet import FakeChannel
 

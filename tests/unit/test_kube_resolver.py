@@ -9,13 +9,7 @@ import pytest
 
 from opamp_operator.fleet.model import AgentPhase, AgentSnapshot
 from opamp_operator.fleet.remoteconfig import ConfigFile, ConfigState, DesiredConfig
-from opamp_operator.kube.configstatus import (
-    AgentView,
-    config_status,
-    desired_config_status,
-    remote_config_conditions,
-)
-from opamp_operator.kube.resolver import (
+from opamp_operator.kube.gitops.resolver import (
     ConfigSpecError,
     FleetConfig,
     fleet_config,
@@ -23,8 +17,14 @@ from opamp_operator.kube.resolver import (
     parse_files,
     resolve,
 )
-from opamp_operator.kube.selectors import SelectorError, parse_selector
-from opamp_operator.kube.status import condition
+from opamp_operator.kube.gitops.selectors import SelectorError, parse_selector
+from opamp_operator.kube.shapes.agentstatus import condition
+from opamp_operator.kube.shapes.configstatus import (
+    AgentView,
+    config_status,
+    desired_config_status,
+    remote_config_conditions,
+)
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 LABELS = {"opamp.dev/service-name": "checkout", "tier": "web", "zone": "a"}

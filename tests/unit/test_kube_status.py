@@ -11,21 +11,21 @@ from typing import Any
 import pytest
 
 from opamp_operator.fleet.model import AgentPhase, AgentSnapshot, Liveness, SessionInfo, Transport
-from opamp_operator.kube.liveness import Thresholds, due_at, judge
-from opamp_operator.kube.naming import (
-    agent_id_from_name,
-    agent_labels,
-    label_value,
-    resource_name,
-)
-from opamp_operator.kube.status import (
+from opamp_operator.kube.liveness.judge import Thresholds, due_at, judge
+from opamp_operator.kube.shapes.agentstatus import (
     build_status,
     disconnected_status,
     merge_patch,
     offline_since,
 )
-from opamp_operator.kube.status import (
+from opamp_operator.kube.shapes.agentstatus import (
     condition as find_condition,
+)
+from opamp_operator.kube.shapes.naming import (
+    agent_id_from_name,
+    agent_labels,
+    label_value,
+    resource_name,
 )
 
 T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)

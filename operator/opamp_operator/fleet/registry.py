@@ -82,6 +82,9 @@ class Fleet:
         # with the desired config (not the record) so that a forgotten and returning agent, or
         # a restart (the GitOps controller restores it from the CR), is not offered it again.
         self._rolled_back: dict[str, tuple[bytes, str]] = {}
+        # Set by `begin_shutdown`: from then on no deadline fires, so every session that is
+        # still open ends as operator_shutdown, however long its socket takes to close.
+        self._shutting_down = False
         self.rejected_registrations = 0
 
     # -- reading -----------------------------------------------------------------
@@ -253,8 +256,18 @@ class Fleet:
         if record is not None:
             record.pending_full_state = True
 
+    def begin_shutdown(self) -> None:
+        """Stop judging deadlines: the process is ending every session (see `shutdown`).
+
+        While the listener closes the WebSockets (a frozen peer holds its close handshake
+        for seconds), an HTTP agent cannot poll any more; without this its heartbeat would
+        time out first, and its session would end `heartbeat_timeout`.
+        """
+        self._shutting_down = True
+
     def shutdown(self) -> list[Channel]:
         """End every session with `operator_shutdown`; return the channels to close."""
+        self._shutting_down = True
         channels: list[Channel] = []
         for record in self._agents.values():
             if record.session is not None:
@@ -267,6 +280,8 @@ class Fleet:
     def check_deadlines(self) -> int:
         """Move timed-out agents Online -> Offline, long-offline ones -> Error, and forget
         agents gone longer than the retention."""
+        if self._shutting_down:
+            return 0
         now = self.clock.monotonic()
         fired = 0
         for agent_id in self._heartbeats.pop_due(now):

@@ -1,6 +1,11 @@
-"""The Kubernetes mirror: one OpAMPAgent custom resource per agent.
+"""The Kubernetes side: one OpAMPAgent custom resource per agent, and the resources users declare.
 
-`writer.StatusWriter` turns fleet events into CR writes (coalesced, rate-limited);
-`handlers.build_registry` holds the Kopf handlers that watch the CRs themselves (liveness
-of agents whose process died, deletions, garbage collection). Imports `fleet`, never `store`.
+Sub-packages, lowest first (each imports only those before it, plus `fleet`; never `store`):
+- `api`: credentials, requests, errors, list+watch, Pod metadata requests. No operator logic.
+- `shapes`: pure names, labels, status bodies, conditions, Pod references, Event bodies.
+- `writes`: the shared pace of API writes.
+- `mirror`: `StatusWriter` turns fleet events into CR creates, status patches and Events.
+- `liveness`, `gitops`, `pods`: CR liveness, declared remote config, Pod linking.
+- `kopfwiring`: the Kopf handlers that watch the CRs themselves.
+See docs/architecture.md for the data flow and which component owns which write.
 """

@@ -47,6 +47,17 @@ def _status_unless_held_elsewhere(replica_param: str) -> str:
         THEN a.status ELSE excluded.status END"""
 
 
+# Replicas' flushes take this transaction lock before they write agents' states. Without it,
+# under READ COMMITTED, a replica's upsert that waited for another's row lock re-checks the
+# row but not `_status_unless_held_elsewhere`'s subquery (its snapshot predates the other's
+# commit), and a stale session's timeout overwrote the other replica's "online".
+AGENT_STATES_LOCK = 0x6F70616D70  # "opamp": any constant shared by every replica
+
+
+async def lock_agent_states(conn: Conn) -> None:
+    await conn.execute("SELECT pg_advisory_xact_lock($1)", AGENT_STATES_LOCK)
+
+
 UPSERT_AGENT_STATES = """
 INSERT INTO agents AS a (id, status, last_connected_at, last_disconnected_at,
                          disconnect_reason, created_at, updated_at)

@@ -244,6 +244,10 @@ class StoreWriter:
         snapshots = self.fleet.snapshots() if batch.resync else []
         acquire = self.pool.acquire(timeout=self.settings.connect_timeout_seconds)
         async with acquire as conn, conn.transaction():
+            if batch.events or snapshots:
+                # Held to commit: replicas' state writes apply one after the other, each
+                # statement seeing the sessions the others committed.
+                await queries.lock_agent_states(conn)
             if batch.events:
                 states = plan_agent_states(batch.events, self._current_status)
                 await self._run(

@@ -17,7 +17,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, Final
 
-from .naming import (
+from opamp_operator.kube.shapes.naming import (
     LABEL_K8S_NAMESPACE,
     LABEL_K8S_WORKLOAD,
     LABEL_K8S_WORKLOAD_KIND,

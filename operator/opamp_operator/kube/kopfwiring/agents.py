@@ -14,7 +14,8 @@ What is registered:
 - login with the credentials the app loaded once (`kube.api.Credentials`);
 - startup: quieter Kopf settings (see `configure_kopf`), and the liveness task;
 - a watch of every OpAMPAgent: feeds `LivenessWatch` (Offline/Error for CRs no live session
-  holds, and GC; see `kube/watch.py` for why this is not a per-object `@kopf.timer`), and
+  holds, and GC; see `kube/liveness/schedule.py` for why this is not a per-object
+  `@kopf.timer`), and
   recreates the deleted CR of an agent connected here; with a `PodLinker`, tells it about CRs
   linked to a Pod (so a deleted Pod removes their CR even when no agent here holds them);
 - cleanup: stops the liveness task.
@@ -32,14 +33,13 @@ import kopf
 from opamp_operator.config import KubeSettings
 from opamp_operator.fleet.clock import Clock, SystemClock
 from opamp_operator.fleet.registry import Fleet
-
-from .client import KubeApi
-from .liveness import LivenessChecker
-from .naming import GROUP, PLURAL, VERSION, agent_id_from_name
-from .podlinker import PodLinker
-from .ratelimit import WriteLimiter
-from .watch import LivenessWatch
-from .writer import StatusWriter
+from opamp_operator.kube.api.resources import KubeApi
+from opamp_operator.kube.liveness.judge import LivenessChecker
+from opamp_operator.kube.liveness.schedule import LivenessWatch
+from opamp_operator.kube.mirror.statuswriter import StatusWriter
+from opamp_operator.kube.pods.linker import PodLinker
+from opamp_operator.kube.shapes.naming import GROUP, PLURAL, VERSION, agent_id_from_name
+from opamp_operator.kube.writes.pace import WriteLimiter
 
 log = logging.getLogger(__name__)
 

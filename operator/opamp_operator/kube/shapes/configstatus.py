@@ -14,8 +14,7 @@ from typing import Any, Final
 
 from opamp_operator.fleet.model import AgentPhase, AgentSnapshot
 from opamp_operator.fleet.remoteconfig import ConfigState
-
-from .status import (
+from opamp_operator.kube.shapes.agentstatus import (
     READY,
     RECONCILING,
     STALLED,

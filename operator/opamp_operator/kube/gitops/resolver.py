@@ -17,8 +17,7 @@ from typing import Any
 
 from opamp_operator.fleet.remoteconfig import ConfigFile, DesiredConfig
 from opamp_operator.fleet.rollout import RolloutSpec, RolloutSpecError, parse_rollout
-
-from .selectors import Selector, SelectorError, parse_selector
+from opamp_operator.kube.gitops.selectors import Selector, SelectorError, parse_selector
 
 CONFIG_KIND = "OpAMPAgentConfig"
 MAX_FILES = 64

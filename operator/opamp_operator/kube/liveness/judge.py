@@ -1,4 +1,4 @@
-"""Liveness of CRs that no live session in this process holds (see `kube/watch.py`).
+"""Liveness of CRs that no live session in this process holds (see `kube/liveness/schedule.py`).
 
 The fleet's own state machine moves agents this process knows, and the status writer
 mirrors that. But the process that held an agent may have died (a crash, a rolling update,
@@ -23,12 +23,16 @@ from opamp_operator.config import KubeSettings
 from opamp_operator.fleet.clock import Clock
 from opamp_operator.fleet.model import DEPARTURES, AgentPhase, Reason
 from opamp_operator.fleet.registry import Fleet
-
-from .client import KubeApi, KubeApiError, ObjectRef
-from .events import describe_transition, event_type
-from .naming import agent_id_from_name
-from .ratelimit import WriteLimiter
-from .status import disconnected_status, merge_patch, offline_since, parse_time
+from opamp_operator.kube.api.resources import KubeApi, KubeApiError, ObjectRef
+from opamp_operator.kube.shapes.agentstatus import (
+    disconnected_status,
+    merge_patch,
+    offline_since,
+    parse_time,
+)
+from opamp_operator.kube.shapes.naming import agent_id_from_name
+from opamp_operator.kube.shapes.transitionevent import describe_transition, event_type
+from opamp_operator.kube.writes.pace import WriteLimiter
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ fleet costs no API writes between refreshes. Everything else (phase transitions,
 what agents report) marks the agent in a bounded coalescing set; workers write each marked
 agent's latest snapshot as a JSON merge patch of what differs from the CR, at a bounded rate,
 retrying failures with backoff. API calls go through `KubeApi` (a thread pool: see
-`kube/client.py` for why).
+`kube/api/resources.py` for why).
 
 Every status patch carries the CR's resourceVersion as a precondition: if anyone else wrote
 the CR meanwhile (another replica, the liveness timer, a user), the patch fails with 409 and
@@ -30,16 +30,20 @@ from opamp_operator.fleet.clock import Clock
 from opamp_operator.fleet.events import FleetEvent, PhaseChanged, Subscription
 from opamp_operator.fleet.model import AgentSnapshot
 from opamp_operator.fleet.registry import Fleet
-
-from .client import KubeApi, KubeApiError, ObjectRef
-from .configstatus import desired_config_status, remote_config_conditions
-from .events import describe, event_type
-from .mirror import Mirror, labels_patch
-from .naming import agent_labels, resource_name
-from .pending import PendingUpdates
-from .podlink import PodLink, PodLinks, pod_labels, pod_status
-from .ratelimit import WriteLimiter
-from .status import build_status, format_time, merge_patch, parse_time
+from opamp_operator.kube.api.resources import KubeApi, KubeApiError, ObjectRef
+from opamp_operator.kube.mirror.known import Mirror, labels_patch
+from opamp_operator.kube.mirror.pending import PendingUpdates
+from opamp_operator.kube.shapes.agentstatus import (
+    build_status,
+    format_time,
+    merge_patch,
+    parse_time,
+)
+from opamp_operator.kube.shapes.configstatus import desired_config_status, remote_config_conditions
+from opamp_operator.kube.shapes.naming import agent_labels, resource_name
+from opamp_operator.kube.shapes.podref import PodLink, PodLinks, pod_labels, pod_status
+from opamp_operator.kube.shapes.transitionevent import describe, event_type
+from opamp_operator.kube.writes.pace import WriteLimiter
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +93,7 @@ class StatusWriter:
         self._refresh = timedelta(seconds=settings.last_seen_refresh_seconds)
         self._api_ok = True  # the latest request got an answer we could act on
         # Set by the GitOps controller: the generation it resolved, and why an agent has no
-        # config (see `kube/gitops.py`). None: observedGeneration is the CR's generation.
+        # config (see `kube/gitops/controller.py`). None: observedGeneration is the CR's generation.
         self.remote_config: RemoteConfigView | None = None
 
     # -- lifecycle -----------------------------------------------------------------

@@ -20,9 +20,8 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 from opamp_operator import metrics
-
-from .api import ApiSession, Forbidden, Gone, KubeApiError, NotFound
-from .naming import GROUP, VERSION
+from opamp_operator.kube.api import ApiSession, Forbidden, Gone, KubeApiError, NotFound
+from opamp_operator.kube.shapes.naming import GROUP, VERSION
 
 log = logging.getLogger(__name__)
 

@@ -23,10 +23,9 @@ from datetime import datetime
 from typing import Any
 
 from opamp_operator.fleet.deadlines import DeadlineScheduler
-
-from .client import KubeApiError
-from .liveness import LivenessChecker, due_at
-from .status import parse_time
+from opamp_operator.kube.api.resources import KubeApiError
+from opamp_operator.kube.liveness.judge import LivenessChecker, due_at
+from opamp_operator.kube.shapes.agentstatus import parse_time
 
 log = logging.getLogger(__name__)
 

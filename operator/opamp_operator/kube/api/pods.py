@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-from .api import ApiSession, Gone, KubeApiError, NotFound
-from .podlink import PodMeta
+from opamp_operator.kube.api import ApiSession, Gone, KubeApiError, NotFound
+from opamp_operator.kube.shapes.podref import PodMeta
 
 _META = "g=meta.k8s.io;v=v1"
 ACCEPT_ONE = f"application/json;as=PartialObjectMetadata;{_META},application/json"

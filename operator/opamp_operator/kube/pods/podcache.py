@@ -1,6 +1,6 @@
 """Every Pod of one namespace (uid -> metadata), kept current by list + watch.
 
-One of these runs per namespace that holds a Pod some agent claims (see `kube/podlinker.py`),
+One of these runs per namespace that holds a Pod some agent claims (see `kube/pods/linker.py`),
 never cluster-wide: the operator needs read access only where its agents run. It reports a
 Pod as gone when a DELETED event arrives, or when a fresh listing (after the watch expired
 or broke) no longer holds it, so a deletion during a gap in the watch is not missed.
@@ -18,10 +18,9 @@ from collections import OrderedDict
 from collections.abc import Callable
 
 from opamp_operator import metrics
-
-from .client import KubeApiError
-from .podapi import PodApi, WatchExpired
-from .podlink import PodMeta
+from opamp_operator.kube.api.pods import PodApi, WatchExpired
+from opamp_operator.kube.api.resources import KubeApiError
+from opamp_operator.kube.shapes.podref import PodMeta
 
 log = logging.getLogger(__name__)
 

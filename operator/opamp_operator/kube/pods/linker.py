@@ -1,11 +1,11 @@
 """Links agents that run in the cluster to their Pods; a deleted Pod ends its agent at once.
 
 Inputs: fleet events (an agent's description carries `k8s.pod.*` attributes: see
-`kube/podlink.py`), and, through the Kopf watch of OpAMPAgents, CRs linked to a Pod whose
+`kube/shapes/podref.py`), and, through the Kopf watch of OpAMPAgents, CRs linked to a Pod whose
 agent no live session here holds (the process that held it is gone).
 
 For each claim the linker verifies that the Pod exists with the reported uid, from the
-namespace's Pod watch (`kube/podwatch.py`, started for namespaces that hold claimed Pods and
+namespace's Pod watch (`kube/pods/podcache.py`, started for namespaces that hold claimed Pods and
 stopped when none are left), or by a GET when the watch has not seen the Pod. The outcome is
 kept in `PodLinks`, which the status writer turns into `status.pod` and labels.
 
@@ -34,12 +34,13 @@ from opamp_operator.fleet.clock import Clock, SystemClock
 from opamp_operator.fleet.events import AgentChanged, FleetEvent, SessionOpened, Subscription
 from opamp_operator.fleet.model import Reason
 from opamp_operator.fleet.registry import Fleet
-
-from .api import ApiSession, Credentials
-from .client import KubeApi, KubeApiError, ObjectRef
-from .naming import agent_id_from_name, resource_name
-from .podapi import PodApi
-from .podlink import (
+from opamp_operator.kube.api import ApiSession, Credentials
+from opamp_operator.kube.api.pods import PodApi
+from opamp_operator.kube.api.resources import KubeApi, KubeApiError, ObjectRef
+from opamp_operator.kube.mirror.statuswriter import StatusWriter
+from opamp_operator.kube.pods.podcache import NamespaceWatch, NamespaceWatches
+from opamp_operator.kube.shapes.naming import agent_id_from_name, resource_name
+from opamp_operator.kube.shapes.podref import (
     LinkReason,
     PodClaim,
     PodLink,
@@ -53,9 +54,7 @@ from .podlink import (
     judge,
     lookup_failed,
 )
-from .podwatch import NamespaceWatch, NamespaceWatches
-from .ratelimit import WriteLimiter
-from .writer import StatusWriter
+from opamp_operator.kube.writes.pace import WriteLimiter
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ LABEL_SERVICE_VERSION: Final = "opamp.dev/service-version"
 LABEL_HOST_NAME: Final = "opamp.dev/host-name"
 LABEL_INSTANCE_UID: Final = "opamp.dev/instance-uid"
 LABEL_MANAGED_BY: Final = "app.kubernetes.io/managed-by"
-# For agents linked to the Pod they run in (kube/podlink.py): where, and which workload.
+# For agents linked to the Pod they run in (kube/shapes/podref.py): where, and which workload.
 LABEL_K8S_NAMESPACE: Final = "opamp.dev/k8s-namespace"
 LABEL_K8S_WORKLOAD: Final = "opamp.dev/k8s-workload"
 LABEL_K8S_WORKLOAD_KIND: Final = "opamp.dev/k8s-workload-kind"

@@ -1,11 +1,11 @@
 """GitOps: remote config declared in Kubernetes, handed to the fleet, reported back in status.
 
-Every replica runs one `GitOpsController` (see `kube/informer.py` for why not Kopf handlers):
+Every replica runs one `GitOpsController` (see `kube/api/listwatch.py` for why not Kopf handlers):
 - two informers keep a small cache of every OpAMPAgent (labels, generation, own
   `spec.remoteConfig`, the reconnect annotation, a few status fields) and every
   OpAMPAgentConfig (selector, priority, config);
 - a resolver task gives each agent whose inputs changed its effective config
-  (`kube/resolver.py` has the precedence) through `Fleet.set_desired_config`; the fleet sends
+  (`kube/gitops/resolver.py` has the precedence) through `Fleet.set_desired_config`; the fleet sends
   it to the agent if it is connected here, and keeps it for when it connects;
 - the status writer asks `observed_generation` and `problem` when it writes an OpAMPAgent
   (`observedGeneration`, and the RemoteConfigApplied/Reconciling/Stalled conditions);
@@ -14,7 +14,7 @@ Every replica runs one `GitOpsController` (see `kube/informer.py` for why not Ko
 - `opamp.dev/reconnect-requested-at` on an OpAMPAgent: the replica holding the agent asks it
   to reconnect, once per annotation value, and records the value in `status.reconnect`;
 - `spec.rollout` of an OpAMPAgentConfig: which agents get its new config and which keep the
-  stable one, and the step decision, are in `kube/rollouts.py`.
+  stable one, and the step decision, are in `kube/gitops/rollouts.py`.
 """
 
 from __future__ import annotations
@@ -31,13 +31,17 @@ from opamp_operator.fleet.clock import Clock
 from opamp_operator.fleet.model import AgentPhase
 from opamp_operator.fleet.registry import Fleet
 from opamp_operator.fleet.remoteconfig import DesiredConfig
-
-from .client import KubeApi, KubeApiError
-from .configstatus import REMOTE_CONFIG_APPLIED, AgentView, config_status
-from .informer import Informer
-from .naming import CONFIG_PLURAL, PLURAL, RECONNECT_ANNOTATION, agent_id_from_name
-from .resolver import ConfigSpecError, FleetConfig, Resolution, fleet_config, own_config, resolve
-from .rollouts import (
+from opamp_operator.kube.api.listwatch import Informer
+from opamp_operator.kube.api.resources import KubeApi, KubeApiError
+from opamp_operator.kube.gitops.resolver import (
+    ConfigSpecError,
+    FleetConfig,
+    Resolution,
+    fleet_config,
+    own_config,
+    resolve,
+)
+from opamp_operator.kube.gitops.rollouts import (
     ConfigRollout,
     RolloutDecider,
     observe,
@@ -46,7 +50,14 @@ from .rollouts import (
     rolled_back_error,
     rollout_conditions,
 )
-from .status import condition, format_time, merge_patch
+from opamp_operator.kube.shapes.agentstatus import condition, format_time, merge_patch
+from opamp_operator.kube.shapes.configstatus import REMOTE_CONFIG_APPLIED, AgentView, config_status
+from opamp_operator.kube.shapes.naming import (
+    CONFIG_PLURAL,
+    PLURAL,
+    RECONNECT_ANNOTATION,
+    agent_id_from_name,
+)
 
 log = logging.getLogger(__name__)
 

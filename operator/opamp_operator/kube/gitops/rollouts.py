@@ -47,12 +47,17 @@ from opamp_operator.fleet.rollout import (
     state_from_status,
     state_to_status,
 )
-
-from .client import KubeApi, KubeApiError, ObjectRef
-from .configstatus import REMOTE_CONFIG_APPLIED
-from .naming import CONFIG_KIND
-from .resolver import ConfigSpecError, FleetConfig, parse_files
-from .status import READY, RECONCILING, STALLED, condition, make_condition
+from opamp_operator.kube.api.resources import KubeApi, KubeApiError, ObjectRef
+from opamp_operator.kube.gitops.resolver import ConfigSpecError, FleetConfig, parse_files
+from opamp_operator.kube.shapes.agentstatus import (
+    READY,
+    RECONCILING,
+    STALLED,
+    condition,
+    make_condition,
+)
+from opamp_operator.kube.shapes.configstatus import REMOTE_CONFIG_APPLIED
+from opamp_operator.kube.shapes.naming import CONFIG_KIND
 
 log = logging.getLogger(__name__)
 

@@ -13,10 +13,23 @@ from datetime import datetime
 from typing import Any
 
 from opamp_operator.config import KubeSettings
-
-from .api import ApiSession, Conflict, Credentials, KubeApiError, NotFound, load_credentials
-from .api.credentials import load_configuration
-from .naming import API_VERSION, CONFIG_PLURAL, GROUP, KIND, PLURAL, VERSION
+from opamp_operator.kube.api import (
+    ApiSession,
+    Conflict,
+    Credentials,
+    KubeApiError,
+    NotFound,
+    load_credentials,
+)
+from opamp_operator.kube.api.credentials import load_configuration
+from opamp_operator.kube.shapes.naming import (
+    API_VERSION,
+    CONFIG_PLURAL,
+    GROUP,
+    KIND,
+    PLURAL,
+    VERSION,
+)
 
 __all__ = ["KubeApi", "KubeApiError", "ObjectRef", "load_configuration"]
 

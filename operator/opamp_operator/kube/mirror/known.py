@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from .naming import (
+from opamp_operator.kube.shapes.agentstatus import parse_time
+from opamp_operator.kube.shapes.naming import (
     LABEL_HOST_NAME,
     LABEL_K8S_NAMESPACE,
     LABEL_K8S_WORKLOAD,
@@ -15,7 +16,6 @@ from .naming import (
     LABEL_SERVICE_NAME,
     LABEL_SERVICE_VERSION,
 )
-from .status import parse_time
 
 # Labels that follow what the agent reports (its instance uid label never changes), and
 # those of a verified Pod link (removed when the link goes).

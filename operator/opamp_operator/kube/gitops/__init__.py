@@ -1,0 +1,1 @@
+"""GitOps: remote config declared in OpAMPAgent / OpAMPAgentConfig resources, for the fleet."""

@@ -1,0 +1,1 @@
+"""The status mirror: fleet events in, OpAMPAgent creates, status patches and Events out."""

@@ -1,0 +1,1 @@
+"""How writes to the API server are paced (shared by every component that writes a CR)."""
