@@ -232,7 +232,8 @@ class Fleet:
         record = self._agents.get(agent_id)
         if record is not None and record.rolled_back != entry:
             record.rolled_back = entry
-            self._publish_changed(record, "remote_config")
+            if record.session is not None:  # only the replica holding it rewrites its CR
+                self._publish_changed(record, "remote_config")
 
     def rolled_back(self, agent_id: str) -> tuple[bytes, str] | None:
         return self._rolled_back.get(agent_id)

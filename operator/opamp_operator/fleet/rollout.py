@@ -22,6 +22,7 @@ No I/O and no clock: the caller passes `now` and what the agents' CRs say. docs/
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from collections.abc import Mapping, Sequence
@@ -177,6 +178,7 @@ def parse_rollout(raw: Any) -> RolloutSpec:
 # -- canary order ------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=1 << 16)  # evaluated per agent at every decision
 def agent_rank(agent_id: str) -> int:
     """Where the agent stands in the canary order: lower ranks get a new config first."""
     return int.from_bytes(hashlib.sha256(agent_id.encode()).digest()[:8], "big")

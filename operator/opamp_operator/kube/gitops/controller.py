@@ -295,6 +295,10 @@ class GitOpsController:
                 parsed = fleet_config(name, obj.get("spec"))
             except ConfigSpecError as failure:
                 error = str(failure)
+                metrics.kube_invalid_config_specs.inc()
+                log.warning(
+                    "OpAMPAgentConfig %s generation %s not used: %s", name, generation, error
+                )
         config = _Config(name, generation, parsed, error, dict(obj.get("status") or {}))
         config.rollout = read_rollout(name, obj, None if old is None else old.rollout)
         if old is not None and old.generation == generation:
