@@ -37,6 +37,7 @@ from tests.support.gitops import (
     yaml_file,
 )
 from tests.support.goagent import GoAgent
+from tests.support.kstatus import compute
 from tests.support.operator_process import OperatorProcess, kubectl
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
@@ -56,13 +57,15 @@ class Agents:
         self.stack = stack
         self.by_id: dict[str, GoAgent] = {}
 
-    async def start(self, count: int) -> None:
-        for _ in range(count):
+    async def start(self, count: int, *, unhealthy_canary: bool = False) -> None:
+        """`count` agents; with `unhealthy_canary`, the first in canary order reports unhealthy."""
+        ids = sorted((str(uuid.uuid4()) for _ in range(count)), key=lambda i: (agent_rank(i), i))
+        for number, agent_id in enumerate(ids):
             agent = await self.stack.enter_async_context(GoAgent())
-            agent_id = str(uuid.uuid4())
             await agent.start(
                 url=self.operator.ws_url, instance_uid=agent_id, service_name="rollout",
                 heartbeat=1, accept_remote_config=True,
+                unhealthy=unhealthy_canary and number == 0,
             )  # fmt: skip
             self.by_id[agent_id] = agent
 
@@ -90,11 +93,14 @@ class Agents:
 
 
 @pytest.fixture
-async def operator(operator_factory: OperatorFactory, kube_api: k8s.ApiClient) -> OperatorProcess:
+async def operator(
+    operator_factory: OperatorFactory, kube_api: k8s.ApiClient
+) -> AsyncIterator[OperatorProcess]:
     install_crd(kube_api)
     process = operator_factory()
     await process.start()
-    return process
+    yield process
+    assert "Traceback" not in process.log_text()
 
 
 @pytest.fixture
@@ -134,9 +140,11 @@ async def wait_rollout(
     return await eventually(f"status.rollout to show {expected}", probe, within)
 
 
-async def start_stable(agents: Agents, count: int, kubeconfig: Path, namespace: str) -> None:
+async def start_stable(
+    agents: Agents, count: int, kubeconfig: Path, namespace: str, *, unhealthy: bool = False
+) -> None:
     """`count` agents running OLD, fully rolled out (so it is the stable config)."""
-    await agents.start(count)
+    await agents.start(count, unhealthy_canary=unhealthy)
     apply_config(kubeconfig, namespace, OLD, None)
     await agents.all_got(config_hash(OLD))
 
@@ -169,11 +177,15 @@ async def test_progressive_rollout_to_20_agents_goes_step_by_step(
     apply_config(kubeconfig, namespace, NEW, rollout_spec(steps=[1, "25%"], healthyForSeconds=1))
     seen: list[tuple[int, int, str]] = []
     got_at_step: dict[int, set[str]] = {}
+    rolling: list[dict[str, Any]] = []
 
     async def probe() -> bool | None:
-        state = rollout_of(kubeconfig, namespace)
+        cr = config_cr(kubeconfig, namespace)
+        state = dict((cr.get("status") or {}).get("rollout") or {})
         if state.get("configHash") != new:
             return None
+        if state["phase"] == "Progressing" and condition(cr, "Reconciling").get("status") == "True":
+            rolling.append(cr)
         entry = (int(state["step"]), int(state["updatedAgents"]), str(state["phase"]))
         if not seen or seen[-1] != entry:
             seen.append(entry)
@@ -199,6 +211,9 @@ async def test_progressive_rollout_to_20_agents_goes_step_by_step(
     assert cr["status"]["stableConfig"]["hash"] == new
     assert condition(cr, "Ready")["status"] == "True"
     assert cr["status"]["observedGeneration"] == cr["metadata"]["generation"]
+    # What Flux and kpt read (the real kstatus library): InProgress while rolling, then Current.
+    verdicts = await compute([rolling[-1], cr])
+    assert [v.status for v in verdicts] == ["InProgress", "Current"]
     reasons = event_reasons(kubeconfig, namespace)
     assert reasons.count("RolloutStarted") == 1 and reasons.count("RolloutStep") == 2
     assert reasons.count("RolloutComplete") == 1
@@ -226,6 +241,7 @@ async def test_a_failing_config_pauses_at_the_first_step_with_only_the_canaries_
     assert condition(cr, "Stalled")["status"] == "True"
     assert condition(cr, "Stalled")["reason"] == "RolloutPaused"
     assert rollout_of(kubeconfig, namespace)["step"] == 1
+    assert [v.status for v in await compute([cr])] == ["Failed"]  # kstatus
     assert "RolloutPaused" in event_reasons(kubeconfig, namespace)
 
     # Resume, the declarative way: the next step goes ahead (its agents fail too, so it
@@ -236,6 +252,21 @@ async def test_a_failing_config_pauses_at_the_first_step_with_only_the_canaries_
     assert state["resumed"] == "2026-03-01T12:00:00Z" and state["acceptedFailures"] == 2
     assert agents.got(bad) == set(agents.ordered[:4])
     assert "RolloutResumed" in event_reasons(kubeconfig, namespace)
+
+
+async def test_an_unhealthy_canary_counts_as_a_failure(
+    agents: Agents, kubeconfig: Path, namespace: str
+) -> None:
+    """It applies the config (APPLIED) but reports health.healthy=false: the rollout pauses."""
+    await start_stable(agents, 4, kubeconfig, namespace, unhealthy=True)
+    new = config_hash(NEW)
+    apply_config(kubeconfig, namespace, NEW, rollout_spec(steps=[1], healthyForSeconds=1))
+    state = await wait_rollout(kubeconfig, namespace, {"configHash": new, "phase": "Paused"})
+    canary = agents.ordered[0]
+    assert state["failures"] == [
+        {"agent": resource_name(canary), "message": "unhealthy after applying"}
+    ]
+    assert agents.last(canary)["status"] == "APPLIED" and agents.got(new) == {canary}
 
 
 async def test_rollback_returns_the_canaries_to_the_previous_config(
@@ -257,6 +288,7 @@ async def test_rollback_returns_the_canaries_to_the_previous_config(
     cr = config_cr(kubeconfig, namespace)
     assert condition(cr, "Stalled")["reason"] == "RolledBack"
     assert condition(cr, "Stalled")["status"] == "True"
+    assert [v.status for v in await compute([cr])] == ["Failed"]  # kstatus
     agent = get_object(kubeconfig, namespace, "opampagents", resource_name(canary)) or {}
     assert agent["status"]["desiredConfig"]["hash"] == old
     assert "RolloutRolledBack" in event_reasons(kubeconfig, namespace)
