@@ -121,6 +121,7 @@ class GitOpsController:
         self.settings = settings
         self.api = api
         self.clock = clock
+        self._started = clock.monotonic()
         self.mark = mark  # StatusWriter.mark: rewrite an agent's CR
         self.status_interval_seconds = status_interval_seconds
         self._agents: dict[str, _Agent] = {}
@@ -407,7 +408,11 @@ class GitOpsController:
                 and (state.config_hash == parsed.desired.hash_hex)
             ):
                 continue
-            observed = [observe(e.name, e.agent_id, e.status) for e in agents.get(name, [])]
+            lost = self._offline_counts()
+            observed = [
+                observe(e.name, e.agent_id, e.status, offline_counts=lost)
+                for e in agents.get(name, [])
+            ]
             body = await self.decider.run(
                 name, parsed, rollout, observed,
                 status=config.status, generation=config.generation, now=self.clock.now(),
@@ -416,6 +421,16 @@ class GitOpsController:
                 written += 1
                 self.apply_config("MODIFIED", body)
         return written
+
+    def _offline_counts(self) -> bool:
+        """Whether an agent Offline after a heartbeat timeout may count as a rollout failure.
+
+        Not for two heartbeat timeouts after this replica started: after an operator restart
+        (or a replica's crash) the liveness judge marks the agents it has not heard from yet
+        Offline although they are only reconnecting, and a reconnect storm is no failure.
+        """
+        grace = 2 * self.fleet.settings.heartbeat_timeout_seconds
+        return self.clock.monotonic() - self._started >= grace
 
     def _selected_agents(self) -> dict[str, list[_Agent]]:
         """Config name -> the agents it is the effective config of."""

@@ -129,10 +129,17 @@ def offered_config(
     return config.desired if version is Version.NEW else stable
 
 
-def observe(name: str, agent_id: str, status: Mapping[str, Any]) -> AgentObservation:
-    """One agent as the planner sees it, from the fields the controller keeps of its CR."""
+def observe(
+    name: str, agent_id: str, status: Mapping[str, Any], *, offline_counts: bool = True
+) -> AgentObservation:
+    """One agent as the planner sees it, from the fields the controller keeps of its CR.
+
+    Without `offline_counts` an Offline agent's reason is left out, so that it cannot count
+    as lost (see `GitOpsController._offline_counts`).
+    """
     applied = condition(status, REMOTE_CONFIG_APPLIED)
     healthy = status.get("healthy")
+    reason = status.get("disconnectReason") if offline_counts else None
     return AgentObservation(
         agent_id=agent_id,
         name=name,
@@ -140,7 +147,7 @@ def observe(name: str, agent_id: str, status: Mapping[str, Any]) -> AgentObserva
         applied_reason=None if applied is None else str(applied.get("reason")),
         applied_message="" if applied is None else str(applied.get("message", "")),
         phase=str(status.get("phase", "")),
-        phase_reason=status.get("disconnectReason"),
+        phase_reason=reason,
         healthy=healthy if isinstance(healthy, bool) else None,
     )
 
