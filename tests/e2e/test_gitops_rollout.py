@@ -254,6 +254,27 @@ async def test_a_failing_config_pauses_at_the_first_step_with_only_the_canaries_
     assert "RolloutResumed" in event_reasons(kubeconfig, namespace)
 
 
+async def test_paused_by_spec_holds_the_step_and_unpausing_resumes(
+    agents: Agents, kubeconfig: Path, namespace: str
+) -> None:
+    """spec.rollout.paused, with the kubectl patch commands of docs/gitops.md."""
+    await start_stable(agents, 4, kubeconfig, namespace)
+    new = config_hash(NEW)
+    apply_config(kubeconfig, namespace, NEW, rollout_spec(steps=[1], paused=True))
+    state = await wait_rollout(kubeconfig, namespace, {"configHash": new, "phase": "Paused"})
+    assert state["reason"] == "PausedBySpec" and state["step"] == 1
+    await asyncio.sleep(2)
+    assert agents.got(new) == {agents.ordered[0]}
+    cr = config_cr(kubeconfig, namespace)
+    assert condition(cr, "Stalled")["status"] == "False"
+    assert [v.status for v in await compute([cr])] == ["InProgress"]  # kstatus
+    kubectl(kubeconfig, "-n", namespace, "patch", "oac", "fleet", "--type", "merge",
+            "-p", '{"spec":{"rollout":{"paused":false}}}')  # fmt: skip
+    await wait_rollout(kubeconfig, namespace, {"configHash": new, "phase": "Complete"})
+    await agents.all_got(new)
+    assert "RolloutResumed" in event_reasons(kubeconfig, namespace)
+
+
 async def test_an_unhealthy_canary_counts_as_a_failure(
     agents: Agents, kubeconfig: Path, namespace: str
 ) -> None:
