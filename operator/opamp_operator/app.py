@@ -25,6 +25,7 @@ from .api.server import ApiServer
 from .config import Settings
 from .fleet.clock import Clock, SystemClock
 from .fleet.events import EventBus
+from .fleet.ledger import NO_LEDGER, SessionLedger
 from .fleet.registry import Fleet
 from .fleet.ticker import run_deadline_ticker
 from .fleet_metrics import FleetMetrics, count_rejected_registration, count_slow_agent
@@ -92,7 +93,9 @@ class OperatorApp:
         self._spawn(run_deadline_ticker(self.fleet), "deadline-ticker")
         self._spawn(FleetMetrics(self._metric_events, self.bus).run(), "fleet-metrics")
         await self._start_api()
-        listener = OpAMPListener(self.settings.listener, self.fleet)
+        # New sessions' rows are committed before their first replies.
+        ledger: SessionLedger = self.running.store or NO_LEDGER
+        listener = OpAMPListener(self.settings.listener, self.fleet, ledger)
         await listener.start()
         self.running.listener = listener
         log.info(

@@ -126,6 +126,11 @@ class StoreSettings:
     migrations_dir: Path | None = None
     migration_lock_timeout_seconds: float = 120.0
     flush_interval_seconds: float = 1.0
+    # A new session's row is committed before the agent's first reply: the writer commits
+    # what waits within `commit_window_seconds` in one transaction, and a reply waits at
+    # most `session_commit_wait_seconds` (then it goes out, counted as unconfirmed).
+    commit_window_seconds: float = 0.005
+    session_commit_wait_seconds: float = 2.0
     # Bound of the writer's in-memory buffer (history events + agents with a last_seen
     # waiting); beyond it last_seen updates are shed first, then history events.
     queue_size: int = 200_000
@@ -160,7 +165,8 @@ class StoreSettings:
             self.connect_timeout_seconds, self.command_timeout_seconds,
             self.max_backoff_seconds, self.ping_interval_seconds,
             self.ready_window_seconds, self.stop_timeout_seconds,
-            self.migration_lock_timeout_seconds,
+            self.migration_lock_timeout_seconds, self.commit_window_seconds,
+            self.session_commit_wait_seconds,
         )  # fmt: skip
         if min(timeouts) <= 0:
             raise ConfigError("store timeouts, backoff and intervals must be > 0 seconds")

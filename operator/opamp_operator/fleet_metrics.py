@@ -57,6 +57,9 @@ class FleetMetrics:
             metrics.phase_transitions.labels(phase=event.current.value, reason=reason).inc()
             if event.current is AgentPhase.OFFLINE and event.reason == Reason.HEARTBEAT_TIMEOUT:
                 metrics.heartbeat_missed.inc()
+                if event.last_seen_at is not None:
+                    silent = (event.at - event.last_seen_at).total_seconds()
+                    metrics.offline_detection_seconds.observe(silent)
         elif isinstance(event, AgentForgotten):
             metrics.agents_forgotten.inc()
 

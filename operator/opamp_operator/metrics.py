@@ -62,6 +62,13 @@ heartbeat_missed = Counter(
     "Agents that went Offline because their heartbeat timed out.",
     registry=REGISTRY,
 )
+offline_detection_seconds = Histogram(
+    "opamp_agent_offline_detection_seconds",
+    "Time from an agent's last message to its Offline by heartbeat timeout: the timeout"
+    " plus how late the deadline fired.",
+    buckets=(1, 2.5, 5, 10, 15, 20, 30, 31, 35, 45, 60, 61, 62, 65, 75, 90, 120, 180, 300, 600),
+    registry=REGISTRY,
+)
 agents_slower_than_timeout = Counter(
     "opamp_agents_slower_than_timeout_total",
     "Agents (each counted once) whose messages came further apart than the heartbeat timeout.",
@@ -194,6 +201,19 @@ db_dropped = Counter(
     "opamp_db_dropped_total",
     "Writes dropped because the queue was full (heartbeats are shed before history).",
     ["kind"],
+    registry=REGISTRY,
+)
+db_session_commits = Counter(
+    "opamp_db_session_commits_total",
+    "First replies of new sessions, by whether the session's row was committed before"
+    " (recorded) or the bounded wait ended first (unconfirmed: database slow or down).",
+    ["outcome"],
+    registry=REGISTRY,
+)
+db_session_commit_wait_seconds = Histogram(
+    "opamp_db_session_commit_wait_seconds",
+    "How long a new session's first reply waited for its history row to be committed.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
     registry=REGISTRY,
 )
 

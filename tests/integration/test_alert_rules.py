@@ -2,9 +2,10 @@
 
 Each case feeds one minute-resolution history of the series the alerts read (the operator's
 metrics per replica, kube-state-metrics' OpAMPAgent and Deployment metrics) and states which
-alerts fire at the end, with their labels and summary; every other alert of the file must
-stay quiet. Descriptions are left out of the comparison: they are prose, and promtool compares
-annotations as exact strings.
+alerts fire at its evaluation time, with their labels and summary; every other alert of the
+file must stay quiet all along the history (every few minutes), not only at the end, so a
+scale-down in progress pages nobody either. Descriptions are left out of the comparison:
+they are prose, and promtool compares annotations as exact strings.
 """
 
 from __future__ import annotations
@@ -202,6 +203,10 @@ CASES = [
 ]
 
 
+HISTORY_MINUTES = 60
+QUIET_EVERY_MINUTES = 2
+
+
 def _groups() -> list[Obj]:
     groups: list[Obj] = one(render(MANIFESTS / "monitoring"), "PrometheusRule")["spec"]["groups"]
     return groups
@@ -239,14 +244,17 @@ def test_every_alert_fires_in_some_case_and_is_quiet_in_another() -> None:
 def test_alerts(case: Case, rules_for_tests: Path, tmp_path: Path) -> None:
     names = _alert_names(_groups())
     assert case.firing.keys() <= set(names), "a case names an alert the file does not have"
-    test = {
-        "interval": "1m",
-        "input_series": case.series(),
-        "alert_rule_test": [
-            {"eval_time": case.at, "alertname": name, "exp_alerts": case.firing.get(name, [])}
-            for name in names
-        ],
-    }
+    firing = [
+        {"eval_time": case.at, "alertname": name, "exp_alerts": expected}
+        for name, expected in case.firing.items()
+    ]
+    quiet = [
+        {"eval_time": f"{minute}m", "alertname": name, "exp_alerts": []}
+        for name in names
+        if name not in case.firing
+        for minute in range(0, HISTORY_MINUTES + 1, QUIET_EVERY_MINUTES)
+    ]
+    test = {"interval": "1m", "input_series": case.series(), "alert_rule_test": firing + quiet}
     spec = {"rule_files": [str(rules_for_tests)], "evaluation_interval": "1m", "tests": [test]}
     test_file = tmp_path / "test.yaml"
     test_file.write_text(yaml.safe_dump(spec, sort_keys=False))

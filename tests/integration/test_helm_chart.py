@@ -12,6 +12,7 @@ Standard.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,8 @@ import pytest
 import yaml
 from kubernetes import client as k8s
 
-from tests.support.helm import CHART, NAMESPACE, helm, template, without_helm_labels
+from opamp_operator.config import FleetSettings
+from tests.support.helm import CHART, NAMESPACE, RELEASE, helm, template, without_helm_labels
 from tests.support.manifests import (
     MANIFESTS,
     ROOT,
@@ -100,6 +102,27 @@ def test_default_values_render_the_kustomize_base(home: Path, base: list[Obj]) -
     assert not differ, f"the chart and manifests/ drifted apart in {differ}"
 
 
+def test_monitoring_objects_render_manifests_monitoring(home: Path) -> None:
+    """The optional ServiceMonitor, PrometheusRule and dashboard ConfigMap, switched on,
+    are the objects of manifests/monitoring/ (whose labels the chart's default values
+    carry)."""
+    kinds = ("serviceMonitor", "prometheusRule", "dashboard")
+    switched_on = {"monitoring": {kind: {"enabled": True} for kind in kinds}}
+    chart = {
+        _key(o): without_helm_labels(o)
+        for o in template(home, switched_on)
+        if o["kind"] in MONITORING_KINDS or o["metadata"]["name"] == "opamp-operator-dashboard"
+    }
+    kustomize = {_key(o): o for o in render(MANIFESTS / "monitoring")}
+    assert sorted(chart) == sorted(kustomize)
+    # Helm's `|-` block drops the file's final newline; the JSON is what must be equal.
+    for objects in (chart, kustomize):
+        data = objects[("ConfigMap", NAMESPACE, "opamp-operator-dashboard")]["data"]
+        data["opamp-fleet.json"] = json.loads(data["opamp-fleet.json"])
+    differ = sorted(str(key) for key in kustomize if chart[key] != kustomize[key])
+    assert not differ, f"the chart and manifests/monitoring drifted apart in {differ}"
+
+
 def test_copies_match_their_source() -> None:
     """The chart's CRDs, rules and dashboard are byte-for-byte copies (Helm cannot read
     files outside the chart)."""
@@ -170,6 +193,22 @@ def test_custom_values_land_where_they_should(home: Path, namespace: str) -> Non
         ({"database": {"existingSecret": ""}}, "/database/existingSecret"),
         ({"heartbeat": {"interval": "30s"}}, "/heartbeat/interval"),
         ({"heartbeat": {"interval": 30, "timeout": 20}}, "heartbeat.timeout (20) must exceed"),
+        (
+            {"heartbeat": {"timeout": 20}},
+            "heartbeat.timeout (20) must exceed heartbeat.interval (30, the operator's default)",
+        ),
+        ({"heartbeat": {"timeout": 0}}, "/heartbeat/timeout"),
+        ({"resources": {"limits": {"memory": "1 GB"}}}, "/resources/limits/memory"),
+        ({"resources": {"request": {"cpu": 1}}}, "request"),
+        ({"database": {"existingSecret": "My_Secret"}}, "/database/existingSecret"),
+        ({"database": {"key": "a/b"}}, "/database/key"),
+        ({"tls": {"existingSecret": "tls secret"}}, "/tls/existingSecret"),
+        (
+            {"tls": {"clientCAKey": "ca.crt"}},
+            "tls.clientCAKey (ca.crt) is a key of tls.existingSecret",
+        ),
+        ({"agentTokens": {"existingSecret": "Tokens!"}}, "/agentTokens/existingSecret"),
+        ({"agentTokens": {"existingSecret": "tokens", "key": ""}}, "/agentTokens/key"),
         ({"watchNamespace": "Not_A_Namespace"}, "/watchNamespace"),
         ({"extraEnv": [{"name": "lower-case"}]}, "/extraEnv/0/name"),
         ({"replicas": 3}, "replicas"),  # a typo of replicaCount: unknown keys are refused
@@ -183,6 +222,55 @@ def test_bad_values_are_refused_with_a_clear_message(home: Path, values: Obj, me
     assert result.returncode != 0, f"{values} was accepted"
     assert message in result.stderr, result.stderr
     assert "goroutine" not in result.stderr  # a message, not a crash
+
+
+def test_heartbeat_check_assumes_the_operators_defaults(home: Path) -> None:
+    """One timing set alone is checked against the operator's default for the other, which
+    the chart's helper must therefore know (and keep in step with FleetSettings)."""
+    defaults = FleetSettings()
+    interval, timeout = defaults.heartbeat_interval_seconds, defaults.heartbeat_timeout_seconds
+    refused = [{"timeout": interval}, {"interval": timeout}]
+    accepted = [{"timeout": interval + 0.5}, {"interval": timeout - 0.5}]
+    for heartbeat in refused + accepted:
+        path = home / "heartbeat-values.json"
+        path.write_text(json.dumps({"heartbeat": heartbeat}))
+        result = helm("template", "x", str(CHART), "--values", str(path), home=home)
+        if heartbeat in refused:
+            assert "the operator's default" in result.stderr, (heartbeat, result.stderr)
+        else:
+            assert result.returncode == 0, (heartbeat, result.stderr)
+
+
+def _value_paths(values: Obj, schema: Obj, prefix: str = "") -> list[str]:
+    """The chart's values down to two levels, where the schema names their keys."""
+    paths = []
+    for key, value in values.items():
+        path = prefix + key
+        paths.append(path)
+        if isinstance(value, dict) and "properties" in schema["properties"][key] and not prefix:
+            paths += _value_paths(value, schema["properties"][key], path + ".")
+    return paths
+
+
+def test_every_value_is_documented() -> None:
+    """docs/deploy.md's values table names each value down to two levels (`a.b`, or `.b`
+    in a row of `a.`)."""
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    doc = (ROOT / "docs" / "deploy.md").read_text()
+    table = doc[doc.index("### Values") : doc.index("### Upgrades and CRDs")]
+    rows = [line for line in table.splitlines() if line.startswith("| `")]
+    undocumented = []
+    for path in _value_paths(values, schema):
+        parent, _, leaf = path.rpartition(".")
+        if parent:
+            names = (f"`{path}`", f"`{path}.", f"`.{leaf}`")
+            found = any(f"`{parent}." in r and any(n in r for n in names) for r in rows)
+        else:
+            found = any(f"`{path}`" in r or f"`{path}." in r for r in rows)
+        if not found:
+            undocumented.append(path)
+    assert not undocumented, f"docs/deploy.md's values table lacks {undocumented}"
 
 
 @pytest.fixture(scope="module")
@@ -214,3 +302,81 @@ def test_server_accepts_the_rendered_chart(
     assert "Warning" not in warnings, warnings
     pod = pod_from(one(objects, "Deployment"), NAMESPACE)
     assert_restricted_admission(k8s.CoreV1Api(kube_api), pod)
+
+
+def test_notes_follow_the_values(home: Path) -> None:
+    """NOTES.txt (as `helm install` prints it; a client-side dry run renders it) names the
+    DSN Secret, the OpAMP URL with its TLS and token requirements, and where to look."""
+    path = home / "notes-values.json"
+    path.write_text(json.dumps({**CUSTOM, "watchNamespace": "agents"}))
+    result = helm("install", RELEASE, str(CHART), "-n", NAMESPACE, "--dry-run=client",
+                  "--values", str(path), home=home)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    notes = result.stdout[result.stdout.index("NOTES:") :]
+    for expected in [
+        f"kubectl -n {NAMESPACE} create secret generic pg \\\n       --from-literal=url=",
+        f"wss://opamp-operator.{NAMESPACE}.svc:4320/v1/opamp",
+        "Authorization: Bearer <token>`, a token listed in the Secret tokens (key list)",
+        "client certificate signed by the CA in opamp-tls (key ca.crt)",
+        "kubectl get opampagents -n agents",
+        "kubectl apply --server-side -f <new chart>/crds/",
+    ]:
+        assert expected in notes, f"{expected!r} not in\n{notes}"
+
+
+def test_kube_version_requirement(home: Path) -> None:
+    old = helm("template", "x", str(CHART), "--kube-version", "1.29.9", home=home)
+    assert old.returncode != 0 and "requires kubeVersion: >=1.30.0-0" in old.stderr, old.stderr
+    new = helm("template", "x", str(CHART), "--kube-version", "1.30.0", home=home)
+    assert new.returncode == 0, new.stderr
+
+
+def _chart_for_the_test_bed(kube_api: k8s.ApiClient, directory: Path) -> Path:
+    """The chart, less its kubeVersion requirement if the API server has no version: the
+    test bed's kube-apiserver is built from its Go module without version stamping, so it
+    reports v0.0.0-master, which Helm rightly refuses (test_kube_version_requirement covers
+    the requirement itself)."""
+    version = k8s.VersionApi(kube_api).get_code().git_version
+    if not version.startswith("v0.0.0"):
+        return CHART
+    chart = directory / "opamp-operator"
+    shutil.copytree(CHART, chart, dirs_exist_ok=True)
+    meta = chart / "Chart.yaml"
+    kept = [line for line in meta.read_text().splitlines() if not line.startswith("kubeVersion:")]
+    meta.write_text("\n".join(kept) + "\n")
+    return chart
+
+
+def test_helm_install_onto_the_test_bed(
+    home: Path, kubeconfig: Path, kube_api: k8s.ApiClient, installed: None
+) -> None:
+    """A real `helm install` (default values) into the restricted namespace: the release is
+    deployed, its objects exist, NOTES.txt tells what to do next; a bad value is refused
+    before anything reaches the cluster. The CRDs are already there (the `installed`
+    fixture): Helm leaves existing CRDs alone, as it does on every later upgrade."""
+    chart = str(_chart_for_the_test_bed(kube_api, home / "chart"))
+    kube = f"--kubeconfig={kubeconfig}"
+    bad = home / "bad-install-values.json"
+    bad.write_text(json.dumps({"replicaCount": -1}))
+    refused = helm("install", "bad", chart, "-n", NAMESPACE, kube, "--values", str(bad),
+                   home=home)  # fmt: skip
+    assert refused.returncode != 0 and "/replicaCount" in refused.stderr, refused.stderr
+    result = helm("install", RELEASE, chart, "-n", NAMESPACE, kube, home=home)
+    try:
+        assert result.returncode == 0, result.stderr
+        # The API server's warnings (Pod Security "would violate ...", deprecations) reach
+        # helm's stderr through client-go's warnings.go; other client-go lines are noise.
+        assert "warnings.go" not in result.stderr, result.stderr
+        assert "STATUS: deployed" in result.stdout
+        assert f"kubectl get opampagents -n {NAMESPACE}" in result.stdout
+        assert "create secret generic opamp-operator-db" in result.stdout
+        apps = k8s.AppsV1Api(kube_api)
+        deployment = apps.read_namespaced_deployment("opamp-operator", NAMESPACE)
+        assert deployment.metadata.labels["app.kubernetes.io/managed-by"] == "Helm"
+        assert deployment.spec.replicas == 2
+        policy = k8s.PolicyV1Api(kube_api)
+        assert policy.read_namespaced_pod_disruption_budget("opamp-operator", NAMESPACE)
+        pod = pod_from(kube_api.sanitize_for_serialization(deployment), NAMESPACE)
+        assert_restricted_admission(k8s.CoreV1Api(kube_api), pod)
+    finally:
+        helm("uninstall", RELEASE, "-n", NAMESPACE, kube, home=home)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 
 import asyncpg
@@ -283,3 +284,22 @@ async def test_an_event_the_database_rejects_costs_only_itself(postgres_dsn: str
                 "SELECT count(*) FROM agents WHERE last_seen_at IS NULL"
             )
         assert missing_seen == 0
+
+
+async def test_a_new_sessions_row_is_committed_before_recorded_returns(postgres_dsn: str) -> None:
+    """The transports await `recorded()` before a new session's first reply (issue 15)."""
+    async with store_rig(postgres_dsn, start=True, flush_interval_seconds=60) as rig:
+        agents = [new_agent_id() for _ in range(20)]
+        for agent in agents:
+            rig.fleet.handle_message(FakeChannel(), hello(agent))
+        before = metrics.db_session_commits.labels("recorded")._value.get()
+        # 20 agents at once: one group commit, not a transaction each.
+        flushes = rig.writer.statements["history_open"]
+        await asyncio.wait_for(asyncio.gather(*(rig.writer.recorded() for _ in agents)), 5)
+        for agent in agents:
+            assert len(await queries.agent_history(rig.pool, agent)) == 1
+        assert rig.writer.statements["history_open"] == flushes + 1
+        assert metrics.db_session_commits.labels("recorded")._value.get() == before + 20
+        # Nothing new since: it returns at once, without a commit.
+        await asyncio.wait_for(rig.writer.recorded(), 0.5)
+        assert rig.writer.statements["history_open"] == flushes + 1

@@ -30,6 +30,8 @@ Obj = dict[str, Any]
 def helm(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
     """Run helm with its config, cache and data under `home` (never the user's)."""
     env = {
+        # client-go keeps its discovery cache under $HOME/.kube (without HOME: ./.kube).
+        "HOME": str(home),
         "HELM_CONFIG_HOME": str(home / "config"),
         "HELM_CACHE_HOME": str(home / "cache"),
         "HELM_DATA_HOME": str(home / "data"),

@@ -44,6 +44,7 @@ def test_sessions_transitions_and_missed_heartbeats() -> None:
         "opamp_agent_phase_transitions_total", phase="Error", reason="offline_too_long"
     )
     missed = _value("opamp_agent_heartbeat_missed_total")
+    detected = _value("opamp_agent_offline_detection_seconds_sum")
 
     quiet, polite = new_agent_id(), new_agent_id()
     fleet.handle_message(FakeChannel(), hello(quiet))
@@ -57,6 +58,9 @@ def test_sessions_transitions_and_missed_heartbeats() -> None:
     _drain(subscriber)
 
     assert _value("opamp_agent_heartbeat_missed_total") == missed + 1
+    # quiet's last message came 20 s + the timeout before the check noticed the silence.
+    silent = 20 + fleet.settings.heartbeat_timeout_seconds
+    assert _value("opamp_agent_offline_detection_seconds_sum") == detected + silent
     assert (
         _value(f"{duration}_count", transport="websocket", reason="heartbeat_timeout")
         == timeout_sessions + 1

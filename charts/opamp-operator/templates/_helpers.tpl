@@ -41,12 +41,26 @@ app.kubernetes.io/name: {{ include "opamp-operator.name" . }}
   namespace: {{ .Release.Namespace }}
 {{- end }}
 
-{{/* What the schema cannot say: the operator refuses a timeout not above the interval. */}}
+{{/*
+What the schema cannot say. The operator refuses a heartbeat timeout not above the interval;
+an unset one is the operator's default (FleetSettings in operator/opamp_operator/config.py;
+a test keeps these equal), so a timeout alone is checked against the default interval.
+*/}}
 {{- define "opamp-operator.checkHeartbeat" -}}
 {{- $h := .Values.heartbeat }}
-{{- if and $h.interval $h.timeout }}
-{{- if le (float64 $h.timeout) (float64 $h.interval) }}
-{{- fail (printf "heartbeat.timeout (%v) must exceed heartbeat.interval (%v)" $h.timeout $h.interval) }}
+{{- $interval := default 30 $h.interval | float64 }}
+{{- $timeout := default 60 $h.timeout | float64 }}
+{{- if le $timeout $interval }}
+{{- $default := ", the operator's default" }}
+{{- fail (printf "heartbeat.timeout (%v%s) must exceed heartbeat.interval (%v%s)"
+    $timeout (ternary $default "" (kindIs "invalid" $h.timeout))
+    $interval (ternary $default "" (kindIs "invalid" $h.interval))) }}
 {{- end }}
+{{- end }}
+
+{{/* A CA key names a key of the TLS Secret: without the Secret it would be ignored. */}}
+{{- define "opamp-operator.checkTLS" -}}
+{{- if and .Values.tls.clientCAKey (not .Values.tls.existingSecret) }}
+{{- fail (printf "tls.clientCAKey (%s) is a key of tls.existingSecret, which is not set" .Values.tls.clientCAKey) }}
 {{- end }}
 {{- end }}

@@ -48,6 +48,9 @@ class PhaseChanged:
     current: AgentPhase
     reason: str
     at: datetime
+    # The agent's last message before the change: for a heartbeat timeout, `at` minus this
+    # is how long the fleet took to notice the silence (timeout + how late it fired).
+    last_seen_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)

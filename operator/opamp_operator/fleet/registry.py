@@ -85,6 +85,9 @@ class Fleet:
         # Set by `begin_shutdown`: from then on no deadline fires, so every session that is
         # still open ends as operator_shutdown, however long its socket takes to close.
         self._shutting_down = False
+        # Sessions opened since start: a transport compares it around `handle_message` to
+        # learn that a message opened a session (see fleet/ledger.py).
+        self.sessions_opened = 0
         self.rejected_registrations = 0
 
     # -- reading -----------------------------------------------------------------
@@ -354,6 +357,7 @@ class Fleet:
         if channel.transport is Transport.WEBSOCKET:
             self._by_channel[channel] = record.agent_id
         record.last_connected_at = now
+        self.sessions_opened += 1
         record.offered_settings = False
         record.config_sent_hash = None
         self.events.publish(
@@ -505,7 +509,9 @@ class Fleet:
     def _set_phase(self, record: AgentRecord, phase: AgentPhase, reason: str) -> None:
         previous, now = record.phase, self.clock.now()
         record.phase, record.phase_reason, record.phase_since = phase, reason, now
-        self.events.publish(PhaseChanged(record.agent_id, previous, phase, reason, now))
+        self.events.publish(
+            PhaseChanged(record.agent_id, previous, phase, reason, now, record.last_seen_at)
+        )
 
 
 def _hash_of(config: DesiredConfig | None) -> bytes | None:

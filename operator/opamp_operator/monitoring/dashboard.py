@@ -74,6 +74,10 @@ ROWS: tuple[tuple[str, tuple[Panel, ...]], ...] = (
                   (_q(f"sum by (instance) "
                       f"(increase(opamp_agent_heartbeat_missed_total{{{SEL}}}[{RATE}]))",
                       "{{instance}}"),)),
+            Panel("Offline detection (p99)", "Last message to Offline by heartbeat timeout: "
+                  "the timeout plus how late the deadline fired, per replica.",
+                  (_q(_p99("opamp_agent_offline_detection_seconds", "instance"),
+                      "{{instance}}"),), unit="s"),
             Panel("Session length (median)", "How long sessions lasted when they ended.",
                   (_q(f"histogram_quantile(0.5, sum by (le, transport) "
                       f"(rate(opamp_agent_connection_duration_seconds_bucket{{{SEL}}}[{RATE}])))",

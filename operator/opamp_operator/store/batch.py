@@ -67,6 +67,10 @@ class PendingWrites:
         self.limit = limit
         self.max_batch = max_batch
         self._events: deque[HistoryEvent] = deque()
+        # Events ever appended / ever written or discarded: every event appended before
+        # `appended` reached n is settled once `settled` >= n (batches leave in order).
+        self.appended = 0
+        self.settled = 0
         self._seen: dict[str, datetime] = {}
         self._described: set[str] = set()
         self._resync = False
@@ -101,6 +105,7 @@ class PendingWrites:
             self._resync = True
             return Shed(history=1, last_seen=shed_seen)
         self._events.append(event)
+        self.appended += 1
         return Shed(last_seen=shed_seen)
 
     def add_seen(self, seen: Mapping[str, datetime]) -> Shed:
@@ -131,6 +136,7 @@ class PendingWrites:
         """`batch` was written: forget it."""
         for _ in batch.events:
             self._events.popleft()
+        self.settled += len(batch.events)
         self._next_size = None
 
     def discard(self, batch: Batch) -> None:

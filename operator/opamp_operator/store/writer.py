@@ -64,6 +64,9 @@ class StoreWriter:
         self._last_ok: float | None = None  # monotonic time of the last successful write/ping
         self._outage_since: float | None = None
         self._outage_errors = 0
+        # Sessions' first replies waiting for a commit: (events appended by then, waiter).
+        self._barriers: list[tuple[int, asyncio.Future[bool]]] = []
+        self._commit_soon: asyncio.TimerHandle | None = None
         self.dropped_history = 0  # since start, for logs and tests (metrics count too)
         self.dropped_last_seen = 0
 
@@ -107,6 +110,8 @@ class StoreWriter:
                 len(self._pending) - self._pending.history_depth,
                 self._target,
             )
+        finally:
+            self._release_barriers(committed=False)  # what is left is not coming
 
     @property
     def ready(self) -> bool:
@@ -118,6 +123,49 @@ class StoreWriter:
     def pending(self) -> int:
         """History events not yet written: buffered here plus queued in the subscription."""
         return self._pending.history_depth + self.subscription.depth()
+
+    async def recorded(self) -> None:
+        """`SessionLedger`: return once every event published so far is committed.
+
+        The transports call it when a message opened a session, before the first reply, so
+        a session the agent was answered for has its row even after a SIGKILL. Waiters of
+        the next `commit_window_seconds` share one transaction. Bounded: while the database
+        is unreachable (not `ready`) or slow, the reply goes out unconfirmed, counted.
+        """
+        started = time.perf_counter()
+        self._drain_subscription()
+        target = self._pending.appended
+        if self._pending.settled >= target:
+            return
+        if not self.ready or self._stopped:
+            metrics.db_session_commits.labels("unconfirmed").inc()
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._barriers.append((target, waiter))
+        if self._commit_soon is None:
+            self._commit_soon = asyncio.get_running_loop().call_later(
+                self.settings.commit_window_seconds, self._wake.set
+            )
+        wait = self.settings.session_commit_wait_seconds
+        try:
+            committed = await asyncio.wait_for(asyncio.shield(waiter), wait)
+        except TimeoutError:
+            committed = False
+        metrics.db_session_commits.labels("recorded" if committed else "unconfirmed").inc()
+        if committed:
+            metrics.db_session_commit_wait_seconds.observe(time.perf_counter() - started)
+
+    def _release_barriers(self, *, committed: bool = True) -> None:
+        """Answer the waiters whose events are settled (all of them when stopping)."""
+        settled = self._pending.settled
+        waiting = []
+        for target, waiter in self._barriers:
+            if target <= settled or not committed:
+                if not waiter.done():
+                    waiter.set_result(committed)
+            else:
+                waiting.append((target, waiter))
+        self._barriers = waiting
 
     # -- consuming -------------------------------------------------------------------------
 
@@ -174,6 +222,8 @@ class StoreWriter:
                     await self._wake.wait()
             if self._stopping:
                 return
+            self._wake.clear()
+            self._commit_soon = None  # waiters from now on schedule the next group commit
             try:
                 ok = await self.flush()
             except Exception:  # a bug here must not end persistence for good
@@ -221,12 +271,14 @@ class StoreWriter:
             raise
         if batch is not None:
             self._pending.done(batch)
+            self._release_barriers()
         self._on_success()
         return True
 
     def _reject(self, batch: Batch, error: Exception) -> None:
         # Retrying the same row would fail forever: drop it, resync agents' rows later.
         self._pending.discard(batch)
+        self._release_barriers()  # nothing more will come of these events
         metrics.db_errors.labels("flush_rejected").inc()
         metrics.db_dropped.labels("history").inc(len(batch.events))
         self.dropped_history += len(batch.events)

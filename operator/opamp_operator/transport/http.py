@@ -28,6 +28,7 @@ from aiohttp.web_request import BaseRequest
 
 from opamp_operator import metrics
 from opamp_operator.config import ListenerSettings
+from opamp_operator.fleet.ledger import NO_LEDGER, SessionLedger
 from opamp_operator.fleet.model import Transport
 from opamp_operator.fleet.registry import Fleet
 from opamp_operator.opamp.errors import MalformedMessage
@@ -73,9 +74,16 @@ class HttpChannel:
 
 
 class HttpEndpoint:
-    def __init__(self, settings: ListenerSettings, fleet: Fleet, auth: BearerAuth) -> None:
+    def __init__(
+        self,
+        settings: ListenerSettings,
+        fleet: Fleet,
+        auth: BearerAuth,
+        ledger: SessionLedger = NO_LEDGER,
+    ) -> None:
         self._settings = settings
         self._fleet = fleet
+        self._ledger = ledger
         self._auth = auth
         self.server: web.Server | None = None
 
@@ -140,8 +148,11 @@ class HttpEndpoint:
             message = parse_agent_to_server(data)
         except MalformedMessage:
             return self._malformed(request, data)
+        opened = self._fleet.sessions_opened
         reply = self._fleet.handle_message(HttpChannel(_peer(request)), message)
         metrics.messages_received.labels(_HTTP, message_kind(message)).inc()
+        if self._fleet.sessions_opened != opened:
+            await self._ledger.recorded()  # its row first: the reply acknowledges the session
         response = self._reply(request, message, reply)
         metrics.message_handling_seconds.labels(_HTTP).observe(time.perf_counter() - started)
         return response

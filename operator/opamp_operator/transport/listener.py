@@ -12,6 +12,7 @@ from websockets.frames import CloseCode
 
 from opamp_operator import metrics
 from opamp_operator.config import ListenerSettings
+from opamp_operator.fleet.ledger import NO_LEDGER, SessionLedger
 from opamp_operator.fleet.model import Reason, Transport
 from opamp_operator.fleet.registry import Fleet
 
@@ -40,12 +41,14 @@ def server_ssl_context(settings: ListenerSettings) -> ssl.SSLContext | None:
 class OpAMPListener:
     """Serves OpAMP agents on `settings.host:settings.port` until `stop`."""
 
-    def __init__(self, settings: ListenerSettings, fleet: Fleet) -> None:
+    def __init__(
+        self, settings: ListenerSettings, fleet: Fleet, ledger: SessionLedger = NO_LEDGER
+    ) -> None:
         self.settings = settings
         self._fleet = fleet
         self._auth = BearerAuth(settings.agent_tokens)
-        self._websockets = WebSocketEndpoint(settings, fleet)
-        self._http = HttpEndpoint(settings, fleet, self._auth)
+        self._websockets = WebSocketEndpoint(settings, fleet, ledger)
+        self._http = HttpEndpoint(settings, fleet, self._auth, ledger)
         self._pending: set[FrontProtocol] = set()  # connections whose head is not read yet
         self._ws_server: Server | None = None
         self._stopping = False

@@ -28,6 +28,7 @@ from websockets.server import ServerProtocol
 
 from opamp_operator import metrics
 from opamp_operator.config import ListenerSettings
+from opamp_operator.fleet.ledger import NO_LEDGER, SessionLedger
 from opamp_operator.fleet.model import Reason, Transport
 from opamp_operator.fleet.registry import Fleet
 from opamp_operator.opamp.errors import FrameError, MalformedMessage
@@ -145,9 +146,12 @@ def _log_close_failure(task: asyncio.Task[None]) -> None:
 class WebSocketEndpoint:
     """Creates websockets connections for the front protocol and runs their sessions."""
 
-    def __init__(self, settings: ListenerSettings, fleet: Fleet) -> None:
+    def __init__(
+        self, settings: ListenerSettings, fleet: Fleet, ledger: SessionLedger = NO_LEDGER
+    ) -> None:
         self._settings = settings
         self._fleet = fleet
+        self._ledger = ledger
         self.channels: set[WebSocketChannel] = set()
 
     def new_connection(self, server: Server, accepted_at: float) -> OpAMPConnection:
@@ -253,6 +257,7 @@ class WebSocketEndpoint:
             detail = "AgentToServer does not decode"
             self._reject(channel, "malformed_message", CloseCode.INVALID_DATA, detail)
             return False
+        opened = self._fleet.sessions_opened
         try:
             reply = self._fleet.handle_message(channel, message)
         except Exception:
@@ -260,6 +265,8 @@ class WebSocketEndpoint:
             channel.close(CloseCode.INTERNAL_ERROR, "internal error", Reason.CONNECTION_CLOSED)
             return False
         metrics.messages_received.labels(Transport.WEBSOCKET.value, message_kind(message)).inc()
+        if self._fleet.sessions_opened != opened:
+            await self._ledger.recorded()  # its row first: the reply acknowledges the session
         if reply is not None:
             await channel.send(reply)
         elapsed = time.perf_counter() - started
