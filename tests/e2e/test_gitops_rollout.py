@@ -57,8 +57,11 @@ class Agents:
         self.stack = stack
         self.by_id: dict[str, GoAgent] = {}
 
-    async def start(self, count: int, *, unhealthy_canary: bool = False) -> None:
-        """`count` agents; with `unhealthy_canary`, the first in canary order reports unhealthy."""
+    async def start(
+        self, count: int, *, unhealthy_canary: bool = False, silent_canary: float | None = None
+    ) -> None:
+        """`count` agents; the first in canary order may report unhealthy, or fall silent
+        (SIGSTOP: no heartbeats, no goodbye) `silent_canary` seconds after its start."""
         ids = sorted((str(uuid.uuid4()) for _ in range(count)), key=lambda i: (agent_rank(i), i))
         for number, agent_id in enumerate(ids):
             agent = await self.stack.enter_async_context(GoAgent())
@@ -66,6 +69,7 @@ class Agents:
                 url=self.operator.ws_url, instance_uid=agent_id, service_name="rollout",
                 heartbeat=1, accept_remote_config=True,
                 unhealthy=unhealthy_canary and number == 0,
+                silent_after=silent_canary if number == 0 else None,
             )  # fmt: skip
             self.by_id[agent_id] = agent
 
@@ -141,10 +145,16 @@ async def wait_rollout(
 
 
 async def start_stable(
-    agents: Agents, count: int, kubeconfig: Path, namespace: str, *, unhealthy: bool = False
+    agents: Agents,
+    count: int,
+    kubeconfig: Path,
+    namespace: str,
+    *,
+    unhealthy: bool = False,
+    silent: float | None = None,
 ) -> None:
     """`count` agents running OLD, fully rolled out (so it is the stable config)."""
-    await agents.start(count, unhealthy_canary=unhealthy)
+    await agents.start(count, unhealthy_canary=unhealthy, silent_canary=silent)
     apply_config(kubeconfig, namespace, OLD, None)
     await agents.all_got(config_hash(OLD))
 
@@ -288,6 +298,23 @@ async def test_an_unhealthy_canary_counts_as_a_failure(
         {"agent": resource_name(canary), "message": "unhealthy after applying"}
     ]
     assert agents.last(canary)["status"] == "APPLIED" and agents.got(new) == {canary}
+
+
+async def test_a_canary_lost_after_applying_counts_as_a_failure(
+    agents: Agents, kubeconfig: Path, namespace: str
+) -> None:
+    """It applies the config, then falls silent: Offline after the heartbeat timeout (3 s)."""
+    await start_stable(agents, 4, kubeconfig, namespace, silent=15)
+    new = config_hash(NEW)
+    apply_config(kubeconfig, namespace, NEW, rollout_spec(steps=[1], healthyForSeconds=40))
+    canary = agents.ordered[0]
+    await agents.by_id[canary].wait_for_event("remote_config", timeout=14,
+                                              where=lambda e: e.get("hash") == new)  # fmt: skip
+    state = await wait_rollout(kubeconfig, namespace, {"configHash": new, "phase": "Paused"})
+    assert state["failures"] == [
+        {"agent": resource_name(canary), "message": "Offline (heartbeat_timeout) after applying"}
+    ]
+    assert agents.got(new) == {canary}
 
 
 async def test_rollback_returns_the_canaries_to_the_previous_config(
