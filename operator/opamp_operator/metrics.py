@@ -195,6 +195,11 @@ kube_informer_errors = Counter(
     ["resource"],
     registry=REGISTRY,
 )
+kube_invalid_config_specs = Counter(
+    "opamp_kube_invalid_config_specs_total",
+    "OpAMPAgentConfig generations whose spec cannot be used (selector, remoteConfig, rollout).",
+    registry=REGISTRY,
+)
 kube_desired_config_changes = Counter(
     "opamp_kube_desired_config_changes_total",
     "Agents whose desired remote config changed (set, replaced or forgotten), by source kind.",

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import pytest
 from kubernetes import client as k8s
 
+from opamp_operator import metrics
 from opamp_operator.config import FleetSettings, KubeSettings
 from opamp_operator.fleet.clock import SystemClock
 from opamp_operator.fleet.events import EventBus
@@ -215,3 +216,29 @@ async def test_an_informer_relists_when_its_resource_version_is_gone(
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         await reader.close()
+
+
+async def test_an_unusable_rollout_is_an_invalid_spec(
+    controller: tuple[GitOpsController, Fleet], kube_api: k8s.ApiClient, namespace: str
+) -> None:
+    """The CRD takes any int-or-string step; the operator says which one it cannot use."""
+    gitops, fleet = controller
+    cluster = Cluster(kube_api, namespace)
+    agent = str(uuid.uuid4())
+    cluster.create_agent(agent, {"tier": "web"}, {})
+    await eventually("both informers synced", lambda: gitops.ready)
+    before = metrics.kube_invalid_config_specs._value.get()
+    manifest = config_manifest("web", {"matchLabels": {"tier": "web"}}, yaml_file("web\n"))
+    manifest["spec"]["rollout"] = {"strategy": "Progressive", "steps": [1, "150%"]}
+    cluster.apply_config(manifest)
+
+    def stalled() -> dict[str, Any] | None:
+        status = cluster.config_status("web")
+        found = [c for c in status.get("conditions", []) if c["type"] == "Stalled"]
+        return found[0] if found and found[0]["reason"] == "InvalidSpec" else None
+
+    found = await eventually("InvalidSpec", stalled)
+    assert found["status"] == "True"
+    assert found["message"] == "rollout: steps[1]: '150%' is more than 100%"
+    assert fleet.desired_config(agent) is None
+    assert metrics.kube_invalid_config_specs._value.get() == before + 1

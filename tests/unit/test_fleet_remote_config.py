@@ -326,3 +326,57 @@ def test_pending_while_offline(fleet: Fleet) -> None:
     snapshot = fleet.get(agent.id)
     assert snapshot is not None and snapshot.remote_config_state is ConfigState.PENDING
     assert channel.pushed == []
+
+
+# -- self-rollback (issue 18) ---------------------------------------------------------------
+
+
+APPLYING = opamp_pb2.RemoteConfigStatuses_APPLYING
+
+
+def test_an_agent_that_rolled_itself_back_is_not_offered_the_config_again(
+    fleet: Fleet, events: Subscription
+) -> None:
+    """APPLIED(A) -> APPLYING(B) -> FAILED(B) -> APPLIED(A), as the Collector's Supervisor."""
+    agent, old, new = Agent(), desired("a: 1\n"), desired("b: 2\n")
+    fleet.set_desired_config(agent.id, new)
+    reply = fleet.handle_message(PollChannel(), agent.message(status=(old.hash, APPLIED, "")))
+    assert reply is not None and reply.remote_config.config_hash == new.hash
+    fleet.handle_message(PollChannel(), agent.message(status=(new.hash, APPLYING, "")))
+    fleet.handle_message(PollChannel(), agent.message(status=(new.hash, FAILED, "bad port")))
+    changed_fields(events)
+    fleet.handle_message(PollChannel(), agent.message(status=(old.hash, APPLIED, "")))
+    snapshot = fleet.get(agent.id)
+    assert snapshot is not None and snapshot.remote_config_state is ConfigState.ROLLED_BACK
+    assert snapshot.remote_config_message.endswith("bad port")
+    assert "remote_config" in changed_fields(events)
+    # A new session (reconnect) reports A again: the server does not offer B again.
+    fleet.channel_closed(PollChannel())
+    again = fleet.handle_message(PushingChannel(), agent.message(status=(old.hash, APPLIED, "")))
+    assert again is not None and not again.HasField("remote_config")
+    assert fleet.rolled_back(agent.id) == (new.hash, "bad port")
+    # Another config (a new generation) may be offered again.
+    newer = desired("c: 3\n")
+    fleet.set_desired_config(agent.id, newer)
+    assert fleet.rolled_back(agent.id) is None
+    reply = fleet.handle_message(PollChannel(), agent.message(status=(old.hash, APPLIED, "")))
+    assert reply is not None and reply.remote_config.config_hash == newer.hash
+
+
+def test_failed_then_still_failed_is_no_rollback(fleet: Fleet) -> None:
+    agent, new = Agent(), desired("b: 2\n")
+    fleet.set_desired_config(agent.id, new)
+    fleet.handle_message(PollChannel(), agent.message())
+    fleet.handle_message(PollChannel(), agent.message(status=(new.hash, FAILED, "bad")))
+    snapshot = fleet.get(agent.id)
+    assert snapshot is not None and snapshot.remote_config_state is ConfigState.FAILED
+
+
+def test_a_rollback_noted_from_the_cr_survives_a_restart(fleet: Fleet) -> None:
+    agent, old, new = Agent(), desired("a: 1\n"), desired("b: 2\n")
+    fleet.note_rolled_back(agent.id, new.hash, "bad port")
+    fleet.set_desired_config(agent.id, new)
+    reply = fleet.handle_message(PollChannel(), agent.message(status=(old.hash, APPLIED, "")))
+    assert reply is not None and not reply.HasField("remote_config")
+    snapshot = fleet.get(agent.id)
+    assert snapshot is not None and snapshot.remote_config_state is ConfigState.ROLLED_BACK

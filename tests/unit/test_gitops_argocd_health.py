@@ -13,8 +13,10 @@ from typing import Any
 import pytest
 import yaml
 
+from opamp_operator.fleet import rollout as planner
 from opamp_operator.fleet.model import AgentPhase, AgentSnapshot
 from opamp_operator.fleet.remoteconfig import ConfigState
+from opamp_operator.kube.gitops import resolver, rollouts
 from opamp_operator.kube.shapes.configstatus import (
     AgentView,
     config_status,
@@ -130,3 +132,66 @@ def test_fleet_config_health_offline_pending_agents_and_generations() -> None:
     assert health("OpAMPAgentConfig", {"metadata": {"generation": 1}})[0] == "Progressing"
     invalid = fleet_config([], error="selector: bad")
     assert health("OpAMPAgentConfig", invalid) == ("Degraded", "selector: bad")
+
+
+# -- progressive rollout (issue 18) ----------------------------------------------------------
+
+ROLLOUT_IDS = [f"0190a1b2-c3d4-7e5f-8a9b-{n:012x}" for n in range(4)]
+
+
+def rolling_config(rollout: dict[str, Any], failing: int = 0, resume: str | None = None,
+                   rounds: int = 1) -> dict[str, Any]:  # fmt: skip
+    """An OpAMPAgentConfig as the operator writes it during a rollout, from the planner."""
+    spec = {"selector": {}, "remoteConfig": {"a.yaml": {"body": "x: 1\n"}}, "rollout": rollout}
+    parsed = resolver.fleet_config("c", spec)
+    new = parsed.desired.hash_hex
+    ranked = sorted(ROLLOUT_IDS, key=lambda i: (planner.agent_rank(i), i))
+    state = None
+    for _ in range(rounds):
+        up_to = -1 if state is None else state.cohort_up_to
+        observed = [
+            planner.AgentObservation(
+                i, f"agent-{i}", new if planner.agent_rank(i) <= up_to else "old",
+                "Failed" if ranked.index(i) < failing else "Applied",
+            )
+            for i in ROLLOUT_IDS
+        ]  # fmt: skip
+        state = planner.decide(
+            parsed.rollout, state, new_hash=new, stable_hash="old", agents=observed,
+            resume=resume, now=NOW,
+        ).state  # fmt: skip
+    assert state is not None
+    kept = rollouts.ConfigRollout(state, None, None, "uid", "1", None)
+    status = config_status(
+        config_hash=new, error=None, matched=[], selected=[], conflicted=[], previous=None,
+        generation=1, now=NOW,
+    )  # fmt: skip
+    conditions = rollouts.rollout_conditions(parsed, kept, None, generation=1, now=NOW)
+    if conditions is not None:
+        status["conditions"] = conditions
+    status["rollout"] = planner.state_to_status(state)
+    return {"metadata": {"name": "c", "generation": 1}, "status": status}
+
+
+@pytest.mark.parametrize(
+    ("rollout", "failing", "rounds", "expected", "words"),
+    [
+        ({"strategy": "Progressive"}, 0, 1, "Progressing", "step 1/4"),
+        ({"strategy": "Progressive", "paused": True}, 0, 2, "Suspended", "paused at step 1/4"),
+        ({"strategy": "Progressive"}, 1, 3, "Degraded", "new failures"),
+        ({"strategy": "Progressive", "onFailure": "Rollback"}, 1, 3, "Degraded", "rolled back"),
+        ({"strategy": "Progressive", "steps": [4]}, 0, 3, "Healthy", ""),
+        ({}, 0, 1, "Healthy", ""),
+    ],
+)
+def test_fleet_config_health_during_a_rollout(
+    rollout: dict[str, Any], failing: int, rounds: int, expected: str, words: str
+) -> None:
+    status, message = health("OpAMPAgentConfig", rolling_config(rollout, failing, rounds=rounds))
+    assert status == expected
+    assert words in message
+
+
+def test_agent_that_rolled_itself_back_is_degraded() -> None:
+    status, message = health("OpAMPAgent", agent(ConfigState.ROLLED_BACK, message="went back"))
+    assert (status, message) == ("Degraded", "went back")

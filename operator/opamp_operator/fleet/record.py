@@ -15,6 +15,7 @@ from .identity import Identity
 from .model import AgentPhase, AgentSnapshot, Liveness, SessionInfo, liveness_rule
 from .remoteconfig import ConfigProgress, DesiredConfig, config_progress
 from .reports import effective_config_hash, health_to_dict, remote_config_status_to_dict
+from .rollout import detect_self_rollback
 
 REPORTS_HEARTBEAT = int(opamp_pb2.AgentCapabilities_ReportsHeartbeat)
 # Custom capabilities kept per agent, and characters per name: the CR has to stay small.
@@ -67,6 +68,8 @@ class AgentRecord:
     # current session (sent again in a new session when the agent reports another hash).
     desired: DesiredConfig | None = None
     config_sent_hash: bytes | None = None
+    # (hash, the agent's error) when it rolled itself back from that config: not sent again.
+    rolled_back: tuple[bytes, str] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     # Monotonic time of the last message, and whether "slower than the timeout" was logged.
     last_message_monotonic: float | None = None
@@ -117,7 +120,14 @@ class AgentRecord:
             connected=self.session is not None,
             reported=self.remote_config_status,
             sent=desired is not None and self.config_sent_hash == desired.hash,
+            rolled_back=self.rolled_back_from_desired(),
         )
+
+    def rolled_back_from_desired(self) -> str | None:
+        """The agent's error when it rolled itself back from the desired config, else None."""
+        if self.desired is None or self.rolled_back is None:
+            return None
+        return self.rolled_back[1] if self.rolled_back[0] == self.desired.hash else None
 
 
 def is_full_report(message: AgentToServer) -> bool:
@@ -161,6 +171,7 @@ def apply_report(record: AgentRecord, message: AgentToServer) -> frozenset[str]:
     if message.HasField("remote_config_status"):
         status = remote_config_status_to_dict(message.remote_config_status)
         if status != record.remote_config_status:
+            _note_self_rollback(record, record.remote_config_status, status)
             record.remote_config_status = status
             changed.add("remote_config_status")
     return frozenset(changed)
@@ -174,3 +185,13 @@ def custom_capability_names(names: Iterable[str]) -> tuple[str, ...]:
     """
     cut = {name[:MAX_CUSTOM_CAPABILITY_CHARS] for name in names if name}
     return tuple(sorted(cut)[:MAX_CUSTOM_CAPABILITIES])
+
+
+def _note_self_rollback(
+    record: AgentRecord, before: dict[str, Any] | None, after: dict[str, Any]
+) -> None:
+    if record.desired is None:
+        return
+    error = detect_self_rollback(before, after, record.desired.hash_hex)
+    if error is not None:
+        record.rolled_back = (record.desired.hash, error)

@@ -92,6 +92,10 @@ class Fleet:
         # Remote config per agent id, also for agents not (yet) known here; as many entries
         # as the configuration source (the Kubernetes mirror) declares, one per agent.
         self._desired: dict[str, DesiredConfig] = {}
+        # Agents that rolled themselves back from their desired config: (hash, error). Kept
+        # with the desired config (not the record) so that a forgotten and returning agent, or
+        # a restart (the GitOps controller restores it from the CR), is not offered it again.
+        self._rolled_back: dict[str, tuple[bytes, str]] = {}
         # Set by `begin_shutdown`: from then on no deadline fires, so every session that is
         # still open ends as operator_shutdown, however long its socket takes to close.
         self._shutting_down = False
@@ -184,6 +188,8 @@ class Fleet:
         self._note_interval(record)
         progress = record.config_progress() if record.desired is not None else None
         changed = apply_report(record, message)
+        if record.rolled_back is not None:
+            self._rolled_back[record.agent_id] = record.rolled_back
         if progress is not None and record.config_progress() != progress:
             changed |= {"remote_config"}
         if changed:
@@ -251,10 +257,15 @@ class Fleet:
             self._desired.pop(agent_id, None)
         else:
             self._desired[agent_id] = config
+        rolled_back = self._rolled_back.get(agent_id)
+        if rolled_back is not None and (config is None or config.hash != rolled_back[0]):
+            del self._rolled_back[agent_id]  # another config: this one may be offered
+            rolled_back = None
         record = self._agents.get(agent_id)
         if record is None:
             return
         record.desired = config
+        record.rolled_back = rolled_back
         new_hash = _hash_of(previous) != _hash_of(config)
         if new_hash or _source_of(previous) != _source_of(config):
             self._publish_changed(record, "desired_config")
@@ -263,6 +274,24 @@ class Fleet:
 
     def desired_config(self, agent_id: str) -> DesiredConfig | None:
         return self._desired.get(agent_id)
+
+    def note_rolled_back(self, agent_id: str, config_hash: bytes, error: str) -> None:
+        """The agent rolled itself back from `config_hash` (as its CR says after a restart).
+
+        It is not offered that config again until its desired config changes to another one.
+        """
+        entry = (config_hash, error)
+        if self._rolled_back.get(agent_id) == entry:
+            return
+        self._rolled_back[agent_id] = entry
+        record = self._agents.get(agent_id)
+        if record is not None and record.rolled_back != entry:
+            record.rolled_back = entry
+            if record.session is not None:  # only the replica holding it rewrites its CR
+                self._publish_changed(record, "remote_config")
+
+    def rolled_back(self, agent_id: str) -> tuple[bytes, str] | None:
+        return self._rolled_back.get(agent_id)
 
     def mark_offline(self, agent_id: str, reason: str) -> bool:
         """End an Online agent's session now for `reason` (e.g. its pod is gone); Offline.
@@ -424,6 +453,7 @@ class Fleet:
         now = self.clock.now()
         record = AgentRecord(agent_id, uid, None, Reason.CONNECTED, now, now, now)
         record.desired = self._desired.get(agent_id)
+        record.rolled_back = self._rolled_back.get(agent_id)
         self._agents[agent_id] = record
         return record
 
@@ -527,6 +557,8 @@ class Fleet:
         desired = record.desired
         if desired is None or record.session is None or record.config_sent_hash == desired.hash:
             return False
+        if record.rolled_back_from_desired() is not None:
+            return False  # it went back from this config by itself: do not insist
         if not record.capabilities & ACCEPTS_REMOTE_CONFIG:
             return False
         reported = (record.remote_config_status or {}).get("lastRemoteConfigHash")

@@ -81,6 +81,12 @@ class ConfigState(StrEnum):
     APPLYING = "Applying"  # sent; the agent has not reported it applied yet
     APPLIED = "Applied"
     FAILED = "Failed"
+    # It reported FAILED for the desired hash, then APPLIED for another: it went back to its
+    # previous config by itself (see `rollout.detect_self_rollback`); it is not sent again.
+    ROLLED_BACK = "RolledBack"
+
+
+ROLLED_BACK_PREFIX = "the agent went back to its previous config after reporting FAILED: "
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,11 +102,13 @@ def config_progress(
     connected: bool,
     reported: Mapping[str, Any] | None,
     sent: bool,
+    rolled_back: str | None = None,
 ) -> ConfigProgress:
     """Where `desired` stands for one agent.
 
     `reported`: the agent's RemoteConfigStatus as `reports.remote_config_status_to_dict` makes
-    it; `sent`: the desired config went to the agent in its current session.
+    it; `sent`: the desired config went to the agent in its current session; `rolled_back`:
+    the agent's error message when it rolled itself back from the desired config.
     """
     if desired is None:
         return ConfigProgress(ConfigState.NONE, "no remote config is desired for this agent")
@@ -108,6 +116,8 @@ def config_progress(
         return ConfigProgress(
             ConfigState.UNSUPPORTED, "the agent does not report the AcceptsRemoteConfig capability"
         )
+    if rolled_back is not None:
+        return ConfigProgress(ConfigState.ROLLED_BACK, ROLLED_BACK_PREFIX + rolled_back)
     short = desired.hash_hex[:12]
     reported = reported or {}
     if reported.get("lastRemoteConfigHash") == desired.hash_hex:

@@ -12,12 +12,16 @@ Every replica runs one `GitOpsController` (see `kube/api/listwatch.py` for why n
 - a status task writes each OpAMPAgentConfig's counts and conditions, from the OpAMPAgent
   statuses (written by whichever replica holds each agent), at most every interval;
 - `opamp.dev/reconnect-requested-at` on an OpAMPAgent: the replica holding the agent asks it
-  to reconnect, once per annotation value, and records the value in `status.reconnect`.
+  to reconnect, once per annotation value, and records the value in `status.reconnect`;
+- `spec.rollout` of an OpAMPAgentConfig: which agents get its new config and which keep the
+  stable one, and the step decision, are in `kube/gitops/rollouts.py`.
 
-Both writes go through the shared `WriteGate` (paced with every other CR write), each
+Every write (config status, reconnect and restart records, rollout decisions and their
+Events) goes through the shared `WriteGate` (paced with every other CR write), each
 preconditioned on the resourceVersion its patch was computed from: on Conflict the object is
-read again and the patch computed anew, so a lagging watch never makes a replica overwrite a
-newer status (another replica's counts, another replica's reconnect record).
+read again and the patch computed anew (a rollout decision is decided anew), so a lagging
+watch never makes a replica overwrite a newer status (another replica's counts, another
+replica's reconnect record, another replica's step decision).
 """
 
 from __future__ import annotations
@@ -48,6 +52,15 @@ from opamp_operator.kube.gitops.resolver import (
     resolve,
 )
 from opamp_operator.kube.gitops.restart import RestartRequests
+from opamp_operator.kube.gitops.rollouts import (
+    ConfigRollout,
+    RolloutDecider,
+    observe,
+    offered_config,
+    read_rollout,
+    rolled_back_error,
+    rollout_conditions,
+)
 from opamp_operator.kube.shapes.agentstatus import condition, format_time, merge_patch
 from opamp_operator.kube.shapes.configstatus import REMOTE_CONFIG_APPLIED, AgentView, config_status
 from opamp_operator.kube.shapes.naming import (
@@ -61,7 +74,7 @@ from opamp_operator.kube.writes.gate import WriteGate
 log = logging.getLogger(__name__)
 
 _YIELD_EVERY = 500  # agents resolved between two yields to the event loop
-_STATUS_KEYS = ("phase", "desiredConfig", "reconnect", "connection")
+_STATUS_KEYS = ("phase", "desiredConfig", "reconnect", "connection", "disconnectReason")
 # Throttled / unavailable config status writes are tried again this many times (with the
 # gate's backoff) before the status waits for its next interval.
 _WRITE_RETRIES = RECORD_RETRIES
@@ -90,6 +103,7 @@ class _Config:
     status: dict[str, Any]
     resource_version: str  # of `status`: the precondition of the next status write
     written: dict[str, Any] | None = None  # the last status this replica wrote
+    rollout: ConfigRollout | None = None
 
 
 @dataclass(frozen=True)
@@ -125,6 +139,7 @@ class GitOpsController:
         self.api = api  # reads (and the informers); writes go through the gate
         self.gate = gate or WriteGate.for_settings(api, settings)
         self.clock = clock
+        self._started = clock.monotonic()
         self.mark = mark  # StatusWriter.mark: rewrite an agent's CR
         self.status_interval_seconds = status_interval_seconds
         self._agents: dict[str, _Agent] = {}
@@ -144,6 +159,7 @@ class GitOpsController:
         self._tasks: list[asyncio.Task[None]] = []
         self.informers: list[Informer] = []
         self.restarts = RestartRequests(fleet, settings, api, clock, gate=self.gate)
+        self.decider = RolloutDecider(self.gate, settings.replica_id)
 
     # -- what the status writer asks ---------------------------------------------------
 
@@ -217,6 +233,7 @@ class GitOpsController:
             self._wake.set()
         if old is None or old.status != entry.status:
             self._counts_dirty = True
+            self._note_rollback(entry)
         self._check_reconnect(entry, obj)
         self.restarts.check(name, entry.agent_id, obj)
 
@@ -240,6 +257,7 @@ class GitOpsController:
         applied = condition(status, REMOTE_CONFIG_APPLIED)
         if applied is not None:
             kept["conditions"] = [applied]
+        kept["healthy"] = (status.get("health") or {}).get("healthy")  # for rollout gates
         return _Agent(
             name=name,
             agent_id=str(agent_id),
@@ -283,8 +301,8 @@ class GitOpsController:
             return
         old = self._configs.get(name)
         config = self._put_config(obj)
-        if old is None or old.generation != config.generation:
-            self._configs_changed()
+        if old is None or old.generation != config.generation or _key(old) != _key(config):
+            self._configs_changed()  # new spec, or the rollout moved: offer anew
         self._counts_dirty = True
 
     def _put_config(self, obj: Mapping[str, Any]) -> _Config:
@@ -300,8 +318,13 @@ class GitOpsController:
                 parsed = fleet_config(name, obj.get("spec"))
             except ConfigSpecError as failure:
                 error = str(failure)
+                metrics.kube_invalid_config_specs.inc()
+                log.warning(
+                    "OpAMPAgentConfig %s generation %s not used: %s", name, generation, error
+                )
         status = dict(obj.get("status") or {})
         config = _Config(name, generation, parsed, error, status, _version(obj))
+        config.rollout = read_rollout(name, obj, None if old is None else old.rollout)
         if old is not None and old.generation == generation:
             config.written = old.written
         self._configs[name] = config
@@ -344,10 +367,11 @@ class GitOpsController:
         old = self._resolutions.get(entry.name)
         self._resolutions[entry.name] = result
         agent_id = entry.agent_id
-        before = old.desired if old is not None else self.fleet.desired_config(agent_id)
-        if _identity(before) != _identity(result.desired):
-            self.fleet.set_desired_config(agent_id, result.desired)
-            source = result.desired.source.split("/")[0] if result.desired else "none"
+        offered = self._offered(result, agent_id)
+        before = self.fleet.desired_config(agent_id)
+        if _identity(before) != _identity(offered):
+            self.fleet.set_desired_config(agent_id, offered)
+            source = offered.source.split("/")[0] if offered else "none"
             metrics.kube_desired_config_changes.labels(source).inc()
         rewrite = False
         problem = result.problem
@@ -365,12 +389,94 @@ class GitOpsController:
         if rewrite and self.mark is not None:
             self.mark(agent_id)
 
+    def _offered(self, result: Resolution, agent_id: str) -> DesiredConfig | None:
+        """What the agent is offered: a fleet config's new or stable version, by its rollout."""
+        desired = result.desired
+        if desired is None or not desired.source.startswith("OpAMPAgentConfig/"):
+            return desired
+        config = self._configs.get(desired.source.split("/", 1)[1])
+        if config is None or config.parsed is None or config.parsed.desired is not desired:
+            return desired
+        return offered_config(config.parsed, config.rollout, agent_id)
+
+    def _note_rollback(self, entry: _Agent) -> None:
+        """Tell this replica's fleet about an agent that rolled itself back (its CR says so).
+
+        The replica holding the agent saw it happen; the others, and every replica after a
+        restart, learn it here, so that none offers that config again when the agent
+        reconnects to it.
+        """
+        found = rolled_back_error(entry.status)
+        if found is not None:
+            self.fleet.note_rolled_back(entry.agent_id, *found)
+
+    # -- rollouts --------------------------------------------------------------------------
+
+    async def decide_rollouts(self, *, everything: bool = True) -> int:
+        """Evaluate the rollout of each OpAMPAgentConfig; return how many decisions were written.
+
+        Unless `everything`, only rollouts still under way (their gates depend on time).
+        """
+        agents = self._selected_agents()
+        written = 0
+        for name, config in list(self._configs.items()):
+            parsed, rollout = config.parsed, config.rollout
+            if parsed is None or rollout is None:
+                continue
+            state = rollout.state
+            if (
+                not everything
+                and state is not None
+                and state.done
+                and (state.config_hash == parsed.desired.hash_hex)
+            ):
+                continue
+            lost = self._offline_counts()
+            observed = [
+                observe(e.name, e.agent_id, e.status, offline_counts=lost)
+                for e in agents.get(name, [])
+            ]
+            body = await self.decider.run(
+                name, parsed, rollout, observed,
+                status=config.status, generation=config.generation, now=self.clock.now(),
+            )  # fmt: skip
+            if body is not None:
+                written += 1
+                self.apply_config("MODIFIED", body)
+        return written
+
+    def _offline_counts(self) -> bool:
+        """Whether an agent Offline after a heartbeat timeout may count as a rollout failure.
+
+        Not for two heartbeat timeouts after this replica started: after an operator restart
+        (or a replica's crash) the liveness judge marks the agents it has not heard from yet
+        Offline although they are only reconnecting, and a reconnect storm is no failure.
+        """
+        grace = 2 * self.fleet.settings.heartbeat_timeout_seconds
+        return self.clock.monotonic() - self._started >= grace
+
+    def _selected_agents(self) -> dict[str, list[_Agent]]:
+        """Config name -> the agents it is the effective config of."""
+        selected: dict[str, list[_Agent]] = {}
+        for name, result in self._resolutions.items():
+            entry = self._agents.get(name)
+            source = result.desired.source if result.desired is not None else ""
+            if entry is not None and source.startswith("OpAMPAgentConfig/"):
+                selected.setdefault(source.split("/", 1)[1], []).append(entry)
+        return selected
+
     # -- OpAMPAgentConfig status ---------------------------------------------------------
 
     async def _write_counts_forever(self) -> None:
         while True:
             await asyncio.sleep(self.status_interval_seconds)
-            if not self.ready or not self._counts_dirty:
+            if not self.ready:
+                continue
+            try:
+                await self.decide_rollouts(everything=self._counts_dirty)
+            except Exception:
+                log.exception("deciding rollouts failed; trying again")
+            if not self._counts_dirty:
                 continue
             self._counts_dirty = False
             try:
@@ -402,7 +508,7 @@ class GitOpsController:
         now = self.clock.now()
         statuses = {}
         for name, config in self._configs.items():
-            statuses[name] = config_status(
+            statuses[name] = status = config_status(
                 config_hash=config.parsed.desired.hash_hex if config.parsed else None,
                 error=config.error,
                 matched=matched[name],
@@ -412,6 +518,13 @@ class GitOpsController:
                 generation=config.generation,
                 now=now,
             )
+            if config.parsed is not None:
+                rolling = rollout_conditions(
+                    config.parsed, config.rollout, config.status,
+                    generation=config.generation, now=now,
+                )  # fmt: skip
+                if rolling is not None:
+                    status["conditions"] = rolling
         return statuses
 
     async def write_config_statuses(self) -> int:
@@ -498,6 +611,10 @@ def _name(obj: Mapping[str, Any]) -> str:
 
 def _version(obj: Mapping[str, Any]) -> str:
     return str((obj.get("metadata") or {}).get("resourceVersion") or "")
+
+
+def _key(config: _Config) -> tuple[Any, ...] | None:
+    return None if config.rollout is None else config.rollout.key
 
 
 def _identity(config: DesiredConfig | None) -> tuple[bytes, str] | None:

@@ -12,10 +12,11 @@ Precedence (docs/gitops.md):
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from opamp_operator.fleet.remoteconfig import ConfigFile, DesiredConfig
+from opamp_operator.fleet.rollout import RolloutSpec, RolloutSpecError, parse_rollout
 from opamp_operator.kube.gitops.selectors import Selector, SelectorError, parse_selector
 
 CONFIG_KIND = "OpAMPAgentConfig"
@@ -34,6 +35,7 @@ class FleetConfig:
     selector: Selector
     priority: int
     desired: DesiredConfig
+    rollout: RolloutSpec = field(default_factory=RolloutSpec)  # how a new config reaches the agents
 
     @property
     def rank(self) -> tuple[int, int]:
@@ -101,7 +103,12 @@ def fleet_config(name: str, spec: Mapping[str, Any] | None) -> FleetConfig:
         raise ConfigSpecError(f"remoteConfig: {error}") from error
     if not files:
         raise ConfigSpecError("remoteConfig needs at least one file")
-    return FleetConfig(name, selector, priority, DesiredConfig.of(files, f"{CONFIG_KIND}/{name}"))
+    try:
+        rollout = parse_rollout(spec.get("rollout"))
+    except RolloutSpecError as error:
+        raise ConfigSpecError(f"rollout: {error}") from error
+    desired = DesiredConfig.of(files, f"{CONFIG_KIND}/{name}")
+    return FleetConfig(name, selector, priority, desired, rollout)
 
 
 def resolve(

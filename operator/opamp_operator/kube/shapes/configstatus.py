@@ -102,7 +102,8 @@ class AgentView:
         reason, message = str(found.get("reason")), str(found.get("message", ""))
         if reason == ConfigState.APPLIED.value:
             return "applied", message
-        if reason in (ConfigState.FAILED.value, ConfigState.UNSUPPORTED.value):
+        if reason in (ConfigState.FAILED.value, ConfigState.UNSUPPORTED.value,
+                      ConfigState.ROLLED_BACK.value):  # fmt: skip
             return "failed", message
         return "pending", message
 

@@ -108,11 +108,17 @@ class WriteGate:
     # -- OpAMPAgentConfig ----------------------------------------------------------
 
     async def patch_config_status(
-        self, name: str, patch: Mapping[str, Any], resource_version: str, *, retries: int = 0
+        self,
+        name: str,
+        patch: Mapping[str, Any],
+        resource_version: str,
+        *,
+        kind: str = "config_status",
+        retries: int = 0,
     ) -> Json:
         version = _required(resource_version, name)
         return await self.send(
-            "config_status",
+            kind,
             lambda: self.api.patch_config_status(name, patch, version),
             retries=retries,
         )
