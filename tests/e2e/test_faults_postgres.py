@@ -179,7 +179,12 @@ async def run_outage(
     _, body = await eventually(
         "/readyz 503 (database down)", lambda: _not_ready(operator), within=10
     )
-    assert body["checks"] == {"listener": True, "database": False, "kubernetes": True}
+    assert body["checks"] == {
+        "listener": True,
+        "database": False,
+        "kubernetes": True,
+        "lease": True,
+    }
 
     stop_probe = asyncio.Event()
     probe = asyncio.create_task(probe_serving(operator, stop_probe))
