@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
+from opamp_operator.kube.shapes.agentstatus import parse_time  # RFC 3339, any precision
 from opamp_operator.kube.shapes.naming import LABEL_MANAGED_BY, MANAGED_BY
 
 LEASE_API_VERSION: Final = "coordination.k8s.io/v1"
@@ -24,15 +25,6 @@ LOST_RENEWAL_ANNOTATION: Final = "opamp.dev/lost-replica-renewed-at"
 def micro_time(moment: datetime) -> str:
     """A Lease's MicroTime: RFC 3339 with microseconds, UTC."""
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def parse_micro_time(text: object) -> datetime | None:
-    if not isinstance(text, str) or not text:
-        return None
-    try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
-    except ValueError:
-        return None
 
 
 def lease_body(name: str, holder: str, duration_seconds: int, now: datetime) -> dict[str, Any]:
@@ -96,11 +88,11 @@ class ReplicaLease:
         """None for a Lease that is not a replica's (no name or no renewal)."""
         metadata, spec = body.get("metadata") or {}, body.get("spec") or {}
         name = str(metadata.get("name") or "")
-        renew = parse_micro_time(spec.get("renewTime"))
+        renew = parse_time(spec.get("renewTime"))
         if not name or renew is None:
             return None
         annotations = metadata.get("annotations") or {}
-        lost = parse_micro_time(annotations.get(LOST_RENEWAL_ANNOTATION)) or renew
+        lost = parse_time(annotations.get(LOST_RENEWAL_ANNOTATION)) or renew
         return cls(
             name=name, holder=str(spec.get("holderIdentity") or ""), renew_time=renew,
             duration_seconds=int(spec.get("leaseDurationSeconds") or 0),
