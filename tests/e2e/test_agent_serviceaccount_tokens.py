@@ -1,0 +1,185 @@
+"""Agents in the cluster authenticate with their Pod's ServiceAccount token, bound to that Pod.
+
+The whole operator runs with `--agent-serviceaccount-tokens` against the test bed's
+kube-apiserver, which signs ServiceAccount tokens. A real ServiceAccount and a real Pod
+object (never scheduled: no kubelet here) are created in the API server, and a token for the
+operator's audience bound to that Pod is requested with `kubectl create token
+--bound-object-kind Pod`, as the kubelet requests the projected token of a running Pod. The
+agents are the opamp-go test agent sending it as `Authorization: Bearer`, reporting the
+Pod's uid (allowed, the CR names the ServiceAccount) or another uid (refused). What opamp-go
+does not show (the status and body of a refused request, the close code) is checked with
+scripted clients built from the specification's message definitions.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from kubernetes import client as k8s
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from opamp_operator.kube.shapes.naming import resource_name
+from opamp_operator.opamp.frames import encode_ws_frame
+from opamp_operator.opamp.messages import AgentToServer, ServerToAgent
+from tests.e2e.conftest import OperatorFactory
+from tests.e2e.helpers import get_agent_cr
+from tests.support.goagent import GoAgent
+from tests.support.operator_process import OperatorProcess, kubectl, metric_value
+from tests.support.polling import eventually
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
+
+AUDIENCE = "opamp-operator"
+
+
+def make_pod_with_account(kube_api: k8s.ApiClient) -> tuple[str, str]:
+    """A namespace with ServiceAccount `collector` and Pod `collector-0` running as it."""
+    core = k8s.CoreV1Api(kube_api)
+    namespace = f"sa-{uuid.uuid4().hex[:8]}"
+    core.create_namespace(k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=namespace)))
+    account = k8s.V1ServiceAccount(metadata=k8s.V1ObjectMeta(name="collector"))
+    core.create_namespaced_service_account(namespace, account)
+    pod = k8s.V1Pod(
+        metadata=k8s.V1ObjectMeta(name="collector-0"),
+        spec=k8s.V1PodSpec(
+            service_account_name="collector",
+            containers=[k8s.V1Container(name="otelcol", image="otelcol:0")],
+        ),
+    )
+    created = core.create_namespaced_pod(namespace, pod)
+    return namespace, str(created.metadata.uid)
+
+
+def pod_token(kubeconfig: Path, namespace: str, audience: str = AUDIENCE) -> str:
+    """What the kubelet would project into collector-0: a token bound to the Pod."""
+    return kubectl(
+        kubeconfig, "-n", namespace, "create", "token", "collector", "--audience", audience,
+        "--bound-object-kind", "Pod", "--bound-object-name", "collector-0", "--duration", "1h",
+    ).strip()  # fmt: skip
+
+
+def pod_attributes(uid: str, namespace: str) -> dict[str, Any]:
+    return {
+        "id_attrs": {"k8s.pod.uid": uid},
+        "attrs": {"k8s.pod.name": "collector-0", "k8s.namespace.name": namespace},
+    }
+
+
+async def refusals(operator: OperatorProcess, reason: str, transport: str) -> float:
+    scraped = await operator.metrics_text()
+    labels = {"reason": reason, "transport": transport}
+    return metric_value(scraped, "opamp_agent_credential_refusals_total", labels)
+
+
+def described(uid: uuid.UUID, pod_uid: str) -> AgentToServer:
+    message = AgentToServer(instance_uid=uid.bytes, sequence_num=0, capabilities=1)
+    for key, value in (("service.name", "scripted"), ("k8s.pod.uid", pod_uid)):
+        attribute = message.agent_description.identifying_attributes.add(key=key)
+        attribute.value.string_value = value
+    return message
+
+
+async def post(url: str, token: str, message: AgentToServer) -> tuple[int, bytes]:
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/x-protobuf"}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(url, data=message.SerializeToString(), headers=headers) as response,
+    ):
+        return response.status, await response.read()
+
+
+async def test_pod_bound_token_admits_its_pods_agent_and_refuses_another_pods_claim(
+    operator_factory: OperatorFactory, kubeconfig: Path, namespace: str, kube_api: k8s.ApiClient
+) -> None:
+    pods_ns, pod_uid = make_pod_with_account(kube_api)
+    token = pod_token(kubeconfig, pods_ns)
+    operator = operator_factory(extra_args=["--agent-serviceaccount-tokens", "true"])
+    await operator.start()
+    good, liar = uuid.uuid4(), uuid.uuid4()
+    async with GoAgent() as agent, GoAgent() as impostor:
+        # Its own Pod's uid, over WebSocket: Online, and the CR names the ServiceAccount.
+        await agent.start(
+            url=operator.ws_url, instance_uid=good, token=token, heartbeat=1,
+            **pod_attributes(pod_uid, pods_ns),
+        )  # fmt: skip
+
+        async def online() -> dict[str, Any] | None:
+            cr = get_agent_cr(kubeconfig, namespace, resource_name(str(good)))
+            status = (cr or {}).get("status", {})
+            return cr if status.get("phase") == "Online" and status.get("connection") else None
+
+        cr = await eventually("the Pod's agent Online", online, within=30)
+        assert cr["status"]["connection"]["serviceAccount"] == f"{pods_ns}/collector"
+        wide = kubectl(kubeconfig, "-n", namespace, "get", "opampagents", "-o", "wide")
+        assert "SERVICE ACCOUNT" in wide and f"{pods_ns}/collector" in wide
+
+        # The same token with another Pod's uid, over plain HTTP: refused, never an agent.
+        await impostor.start(
+            url=operator.http_url, instance_uid=liar, token=token, heartbeat=1,
+            **pod_attributes(str(uuid.uuid4()), pods_ns),
+        )  # fmt: skip
+        await eventually(
+            "the impostor's refusal counted",
+            lambda: refusals(operator, "pod_uid_mismatch", "http"),
+            within=30,
+        )
+        assert get_agent_cr(kubeconfig, namespace, resource_name(str(liar))) is None
+        listed = await operator.get_json("/api/v1/agents")
+        assert [item["id"] for item in listed["items"]] == [str(good)]
+        assert "refused an OpAMP agent (http)" in operator.log_text()
+        assert f"as {pods_ns}/collector (Pod {pods_ns}/collector-0)" in operator.log_text()
+
+
+async def test_refusals_say_why_and_other_tokens_get_401(
+    operator_factory: OperatorFactory, kubeconfig: Path, kube_api: k8s.ApiClient
+) -> None:
+    """Scripted clients: opamp-go shows neither a refused POST's body nor the close code."""
+    pods_ns, pod_uid = make_pod_with_account(kube_api)
+    token = pod_token(kubeconfig, pods_ns)
+    operator = operator_factory(extra_args=["--agent-serviceaccount-tokens", "true"])
+    await operator.start()
+
+    # HTTP: 403 with a ServerErrorResponse naming both uids.
+    other = str(uuid.uuid4())
+    status, body = await post(operator.http_url, token, described(uuid.uuid4(), other))
+    assert status == 403
+    error = ServerToAgent.FromString(body).error_response.error_message
+    assert other in error and pod_uid in error
+
+    # WebSocket: the upgrade succeeds (the token is good), the mismatching message is
+    # answered by closing with 1008 and the reason.
+    headers = {"Authorization": f"Bearer {token}"}
+    async with connect(operator.ws_url, additional_headers=headers) as socket:
+        await socket.send(encode_ws_frame(described(uuid.uuid4(), other).SerializeToString()))
+        with pytest.raises(ConnectionClosed) as closed:
+            await socket.recv()
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
+    assert other in closed.value.rcvd.reason
+    assert await refusals(operator, "pod_uid_mismatch", "websocket") == 1
+
+    # The matching claim is served (200, a reply for its uid).
+    uid = uuid.uuid4()
+    status, body = await post(operator.http_url, token, described(uid, pod_uid))
+    assert status == 200 and ServerToAgent.FromString(body).instance_uid == uid.bytes
+
+    # A token for another audience, no token, or garbage: 401 before the upgrade.
+    wrong_audience = pod_token(kubeconfig, pods_ns, audience="someone-else")
+    for presented in (wrong_audience, "not-a-token"):
+        status, _ = await post(operator.http_url, presented, described(uuid.uuid4(), pod_uid))
+        assert status == 401
+        with pytest.raises(InvalidStatus) as refused:
+            async with connect(
+                operator.ws_url, additional_headers={"Authorization": f"Bearer {presented}"}
+            ):
+                pass
+        assert refused.value.response.status_code == 401
+    with pytest.raises(InvalidStatus) as refused:
+        async with connect(operator.ws_url):
+            pass
+    assert refused.value.response.status_code == 401
+    assert await refusals(operator, "token_rejected", "http") == 2
