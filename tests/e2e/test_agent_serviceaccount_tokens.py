@@ -183,3 +183,50 @@ async def test_refusals_say_why_and_other_tokens_get_401(
             pass
     assert refused.value.response.status_code == 401
     assert await refusals(operator, "token_rejected", "http") == 2
+
+
+async def test_after_an_operator_restart_an_http_agent_is_asked_to_describe_itself_first(
+    operator_factory: OperatorFactory, kubeconfig: Path, namespace: str, kube_api: k8s.ApiClient
+) -> None:
+    """The new process holds no description: the agent's bare polls cannot be bound to its
+    Pod, so they are answered with ReportFullState until opamp-go sends its description."""
+    pods_ns, pod_uid = make_pod_with_account(kube_api)
+    token = pod_token(kubeconfig, pods_ns)
+    operator = operator_factory(extra_args=["--agent-serviceaccount-tokens", "true"])
+    await operator.start()
+    uid = uuid.uuid4()
+    async with GoAgent() as agent:
+        await agent.start(
+            url=operator.http_url, instance_uid=uid, token=token, heartbeat=0.5,
+            **pod_attributes(pod_uid, pods_ns),
+        )  # fmt: skip
+
+        async def online_here() -> Any:
+            try:
+                status = await operator.get_json(f"/api/v1/agents/{uid}/status")
+            except (AssertionError, aiohttp.ClientError):
+                return None
+            return status if status["phase"] == "Online" else None
+
+        await eventually("the HTTP agent Online", online_here, within=30)
+        before = await eventually("its CR", lambda: connected_at(kubeconfig, namespace, uid))
+        await operator.terminate()
+        await operator.start()
+        await eventually("the HTTP agent Online in the new process", online_here, within=30)
+        status = await online_here()
+        assert status["description"]["identifyingAttributes"]["k8s.pod.uid"] == pod_uid
+
+        async def reconnected() -> dict[str, Any] | None:
+            cr = get_agent_cr(kubeconfig, namespace, resource_name(str(uid)))
+            at = (cr or {}).get("status", {}).get("lastConnectedAt")
+            return cr if cr is not None and at is not None and at > before else None
+
+        cr = await eventually("the CR written by the new process", reconnected, within=30)
+        assert cr["status"]["connection"]["serviceAccount"] == f"{pods_ns}/collector"
+        assert await refusals(operator, "pod_uid_mismatch", "http") == 0
+
+
+def connected_at(kubeconfig: Path, namespace: str, uid: uuid.UUID) -> str | None:
+    cr = get_agent_cr(kubeconfig, namespace, resource_name(str(uid)))
+    at = (cr or {}).get("status", {}).get("lastConnectedAt")
+    return None if at is None else str(at)
