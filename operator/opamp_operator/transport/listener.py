@@ -53,7 +53,7 @@ class OpAMPListener:
         """`review`: the TokenReview for agents' ServiceAccount tokens (see transport/auth)."""
         self.settings = settings
         self._fleet = fleet
-        self._auth = _agent_auth(settings, review)
+        self._auth = _agent_auth(settings, review, fleet.settings.max_agents)
         self._websockets = WebSocketEndpoint(settings, fleet, ledger, self._auth)
         self._http = HttpEndpoint(settings, fleet, self._auth, ledger)
         self._pending: set[FrontProtocol] = set()  # connections whose head is not read yet
@@ -184,13 +184,17 @@ class OpAMPListener:
         return connection
 
 
-def _agent_auth(settings: ListenerSettings, review: ReviewToken | None) -> AgentAuth:
+def _agent_auth(
+    settings: ListenerSettings, review: ReviewToken | None, max_agents: int
+) -> AgentAuth:
     if not settings.agent_serviceaccount_tokens:
         return AgentAuth(settings.agent_tokens)
     if review is None:
         raise ValueError("ServiceAccount tokens need a TokenReview function")
-    # The pool's other bounds as the REST API's defaults (config.ApiSettings).
-    pool = PoolSettings(settings.agent_token_cache_seconds, 4096, 4, 64, "agent-auth")
+    # One cached answer per agent (~0.5 KiB each), so HTTP agents polling within the TTL
+    # are never reviewed twice; threads and waiting reviews as the REST API's defaults.
+    size = max_agents + 1024
+    pool = PoolSettings(settings.agent_token_cache_seconds, size, 4, 64, "agent-auth")
     return AgentAuth(
         settings.agent_tokens, review, audience=settings.agent_token_audience, pool=pool
     )
