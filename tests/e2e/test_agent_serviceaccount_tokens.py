@@ -30,44 +30,10 @@ from tests.e2e.conftest import OperatorFactory
 from tests.e2e.helpers import get_agent_cr
 from tests.support.goagent import GoAgent
 from tests.support.operator_process import OperatorProcess, kubectl, metric_value
+from tests.support.pod_tokens import make_pod_with_account, pod_attributes, pod_token
 from tests.support.polling import eventually
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
-
-AUDIENCE = "opamp-operator"
-
-
-def make_pod_with_account(kube_api: k8s.ApiClient) -> tuple[str, str]:
-    """A namespace with ServiceAccount `collector` and Pod `collector-0` running as it."""
-    core = k8s.CoreV1Api(kube_api)
-    namespace = f"sa-{uuid.uuid4().hex[:8]}"
-    core.create_namespace(k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=namespace)))
-    account = k8s.V1ServiceAccount(metadata=k8s.V1ObjectMeta(name="collector"))
-    core.create_namespaced_service_account(namespace, account)
-    pod = k8s.V1Pod(
-        metadata=k8s.V1ObjectMeta(name="collector-0"),
-        spec=k8s.V1PodSpec(
-            service_account_name="collector",
-            containers=[k8s.V1Container(name="otelcol", image="otelcol:0")],
-        ),
-    )
-    created = core.create_namespaced_pod(namespace, pod)
-    return namespace, str(created.metadata.uid)
-
-
-def pod_token(kubeconfig: Path, namespace: str, audience: str = AUDIENCE) -> str:
-    """What the kubelet would project into collector-0: a token bound to the Pod."""
-    return kubectl(
-        kubeconfig, "-n", namespace, "create", "token", "collector", "--audience", audience,
-        "--bound-object-kind", "Pod", "--bound-object-name", "collector-0", "--duration", "1h",
-    ).strip()  # fmt: skip
-
-
-def pod_attributes(uid: str, namespace: str) -> dict[str, Any]:
-    return {
-        "id_attrs": {"k8s.pod.uid": uid},
-        "attrs": {"k8s.pod.name": "collector-0", "k8s.namespace.name": namespace},
-    }
 
 
 async def refusals(operator: OperatorProcess, reason: str, transport: str) -> float:
