@@ -34,7 +34,7 @@ from opamp_operator.fleet.model import Reason, Transport
 from opamp_operator.fleet.registry import Fleet
 from opamp_operator.opamp.errors import FrameError, MalformedMessage
 from opamp_operator.opamp.frames import decode_ws_frame, encode_ws_frame
-from opamp_operator.opamp.messages import ServerToAgent, parse_agent_to_server
+from opamp_operator.opamp.messages import AgentToServer, ServerToAgent, parse_agent_to_server
 
 from .auth import AgentAuth, PodBinding, Refused, note_refusal
 from .describe import message_kind, remote_addr
@@ -308,15 +308,9 @@ class WebSocketEndpoint:
             return False
         binding = channel.connection.binding
         if binding is not None:
-            checked = binding.check(message, self._fleet.description)
-            if isinstance(checked, Refused):
-                who = binding.identity.describe()
-                note_refusal(checked, Transport.WEBSOCKET.value, channel.remote_addr, who)
-                channel.close(CloseCode.POLICY_VIOLATION, checked.detail, Reason.PROTOCOL_ERROR)
-                return False
-            if checked is not None:  # nothing tells its Pod yet: full state first
-                await channel.send(checked)
-                return True
+            bound = await self._check_binding(channel, binding, message)
+            if bound is not None:
+                return bound
         opened = self._fleet.sessions_opened
         try:
             reply = self._fleet.handle_message(channel, message)
@@ -333,6 +327,21 @@ class WebSocketEndpoint:
             await channel.send(reply)
         elapsed = time.perf_counter() - started
         metrics.message_handling_seconds.labels(Transport.WEBSOCKET.value).observe(elapsed)
+        return True
+
+    async def _check_binding(
+        self, channel: WebSocketChannel, binding: PodBinding, message: AgentToServer
+    ) -> bool | None:
+        """None: the message belongs to the token's Pod; else `_on_message`'s answer."""
+        checked = binding.check(message, self._fleet.description)
+        if checked is None:
+            return None
+        if isinstance(checked, Refused):
+            who = binding.identity.describe()
+            note_refusal(checked, Transport.WEBSOCKET.value, channel.remote_addr, who)
+            channel.close(CloseCode.POLICY_VIOLATION, checked.detail, Reason.PROTOCOL_ERROR)
+            return False
+        await channel.send(checked)  # nothing tells its Pod yet: its full state first
         return True
 
     def _reject(self, channel: WebSocketChannel, reason: str, code: int, detail: str) -> None:
