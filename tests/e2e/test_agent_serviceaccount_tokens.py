@@ -81,6 +81,8 @@ async def test_pod_bound_token_admits_its_pods_agent_and_refuses_another_pods_cl
 
         cr = await eventually("the Pod's agent Online", online, within=30)
         assert cr["status"]["connection"]["serviceAccount"] == f"{pods_ns}/collector"
+        status = await operator.get_json(f"/api/v1/agents/{good}/status")
+        assert status["connection"]["serviceAccount"] == f"{pods_ns}/collector"
         wide = kubectl(kubeconfig, "-n", namespace, "get", "opampagents", "-o", "wide")
         assert "SERVICE ACCOUNT" in wide and f"{pods_ns}/collector" in wide
 
