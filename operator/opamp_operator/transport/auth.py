@@ -54,6 +54,7 @@ _SA_PREFIX: Final = "system:serviceaccount:"
 _BEARER: Final = (("WWW-Authenticate", "Bearer"),)
 _RETRY_SECONDS: Final = 5
 _MAX_VERIFIED: Final = 16  # uids one WebSocket may speak for (a duplicate switching uid)
+_CAPABILITIES: Final = server_capabilities()
 
 #: The blocking TokenReview for the configured audience (runs on a pool thread).
 ReviewToken = Callable[[str], ReviewedUser | None]
@@ -163,7 +164,7 @@ class PodBinding:
 def full_state_request(uid: bytes) -> ServerToAgent:
     return ServerToAgent(
         instance_uid=uid,
-        capabilities=server_capabilities(),
+        capabilities=_CAPABILITIES,
         flags=opamp_pb2.ServerToAgentFlags_ReportFullState,
     )
 
