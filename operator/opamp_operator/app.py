@@ -46,12 +46,14 @@ from .kube.mirror.statuswriter import StatusWriter
 from .kube.pods.linker import PodLinker
 from .kube.shapes.podref import PodLinks
 from .kube.writes.gate import WriteGate
+from .reviews import ReviewedUser, token_review
 from .store.migrations import migrate
 from .store.pool import StoreUnavailable, create_pool
 from .store.recovery import close_lost_replica_sessions, close_orphaned_sessions
 from .store.retention import HistoryPruner
 from .store.writer import StoreWriter
 from .transport import OpAMPListener
+from .transport.auth import ReviewToken
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +109,8 @@ class OperatorApp:
         await self._start_api()
         # New sessions' rows are committed before their first replies.
         ledger: SessionLedger = self.running.store or NO_LEDGER
-        listener = OpAMPListener(self.settings.listener, self.fleet, ledger)
+        review = await self._agent_token_review()
+        listener = OpAMPListener(self.settings.listener, self.fleet, ledger, review)
         await listener.start()
         self.running.listener = listener
         log.info(
@@ -246,19 +249,36 @@ class OperatorApp:
         )  # fmt: skip
         self._spawn(adopter.run(), "replica-adoption")
 
+    async def _agent_token_review(self) -> ReviewToken | None:
+        """The TokenReview for agents' ServiceAccount tokens (None: that is turned off)."""
+        settings = self.settings.listener
+        if not settings.agent_serviceaccount_tokens:
+            return None
+        authn = k8s.AuthenticationV1Api(k8s.ApiClient(await self._kube_configuration()))
+        audiences = (settings.agent_token_audience,)
+        timeout = self.settings.api.auth_timeout_seconds
+
+        def review(token: str) -> ReviewedUser | None:
+            return token_review(authn, token, audiences, timeout)
+
+        log.info("agents may authenticate with ServiceAccount tokens for %r", audiences[0])
+        return review
+
+    async def _kube_configuration(self) -> Any:
+        """The credentials the Kubernetes side loaded (or load them now, if it is off)."""
+        kube = self.running.kube
+        if kube is not None:
+            return kube.session.credentials.configuration
+        return (await load_credentials(self.settings.kube.kubeconfig)).configuration
+
     async def _start_api(self) -> None:
         settings = self.settings.api
         auth = None
         if settings.auth_enabled:
-            # The credentials the Kubernetes side loaded (or load them now, if it is off).
-            kube = self.running.kube
-            credentials = (
-                kube.session.credentials
-                if kube is not None
-                else await load_credentials(self.settings.kube.kubeconfig)
-            )
             auth = KubeAuthorizer(
-                k8s.ApiClient(credentials.configuration), self.settings.kube.namespace, settings
+                k8s.ApiClient(await self._kube_configuration()),
+                self.settings.kube.namespace,
+                settings,
             )
         else:
             log.warning("REST API authentication is OFF: use this for local development only")

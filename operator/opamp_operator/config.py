@@ -88,6 +88,12 @@ class ListenerSettings:
     tls_key_file: Path | None = None
     tls_client_ca_file: Path | None = None
     agent_tokens: frozenset[str] = frozenset()
+    #: Accept agents' projected ServiceAccount tokens (TokenReview), bound to their Pod.
+    agent_serviceaccount_tokens: bool = False
+    #: The audience those tokens must be issued for (the projected volume's `audience`).
+    agent_token_audience: str = "opamp-operator"
+    #: How long a TokenReview of an agent's token is reused (seconds; 0: every time).
+    agent_token_cache_seconds: float = 60.0
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -112,6 +118,10 @@ class ListenerSettings:
             raise ConfigError("a TLS client CA (mTLS) needs a server certificate and key")
         if any(not token for token in self.agent_tokens):
             raise ConfigError("agent tokens must not be empty strings")
+        if not self.agent_token_audience.strip():
+            raise ConfigError("the agent token audience must not be empty")
+        if not 0 <= self.agent_token_cache_seconds <= 3600:
+            raise ConfigError("the agent token cache must be 0..3600 seconds")
 
     @property
     def tls(self) -> bool:

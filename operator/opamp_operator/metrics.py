@@ -48,6 +48,19 @@ auth_failures = Counter(
     ["transport"],
     registry=REGISTRY,
 )
+agent_credential_refusals = Counter(
+    "opamp_agent_credential_refusals_total",
+    "Agents refused for their ServiceAccount token, by transport and reason (token_rejected, "
+    "not_pod_bound, pod_uid_mismatch, review_unavailable).",
+    ["transport", "reason"],
+    registry=REGISTRY,
+)
+agent_token_reviews = Counter(
+    "opamp_agent_token_reviews_total",
+    "Agent ServiceAccount token lookups: cache hits and TokenReviews by outcome.",
+    ["outcome"],
+    registry=REGISTRY,
+)
 
 # -- Fleet -------------------------------------------------------------------------
 connection_duration_seconds = Histogram(

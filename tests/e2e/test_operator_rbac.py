@@ -1,7 +1,8 @@
 """The whole operator on nothing but the manifests' ServiceAccount token, RBAC on.
 
 Proves the Role/ClusterRole in manifests/ are enough for the operator's whole job: create
-OpAMPAgents, patch their status, post Events, run Kopf, and review REST callers' tokens.
+OpAMPAgents, patch their status, post Events, run Kopf, and review REST callers' tokens and
+agents' Pod-bound ServiceAccount tokens.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from tests.support.goagent import GoAgent
 from tests.support.manifests import MANIFESTS, kubectl, one, render, retarget, server_apply
 from tests.support.manifests import token_for as service_account_token
 from tests.support.operator_process import kubectl as run_kubectl
+from tests.support.pod_tokens import make_pod_with_account, pod_attributes, pod_token
 from tests.support.polling import eventually
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
@@ -81,19 +83,26 @@ async def test_operator_does_its_whole_job_on_the_manifests_service_account(
         grant_reader(kubeconfig, namespace)
         reader_token = service_account_token(kube_api, namespace, "reader")
 
-        operator = operator_factory(api_auth=True)
+        pods_ns, pod_uid = make_pod_with_account(kube_api)
+        agent_token = pod_token(kubeconfig, pods_ns)
+
+        operator = operator_factory(
+            api_auth=True, extra_args=["--agent-serviceaccount-tokens", "true"]
+        )
         operator.config.kubeconfig = restricted
         await operator.start()
         agent_id = str(uuid.uuid4())
         async with GoAgent() as agent:
             await agent.start(url=operator.ws_url, instance_uid=agent_id, service_name="rbac",
-                              heartbeat=1)  # fmt: skip
+                              heartbeat=1, token=agent_token,
+                              **pod_attributes(pod_uid, pods_ns))  # fmt: skip
 
             async def online() -> dict[str, object] | None:
                 cr = get_agent_cr(kubeconfig, namespace, resource_name(agent_id))
                 return cr if cr and cr.get("status", {}).get("phase") == "Online" else None
 
-            await eventually("the CR created and its status patched", online, within=30)
+            cr = await eventually("the CR created and its status patched", online, within=30)
+            assert cr["status"]["connection"]["serviceAccount"] == f"{pods_ns}/collector"  # type: ignore[index]
             agent.freeze()  # a transition, so the operator posts an Event
 
             async def event_posted() -> str | None:

@@ -46,6 +46,7 @@ CUSTOM: dict[str, Any] = {
     "database": {"existingSecret": "pg", "key": "url"},
     "tls": {"existingSecret": "opamp-tls", "clientCAKey": "ca.crt"},
     "agentTokens": {"existingSecret": "tokens", "key": "list"},
+    "agentServiceAccountTokens": {"enabled": True, "audience": "opamp.example"},
     "heartbeat": {"interval": 10, "timeout": 25, "errorAfterOffline": 120.5},
     "linkPods": False,
     "extraEnv": [{"name": "OPAMP_MAX_AGENTS", "value": "1000"}],
@@ -165,6 +166,8 @@ def test_custom_values_land_where_they_should(home: Path, namespace: str) -> Non
     assert env["OPAMP_TLS_KEY_FILE"] == f"{mounts['tls']}/tls.key"
     assert env["OPAMP_TLS_CLIENT_CA_FILE"] == f"{mounts['tls']}/ca.crt"
     assert env["OPAMP_AGENT_TOKENS_FILE"] == f"{mounts['agent-tokens']}/list"
+    assert env["OPAMP_AGENT_SERVICEACCOUNT_TOKENS"] == "true"
+    assert env["OPAMP_AGENT_TOKEN_AUDIENCE"] == "opamp.example"
 
     # The Role and the peering object follow the served namespace; the pods' RBAC is gone.
     assert one(objects, "Role")["metadata"]["namespace"] == namespace
@@ -209,6 +212,7 @@ def test_custom_values_land_where_they_should(home: Path, namespace: str) -> Non
         ),
         ({"agentTokens": {"existingSecret": "Tokens!"}}, "/agentTokens/existingSecret"),
         ({"agentTokens": {"existingSecret": "tokens", "key": ""}}, "/agentTokens/key"),
+        ({"agentServiceAccountTokens": {"audience": ""}}, "/agentServiceAccountTokens/audience"),
         ({"watchNamespace": "Not_A_Namespace"}, "/watchNamespace"),
         ({"extraEnv": [{"name": "lower-case"}]}, "/extraEnv/0/name"),
         ({"replicas": 3}, "replicas"),  # a typo of replicaCount: unknown keys are refused

@@ -50,6 +50,8 @@ INVALID: list[tuple[str, Callable[[], object], str]] = [
         "client CA .* needs a server certificate",
     ),
     ("listener token", lambda: ListenerSettings(agent_tokens=frozenset({""})), "empty strings"),
+    ("token audience", lambda: ListenerSettings(agent_token_audience=" "), "audience"),
+    ("token cache", lambda: ListenerSettings(agent_token_cache_seconds=-1), "token cache"),
     ("store flush", lambda: StoreSettings(dsn=DSN, flush_interval_seconds=0), "flush interval"),
     ("store queue", lambda: StoreSettings(dsn=DSN, queue_size=0), "queue size"),
     (

@@ -60,6 +60,14 @@ def snapshot(**changes: object) -> AgentSnapshot:
     return replace(base, **changes)  # type: ignore[arg-type]
 
 
+def test_the_service_account_an_agent_authenticated_as_is_in_its_connection() -> None:
+    base = snapshot()
+    assert base.session is not None
+    session = replace(base.session, service_account="team-a/collector")
+    status = build_status(replace(base, session=session), None, generation=1, replica="r", now=T0)
+    assert status["connection"]["serviceAccount"] == "team-a/collector"
+
+
 def test_online_agent_status() -> None:
     status = build_status(snapshot(), None, generation=3, replica="r-1", now=T0)
     assert status["phase"] == "Online"
@@ -69,6 +77,7 @@ def test_online_agent_status() -> None:
         "remoteAddr": "10.0.0.7:5555",
         "replica": "r-1",
         "liveness": "heartbeat",
+        "serviceAccount": None,
     }
     assert status["agent"]["nonIdentifyingAttributes"] == {
         "host.name": "node-1", "cpu.count": "8", "tags": '["a", "b"]',

@@ -80,6 +80,8 @@ SCHEMAS: dict[str, Any] = {
             "remoteAddr": {"type": "string"},
             "connectedAt": _TIME,
             "liveness": {"type": "string", "enum": ["heartbeat", "connection"]},
+            # namespace/name of the Pod-bound ServiceAccount token it authenticated with
+            "serviceAccount": _NULLABLE_TEXT,
         }
     ),
     "AgentStatus": _obj(

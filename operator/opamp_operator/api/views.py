@@ -61,6 +61,7 @@ def connection(session: SessionInfo | None, liveness: Liveness | None) -> dict[s
         "remoteAddr": session.remote_addr,
         "connectedAt": timestamp(session.connected_at),
         "liveness": None if liveness is None else liveness.value,
+        "serviceAccount": session.service_account,
     }
 
 

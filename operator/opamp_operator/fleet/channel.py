@@ -33,3 +33,14 @@ class PushChannel(Protocol):
     def offer(self, message: ServerToAgent) -> bool:
         """Queue `message` for sending; never blocks. False when the channel cannot take it."""
         ...
+
+
+@runtime_checkable
+class AuthenticatedChannel(Protocol):
+    """A channel whose agent proved who it is with a ServiceAccount token (`namespace/name`).
+
+    The fleet records it with the session (the CR's `status.connection.serviceAccount`).
+    """
+
+    @property
+    def service_account(self) -> str | None: ...

@@ -67,6 +67,9 @@ class SessionInfo:
     transport: Transport
     remote_addr: str
     connected_at: datetime
+    # The ServiceAccount (`namespace/name`) whose Pod-bound token the agent authenticated
+    # with; None for static tokens, client certificates or no authentication.
+    service_account: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,7 +23,7 @@ from opamp_operator.opamp.messages import (
     validate_instance_uid,
 )
 
-from .channel import Channel, PushChannel
+from .channel import AuthenticatedChannel, Channel, PushChannel
 from .clock import Clock
 from .commands import ACCEPTS_RESTART, RestartResult, restart_command
 from .deadlines import DeadlineScheduler
@@ -116,6 +116,11 @@ class Fleet:
     def get(self, agent_id: str) -> AgentSnapshot | None:
         record = self._agents.get(agent_id)
         return record.snapshot() if record else None
+
+    def description(self, agent_id: str) -> AgentDescriptionView | None:
+        """The description the agent last reported here (None: unknown or never described)."""
+        record = self._agents.get(agent_id)
+        return record.description if record else None
 
     def snapshots(self) -> list[AgentSnapshot]:
         return [record.snapshot() for record in self._agents.values()]
@@ -466,7 +471,8 @@ class Fleet:
             session.channel.request_close(Reason.SUPERSEDED)
             self._end_session(record, Reason.SUPERSEDED)
         now = self.clock.now()
-        info = SessionInfo(str(uuid.uuid4()), channel.transport, channel.remote_addr, now)
+        account = channel.service_account if isinstance(channel, AuthenticatedChannel) else None
+        info = SessionInfo(str(uuid.uuid4()), channel.transport, channel.remote_addr, now, account)
         record.session = LiveSession(info, channel)
         if channel.transport is Transport.WEBSOCKET:
             self._by_channel[channel] = record.agent_id

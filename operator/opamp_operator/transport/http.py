@@ -40,7 +40,7 @@ from opamp_operator.opamp.messages import (
     parse_agent_to_server,
 )
 
-from .auth import BearerAuth
+from .auth import Admission, AgentAuth, PodBinding, PodIdentity, Refused, note_refusal
 from .body import (
     BadGzip,
     BodyTooLarge,
@@ -65,6 +65,7 @@ class HttpChannel:
     """One HTTP request as the fleet sees it; there is no connection to close."""
 
     remote_addr: str
+    service_account: str | None = None  # the ServiceAccount token's, when it sent one
 
     @property
     def transport(self) -> Transport:
@@ -79,7 +80,7 @@ class HttpEndpoint:
         self,
         settings: ListenerSettings,
         fleet: Fleet,
-        auth: BearerAuth,
+        auth: AgentAuth,
         ledger: SessionLedger = NO_LEDGER,
     ) -> None:
         self._settings = settings
@@ -122,9 +123,15 @@ class HttpEndpoint:
             gauge.dec()
 
     async def _handle(self, request: BaseRequest) -> web.StreamResponse:
-        refusal = self._check_head(request)
-        if refusal is not None:
-            return refusal
+        admitted = self._check_head(request)
+        if not isinstance(admitted, Admission):
+            return admitted
+        identity: PodIdentity | None = None
+        if admitted.token is not None:
+            outcome = await self._auth.identify(admitted.token, _HTTP, _peer(request))
+            if isinstance(outcome, Refused):
+                return _refused(outcome)
+            identity = outcome
         settings = self._settings
         try:
             async with asyncio.timeout(settings.handshake_timeout_seconds):
@@ -149,11 +156,14 @@ class HttpEndpoint:
             message = parse_agent_to_server(data)
         except MalformedMessage:
             return self._malformed(request, data)
-        refusal = self._check_uid_header(request, message)
+        refusal = self._check_uid_header(request, message) or self._check_binding(
+            request, identity, message
+        )
         if refusal is not None:
             return refusal
+        account = None if identity is None else identity.service_account
         opened = self._fleet.sessions_opened
-        reply = self._fleet.handle_message(HttpChannel(_peer(request)), message)
+        reply = self._fleet.handle_message(HttpChannel(_peer(request), account), message)
         metrics.messages_received.labels(_HTTP, message_kind(message)).inc()
         if self._fleet.sessions_opened != opened:
             await self._ledger.recorded()  # its row first: the reply acknowledges the session
@@ -161,7 +171,7 @@ class HttpEndpoint:
         metrics.message_handling_seconds.labels(_HTTP).observe(time.perf_counter() - started)
         return response
 
-    def _check_head(self, request: BaseRequest) -> web.StreamResponse | None:
+    def _check_head(self, request: BaseRequest) -> web.StreamResponse | Admission:
         """Everything that can be refused before reading the body."""
         if request.path != self._settings.path:
             return self._bad(request, "not_found", HTTPStatus.NOT_FOUND, "not found")
@@ -172,7 +182,8 @@ class HttpEndpoint:
             response.headers[hdrs.ALLOW] = hdrs.METH_POST
             return response
         authorization = [v for k, v in request.raw_headers if k.lower() == b"authorization"]
-        if not self._auth.allows(authorization):
+        admitted = self._auth.admit(authorization)
+        if admitted is None:
             metrics.auth_failures.labels(_HTTP).inc()
             log.warning("refused an OpAMP HTTP request from %s: bad token", _peer(request))
             response = _plain(HTTPStatus.UNAUTHORIZED, "missing or wrong bearer token")
@@ -188,7 +199,25 @@ class HttpEndpoint:
         if length is not None and length > self._settings.max_message_bytes:
             detail = f"body exceeds {self._settings.max_message_bytes} bytes"
             return self._bad(request, "too_large", HTTPStatus.REQUEST_ENTITY_TOO_LARGE, detail)
-        return None
+        return admitted
+
+    def _check_binding(
+        self, request: BaseRequest, identity: PodIdentity | None, message: AgentToServer
+    ) -> web.StreamResponse | None:
+        """Refuse a message for another Pod's agent (403); ask for the full state if unsure."""
+        if identity is None:
+            return None
+        checked = PodBinding(identity).check(message, self._fleet.description)
+        if checked is None:
+            return None
+        if not isinstance(checked, Refused):
+            return self._reply(request, message, checked)
+        note_refusal(checked, _HTTP, _peer(request), identity.describe())
+        uid = bytes(message.instance_uid)
+        body = error_response(uid, opamp_pb2.ServerErrorResponseType_BadRequest, checked.detail)
+        return web.Response(
+            status=checked.status, body=body.SerializeToString(), content_type=CONTENT_TYPE
+        )
 
     def _check_uid_header(
         self, request: BaseRequest, message: AgentToServer
@@ -306,6 +335,13 @@ def _claimed_uid(request: BaseRequest) -> bytes | None:
         return header_uid(request.headers.getall(HEADER, []))
     except BadUidHeader:
         return None
+
+
+def _refused(refusal: Refused) -> web.Response:
+    response = _plain(HTTPStatus(refusal.status), refusal.detail)
+    for name, value in refusal.headers:
+        response.headers[name] = value
+    return response
 
 
 def _plain(status: HTTPStatus, detail: str) -> web.Response:

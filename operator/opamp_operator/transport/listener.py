@@ -15,8 +15,9 @@ from opamp_operator.config import ListenerSettings
 from opamp_operator.fleet.ledger import NO_LEDGER, SessionLedger
 from opamp_operator.fleet.model import Reason, Transport
 from opamp_operator.fleet.registry import Fleet
+from opamp_operator.reviews import PoolSettings
 
-from .auth import BearerAuth
+from .auth import AgentAuth, ReviewToken
 from .front import FrontProtocol, Refusal
 from .head import RequestHead
 from .http import HttpEndpoint
@@ -43,12 +44,17 @@ class OpAMPListener:
     """Serves OpAMP agents on `settings.host:settings.port` until `stop`."""
 
     def __init__(
-        self, settings: ListenerSettings, fleet: Fleet, ledger: SessionLedger = NO_LEDGER
+        self,
+        settings: ListenerSettings,
+        fleet: Fleet,
+        ledger: SessionLedger = NO_LEDGER,
+        review: ReviewToken | None = None,
     ) -> None:
+        """`review`: the TokenReview for agents' ServiceAccount tokens (see transport/auth)."""
         self.settings = settings
         self._fleet = fleet
-        self._auth = BearerAuth(settings.agent_tokens)
-        self._websockets = WebSocketEndpoint(settings, fleet, ledger)
+        self._auth = _agent_auth(settings, review, fleet.settings.max_agents)
+        self._websockets = WebSocketEndpoint(settings, fleet, ledger, self._auth)
         self._http = HttpEndpoint(settings, fleet, self._auth, ledger)
         self._pending: set[FrontProtocol] = set()  # connections whose head is not read yet
         self._ws_server: Server | None = None
@@ -132,6 +138,7 @@ class OpAMPListener:
             if not task.done():
                 task.cancel()  # its connection did not close in time
         log.info("OpAMP listener stopped (%d WebSockets closed: %s)", len(channels), reason)
+        self._auth.close()
 
     # -- routing ---------------------------------------------------------------------------
 
@@ -155,7 +162,8 @@ class OpAMPListener:
             metrics.bad_input.labels(transport, "not_found").inc()
             return Refusal(HTTPStatus.NOT_FOUND, "not found")
         authorization = [value.encode("latin-1") for value in head.values("authorization")]
-        if not self._auth.allows(authorization):
+        admission = self._auth.admit(authorization)
+        if admission is None:
             metrics.auth_failures.labels(transport).inc()
             log.warning("refused an OpAMP WebSocket from %s: missing or wrong bearer token", peer)
             return Refusal(
@@ -171,4 +179,22 @@ class OpAMPListener:
             return Refusal(HTTPStatus.BAD_REQUEST, str(error))
         if self._stopping:
             return Refusal(HTTPStatus.SERVICE_UNAVAILABLE, "shutting down")
-        return self._websockets.new_connection(server, accepted_at, uid)
+        connection = self._websockets.new_connection(server, accepted_at, uid)
+        connection.pending_token = admission.token  # reviewed before the upgrade
+        return connection
+
+
+def _agent_auth(
+    settings: ListenerSettings, review: ReviewToken | None, max_agents: int
+) -> AgentAuth:
+    if not settings.agent_serviceaccount_tokens:
+        return AgentAuth(settings.agent_tokens)
+    if review is None:
+        raise ValueError("ServiceAccount tokens need a TokenReview function")
+    # One cached answer per agent (~0.5 KiB each), so HTTP agents polling within the TTL
+    # are never reviewed twice; threads and waiting reviews as the REST API's defaults.
+    size = max_agents + 1024
+    pool = PoolSettings(settings.agent_token_cache_seconds, size, 4, 64, "agent-auth")
+    return AgentAuth(
+        settings.agent_tokens, review, audience=settings.agent_token_audience, pool=pool
+    )

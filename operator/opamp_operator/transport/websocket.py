@@ -23,6 +23,7 @@ from typing import Final
 from websockets.asyncio.server import Server, ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import CloseCode
+from websockets.http11 import Request, Response
 from websockets.protocol import OPEN
 from websockets.server import ServerProtocol
 
@@ -33,8 +34,9 @@ from opamp_operator.fleet.model import Reason, Transport
 from opamp_operator.fleet.registry import Fleet
 from opamp_operator.opamp.errors import FrameError, MalformedMessage
 from opamp_operator.opamp.frames import decode_ws_frame, encode_ws_frame
-from opamp_operator.opamp.messages import ServerToAgent, parse_agent_to_server
+from opamp_operator.opamp.messages import AgentToServer, ServerToAgent, parse_agent_to_server
 
+from .auth import AgentAuth, PodBinding, Refused, note_refusal
 from .describe import message_kind, remote_addr
 from .instanceuid import MISMATCH, describe, mismatch_detail
 
@@ -73,6 +75,8 @@ class OpAMPConnection(ServerConnection):
 
     accepted_at: float  # loop time
     header_uid: bytes | None  # what its OpAMP-Instance-UID request header named
+    pending_token: str | None = None  # a ServiceAccount token to review before the upgrade
+    binding: PodBinding | None = None  # the Pod its ServiceAccount token is bound to
 
 
 class WebSocketChannel:
@@ -96,6 +100,11 @@ class WebSocketChannel:
     @property
     def remote_addr(self) -> str:
         return self._remote_addr
+
+    @property
+    def service_account(self) -> str | None:
+        binding = self.connection.binding
+        return None if binding is None else binding.identity.service_account
 
     async def send(self, message: ServerToAgent) -> None:
         """Send one ServerToAgent; raises websockets' ConnectionClosed if the socket is gone."""
@@ -153,11 +162,16 @@ class WebSocketEndpoint:
     """Creates websockets connections for the front protocol and runs their sessions."""
 
     def __init__(
-        self, settings: ListenerSettings, fleet: Fleet, ledger: SessionLedger = NO_LEDGER
+        self,
+        settings: ListenerSettings,
+        fleet: Fleet,
+        ledger: SessionLedger = NO_LEDGER,
+        auth: AgentAuth | None = None,
     ) -> None:
         self._settings = settings
         self._fleet = fleet
         self._ledger = ledger
+        self._auth = auth
         self.channels: set[WebSocketChannel] = set()
 
     def new_connection(
@@ -191,7 +205,7 @@ class WebSocketEndpoint:
         try:
             try:
                 async with asyncio.timeout_at(deadline):
-                    await connection.handshake(server_header=None)
+                    await connection.handshake(self._review_upgrade, server_header=None)
             except TimeoutError:
                 self._count_bad_input("handshake_timeout", connection, "no WebSocket handshake")
                 connection.transport.abort()
@@ -215,6 +229,24 @@ class WebSocketEndpoint:
             task = asyncio.current_task()
             if task is not None:
                 server.handler_tasks.discard(task)
+
+    async def _review_upgrade(
+        self, connection: ServerConnection, request: Request
+    ) -> Response | None:
+        """websockets' process_request: review a ServiceAccount token; refuse with 401/503."""
+        assert isinstance(connection, OpAMPConnection)
+        token, connection.pending_token = connection.pending_token, None
+        if token is None or self._auth is None:
+            return None
+        peer = remote_addr(connection.transport.get_extra_info("peername"))
+        outcome = await self._auth.identify(token, Transport.WEBSOCKET.value, peer)
+        if isinstance(outcome, Refused):
+            response = connection.respond(outcome.status, outcome.detail + "\n")
+            for name, value in outcome.headers:
+                response.headers[name] = value
+            return response
+        connection.binding = PodBinding(outcome)
+        return None
 
     async def _run(self, connection: OpAMPConnection, deadline: float) -> None:
         channel = WebSocketChannel(connection)
@@ -274,6 +306,11 @@ class WebSocketEndpoint:
             detail = mismatch_detail(header, uid)
             self._reject(channel, MISMATCH, CloseCode.POLICY_VIOLATION, detail)
             return False
+        binding = channel.connection.binding
+        if binding is not None:
+            bound = await self._check_binding(channel, binding, message)
+            if bound is not None:
+                return bound
         opened = self._fleet.sessions_opened
         try:
             reply = self._fleet.handle_message(channel, message)
@@ -292,6 +329,21 @@ class WebSocketEndpoint:
         metrics.message_handling_seconds.labels(Transport.WEBSOCKET.value).observe(elapsed)
         return True
 
+    async def _check_binding(
+        self, channel: WebSocketChannel, binding: PodBinding, message: AgentToServer
+    ) -> bool | None:
+        """None: the message belongs to the token's Pod; else `_on_message`'s answer."""
+        checked = binding.check(message, self._fleet.description)
+        if checked is None:
+            return None
+        if isinstance(checked, Refused):
+            who = binding.identity.describe()
+            note_refusal(checked, Transport.WEBSOCKET.value, channel.remote_addr, who)
+            channel.close(CloseCode.POLICY_VIOLATION, checked.detail, Reason.PROTOCOL_ERROR)
+            return False
+        await channel.send(checked)  # nothing tells its Pod yet: its full state first
+        return True
+
     def _reject(self, channel: WebSocketChannel, reason: str, code: int, detail: str) -> None:
         self._count_bad_input(reason, channel.connection, detail)
         channel.close(code, detail, Reason.PROTOCOL_ERROR)
@@ -308,7 +360,8 @@ class WebSocketEndpoint:
     def _count_refused_handshake(self, connection: ServerConnection) -> None:
         response = connection.response
         # 503: refused because we are shutting down, not the peer's fault.
-        if response is not None and response.status_code not in (101, 503):
+        # 401/503 from the token review: counted as auth failures already.
+        if response is not None and response.status_code not in (101, 401, 503):
             detail = f"upgrade refused with {response.status_code}"
             self._count_bad_input("bad_handshake", connection, detail)
 

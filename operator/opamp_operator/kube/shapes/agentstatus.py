@@ -60,6 +60,7 @@ def build_status(
             "remoteAddr": session.remote_addr,
             "replica": replica,
             "liveness": None if snapshot.liveness is None else snapshot.liveness.value,
+            "serviceAccount": session.service_account,
         }
     status: Status = {
         "phase": snapshot.phase.value,

@@ -17,6 +17,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, Final
 
+from opamp_operator.fleet.attributes import resource_text
 from opamp_operator.kube.shapes.naming import (
     LABEL_K8S_NAMESPACE,
     LABEL_K8S_WORKLOAD,
@@ -118,7 +119,7 @@ def claim_of(identifying: Mapping[str, Any], non_identifying: Mapping[str, Any])
     """The agent's Pod claim from its description, or None for an agent outside the cluster."""
 
     def attribute(key: str) -> str | None:
-        return _text(identifying.get(key)) or _text(non_identifying.get(key))
+        return resource_text(identifying, non_identifying, key)
 
     uid, name = attribute(ATTR_POD_UID), attribute(ATTR_POD_NAME)
     if uid is None and name is None:
