@@ -12,7 +12,6 @@ Standard.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -335,22 +334,6 @@ def test_kube_version_requirement(home: Path) -> None:
     assert new.returncode == 0, new.stderr
 
 
-def _chart_for_the_test_bed(kube_api: k8s.ApiClient, directory: Path) -> Path:
-    """The chart, less its kubeVersion requirement if the API server has no version: the
-    test bed's kube-apiserver is built from its Go module without version stamping, so it
-    reports v0.0.0-master, which Helm rightly refuses (test_kube_version_requirement covers
-    the requirement itself)."""
-    version = k8s.VersionApi(kube_api).get_code().git_version
-    if not version.startswith("v0.0.0"):
-        return CHART
-    chart = directory / "opamp-operator"
-    shutil.copytree(CHART, chart, dirs_exist_ok=True)
-    meta = chart / "Chart.yaml"
-    kept = [line for line in meta.read_text().splitlines() if not line.startswith("kubeVersion:")]
-    meta.write_text("\n".join(kept) + "\n")
-    return chart
-
-
 def test_helm_install_onto_the_test_bed(
     home: Path, kubeconfig: Path, kube_api: k8s.ApiClient, installed: None
 ) -> None:
@@ -358,7 +341,7 @@ def test_helm_install_onto_the_test_bed(
     deployed, its objects exist, NOTES.txt tells what to do next; a bad value is refused
     before anything reaches the cluster. The CRDs are already there (the `installed`
     fixture): Helm leaves existing CRDs alone, as it does on every later upgrade."""
-    chart = str(_chart_for_the_test_bed(kube_api, home / "chart"))
+    chart = str(CHART)  # kubeVersion included: the test bed reports its real version
     kube = f"--kubeconfig={kubeconfig}"
     bad = home / "bad-install-values.json"
     bad.write_text(json.dumps({"replicaCount": -1}))

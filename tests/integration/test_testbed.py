@@ -9,6 +9,7 @@ import asyncpg
 import pytest
 from kubernetes import client as k8s
 
+from opamp_operator.testbed.binaries import KUBERNETES_VERSION
 from tests.support.gitops import wait_established
 
 pytestmark = pytest.mark.integration
@@ -102,3 +103,11 @@ async def test_postgres_pool_runs_a_query(postgres_dsn: str) -> None:
         assert version.startswith("15.")
     finally:
         await pool.close()
+
+
+def test_api_server_reports_its_release_version(kube_api: k8s.ApiClient) -> None:
+    """`go build` alone leaves /version at v0.0.0-master, which version checks (Helm's
+    kubeVersion, kubectl's skew warning) refuse: the test bed stamps the release it built."""
+    info = k8s.VersionApi(kube_api).get_code()
+    major, minor = KUBERNETES_VERSION.removeprefix("v").split(".")[:2]
+    assert (info.git_version, info.major, info.minor) == (KUBERNETES_VERSION, major, minor)

@@ -102,6 +102,21 @@ def single_module_go_mod(name: str, module: str, version: str) -> str:
     return f"module opamp-operator.local/{name}-build\n\ngo 1.26\n\nrequire {module} {version}\n"
 
 
+def version_ldflags(kubernetes_version: str) -> str:
+    """Linker flags that stamp the version `go build` alone leaves as v0.0.0-master: what
+    Kubernetes' own build (hack/lib/version.sh) sets, so /version answers like a release
+    and version checks against the test bed (Helm's kubeVersion) see a real version."""
+    major, minor = kubernetes_version.removeprefix("v").split(".")[:2]
+    stamped = {"gitVersion": kubernetes_version, "gitMajor": major, "gitMinor": minor,
+               "gitTreeState": "clean"}  # fmt: skip
+    flags = [
+        f"-X {package}.{key}={value}"
+        for package in ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version")
+        for key, value in stamped.items()
+    ]
+    return " ".join(["-s", "-w", *flags])
+
+
 def etcd_go_mod(etcd_version: str) -> str:
     return single_module_go_mod("etcd", "go.etcd.io/etcd/server/v3", etcd_version)
 
@@ -118,7 +133,9 @@ def ensure_binaries(progress: bool = True) -> ControlPlaneBinaries:
     """Return cached binaries, building any that are missing (minutes on first run)."""
     out = cache_dir() / "bin"
     etcd = out / f"etcd-{ETCD_VERSION}"
-    apiserver = out / f"kube-apiserver-{KUBERNETES_VERSION}"
+    # "-stamped": binaries cached before the version stamp answer v0.0.0-master; a new name
+    # makes every machine rebuild once instead of keeping an unstamped one.
+    apiserver = out / f"kube-apiserver-{KUBERNETES_VERSION}-stamped"
     if not etcd.exists():
         _build(
             name="etcd",
@@ -136,6 +153,7 @@ def ensure_binaries(progress: bool = True) -> ControlPlaneBinaries:
             package="k8s.io/kubernetes/cmd/kube-apiserver",
             target=apiserver,
             progress=progress,
+            ldflags=version_ldflags(KUBERNETES_VERSION),
         )
     return ControlPlaneBinaries(etcd=etcd, kube_apiserver=apiserver)
 
@@ -180,7 +198,14 @@ def _say(progress: bool, message: str) -> None:
 
 
 def _build(
-    *, name: str, version: str, go_mod: str, package: str, target: Path, progress: bool
+    *,
+    name: str,
+    version: str,
+    go_mod: str,
+    package: str,
+    target: Path,
+    progress: bool,
+    ldflags: str = "-s -w",
 ) -> None:
     go = shutil.which("go")
     if go is None:
@@ -188,7 +213,7 @@ def _build(
             f"{name} {version} is not cached at {target} and `go` is not on PATH; "
             "install Go >= 1.26 (it builds the binary from the Go module proxy)."
         )
-    workdir = cache_dir() / "build" / f"{name}-{version}"
+    workdir = cache_dir() / "build" / target.name
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "go.mod").write_text(go_mod)
     (workdir / "tools.go").write_text(_TOOLS_GO.format(package=package))
@@ -203,7 +228,7 @@ def _build(
     _say(progress, f"  compiling {package}")
     partial = target.with_suffix(".partial")
     _run(
-        [go, "build", "-trimpath", "-ldflags=-s -w", "-o", str(partial), package],
+        [go, "build", "-trimpath", f"-ldflags={ldflags}", "-o", str(partial), package],
         workdir,
         env,
         name,
