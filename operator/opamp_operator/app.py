@@ -12,17 +12,20 @@ import logging
 import random
 import sys
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Coroutine
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
+import asyncpg
 import kopf
 from kubernetes import client as k8s
 
 from .api.auth import KubeAuthorizer
 from .api.history import StoreHistoryReader
 from .api.server import ApiServer
-from .config import Settings
+from .config import Settings, StoreSettings
 from .fleet.clock import Clock, SystemClock
 from .fleet.events import EventBus
 from .fleet.identity import DuplicateUid
@@ -39,12 +42,14 @@ from .kube.api import load_credentials
 from .kube.api.leases import LeaseApi
 from .kube.api.resources import KubeApi
 from .kube.gitops.controller import GitOpsController
-from .kube.kopfwiring.agents import build_registry
+from .kube.gitops.outcomes import ConfigOutcomes
 from .kube.leases.keeper import LeaseKeeper
 from .kube.liveness.adoption import Adopter
 from .kube.mirror.statuswriter import StatusWriter
 from .kube.pods.linker import PodLinker
 from .kube.shapes.podref import PodLinks
+from .kube.wiring.agentwatch import AgentWatch
+from .kube.wiring.kopfsetup import build_registry
 from .kube.writes.gate import WriteGate
 from .reviews import ReviewedUser, token_review
 from .store.migrations import migrate
@@ -62,7 +67,9 @@ DATABASE_STARTUP_WAIT_SECONDS = 60.0
 
 @dataclass
 class _Running:
-    pool: Any = None
+    """What has started (None: not yet, or never): for readiness and the wiring."""
+
+    pool: asyncpg.Pool | None = None
     store: StoreWriter | None = None
     kube: KubeApi | None = None
     mirror: StatusWriter | None = None
@@ -71,8 +78,6 @@ class _Running:
     gitops: GitOpsController | None = None
     listener: OpAMPListener | None = None
     api: ApiServer | None = None
-    auth: KubeAuthorizer | None = None
-    tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
 
 class OperatorApp:
@@ -98,21 +103,34 @@ class OperatorApp:
         )
         self.running = _Running()
         self.kopf_registry: kopf.OperatorRegistry | None = None
+        # Each part registers its own stop as it starts: `stop()` unwinds them in reverse,
+        # so the start order below *is* the reverse of the stop order, and a start that
+        # failed half-way stops exactly what did start.
+        self._stops = AsyncExitStack()
+        self._flushed = True  # the status writer wrote everything before it stopped
 
     async def start(self) -> None:
+        """Start every part; the order is the reverse of the stop order (see `stop`)."""
         for warning in self.settings.fleet.warnings():
             log.warning("settings: %s", warning)
-        await self._start_store()
-        await self._start_kube()
+        pool = await self._open_store()
+        api = await self._connect_kube()
+        await self._start_api(pool)
+        gate = WriteGate.for_settings(api, self.settings.kube)  # every CR write, one pace
+        await self._start_lease(api, gate, pool)
         self._spawn(run_deadline_ticker(self.fleet), "deadline-ticker")
         self._spawn(FleetMetrics(self._metric_events, self.bus).run(), "fleet-metrics")
-        await self._start_api()
+        await self._start_writers(pool, api, gate)
+        await self._start_listener()
+
+    async def _start_listener(self) -> None:
         # New sessions' rows are committed before their first replies.
         ledger: SessionLedger = self.running.store or NO_LEDGER
         review = await self._agent_token_review()
         listener = OpAMPListener(self.settings.listener, self.fleet, ledger, review)
         await listener.start()
         self.running.listener = listener
+        self._stops.push_async_callback(self.end_sessions)
         log.info(
             "OpAMP listening on %s:%s%s (WebSocket and HTTP); API on %s:%s",
             self.settings.listener.host, listener.port, self.settings.listener.path,
@@ -127,38 +145,18 @@ class OperatorApp:
         self.fleet.shutdown()  # HTTP sessions have no socket: end them here
 
     async def stop(self) -> None:
-        """Stop accepting, end every session as operator_shutdown, flush, release."""
-        running = self.running
-        await self.end_sessions()
-        if running.pods is not None:
-            await running.pods.stop()
-        if running.gitops is not None:
-            await running.gitops.stop()
-        if running.store is not None:
-            await running.store.stop()
-        flushed = True
-        if running.mirror is not None:
-            flushed = await running.mirror.stop()
-        for task in running.tasks:
-            task.cancel()
-        await asyncio.gather(*running.tasks, return_exceptions=True)
-        await self._release_lease(flushed)
-        if running.api is not None:
-            await running.api.stop()
-        if running.auth is not None:
-            running.auth.close()
-        if running.kube is not None:
-            await running.kube.close()
-        if running.pool is not None:
-            await running.pool.close()
+        """Stop in the reverse of the start order: end every session as operator_shutdown
+        (listener), stop Pod linking and GitOps, flush history and CRs, stop the background
+        tasks, release the Lease, close the REST API, the Kubernetes client and the pool."""
+        await self._stops.aclose()
         log.info("stopped: %d agents known, all sessions closed", len(self.fleet))
 
-    async def _release_lease(self, flushed: bool) -> None:
+    async def _stop_mirror(self, mirror: StatusWriter) -> None:
+        self._flushed = await mirror.stop()
+
+    async def _release_lease(self, lease: LeaseKeeper) -> None:
         """Delete our Lease once every CR says what we ended; else let a survivor adopt us."""
-        lease = self.running.lease
-        if lease is None:
-            return
-        if flushed:
+        if self._flushed:
             await lease.release()
         else:
             log.warning("Lease %s left to expire: a surviving replica adopts the CRs this "
@@ -178,10 +176,12 @@ class OperatorApp:
             "lease": bool(running.lease and running.lease.current),
         }
 
-    async def _start_store(self) -> None:
+    async def _open_store(self) -> asyncpg.Pool:
+        """The pool, migrated, with a previous run's open rows closed (writers start later)."""
         settings = self.settings.store
         pool = await _connect_with_patience(settings)
         self.running.pool = pool
+        self._stops.push_async_callback(pool.close)
         if settings.migrate_on_start:
             applied = await migrate(pool, "up", directory=settings.migrations_dir)
             if applied:
@@ -191,33 +191,41 @@ class OperatorApp:
         )
         if closed:
             log.warning("closed %d connection rows left open by a previous run", closed)
+        if settings.history_retention_seconds is not None:
+            self._spawn(HistoryPruner(settings, pool, self.clock).run(), "history-retention")
+        return pool
+
+    async def _connect_kube(self) -> KubeApi:
+        api = await KubeApi.connect(self.settings.kube)
+        self.running.kube = api
+        self._stops.push_async_callback(api.close)
+        return api
+
+    async def _start_writers(self, pool: asyncpg.Pool, api: KubeApi, gate: WriteGate) -> None:
+        """History, CR status, GitOps and Pod linking: all fed by the fleet's events."""
+        settings = self.settings.kube
+        links = PodLinks() if self._pod_events is not None else None
+        outcomes = ConfigOutcomes()  # GitOps records, the status writer reads
+        mirror = StatusWriter(
+            settings, self.fleet, self._kube_events, api, self.clock,
+            gate=gate, pod_links=links, remote_config=outcomes,
+        )  # fmt: skip
+        await mirror.start()
+        self.running.mirror = mirror
+        self._stops.push_async_callback(self._stop_mirror, mirror)
         store = StoreWriter(
-            settings, pool, self.fleet, self._store_events, self.clock,
-            replica_id=self.settings.kube.replica_id,
+            self.settings.store, pool, self.fleet, self._store_events, self.clock,
+            replica_id=settings.replica_id,
         )  # fmt: skip
         await store.start()
         self.running.store = store
-        if settings.history_retention_seconds is not None:
-            self._spawn(HistoryPruner(settings, pool, self.clock).run(), "history-retention")
-
-    async def _start_kube(self) -> None:
-        settings = self.settings.kube
-        api = await KubeApi.connect(settings)
-        self.running.kube = api
-        links = PodLinks() if self._pod_events is not None else None
-        gate = WriteGate.for_settings(api, settings)  # every CR write and Event, one pace
-        mirror = StatusWriter(
-            settings, self.fleet, self._kube_events, api, self.clock, gate=gate, pod_links=links
-        )
-        await mirror.start()
-        self.running.mirror = mirror
-        await self._start_lease(api, mirror)
+        self._stops.push_async_callback(store.stop)
         gitops = GitOpsController(
-            self.fleet, settings, api, self.clock, mark=mirror.mark, gate=gate
+            self.fleet, settings, api, self.clock, mark=mirror.mark, gate=gate, outcomes=outcomes
         )
-        mirror.remote_config = gitops
-        await gitops.start()
+        await gitops.start(watch_agents=False)  # it subscribes to the replica's one watch
         self.running.gitops = gitops
+        self._stops.push_async_callback(gitops.stop)
         if links is not None and self._pod_events is not None:
             pods = PodLinker.connect(
                 settings, self.fleet, self._pod_events, links,
@@ -226,26 +234,31 @@ class OperatorApp:
             )  # fmt: skip
             await pods.start()
             self.running.pods = pods
-        self.kopf_registry = build_registry(
-            self.fleet, settings, api, writer=mirror, clock=self.clock, pods=self.running.pods,
-            replicas=self.running.lease,
+            self._stops.push_async_callback(pods.stop)
+        watch = AgentWatch(
+            self.fleet, settings, api, writer=mirror, clock=self.clock,
+            pods=self.running.pods, replicas=self.running.lease,
         )  # fmt: skip
+        watch.subscribe(gitops.agent_events)
+        await watch.start()
+        self._stops.push_async_callback(watch.stop)
+        self.kopf_registry = build_registry(api.session.credentials)
 
-    async def _start_lease(self, api: KubeApi, mirror: StatusWriter) -> None:
+    async def _start_lease(self, api: KubeApi, gate: WriteGate, pool: asyncpg.Pool) -> None:
         """Our Lease before any agent connects; adoption of lost replicas on every replica."""
         settings = self.settings.kube
         keeper = LeaseKeeper(LeaseApi(api.session, settings.namespace), settings, self.clock)
         await keeper.start()
         self.running.lease = keeper
+        self._stops.push_async_callback(self._release_lease, keeper)
         self._spawn(keeper.run(), "replica-lease")
-        pool = self.running.pool
 
-        async def close_rows(replica_id: str, at: Any) -> int:
+        async def close_rows(replica_id: str, at: datetime) -> int:
             return await close_lost_replica_sessions(pool, replica_id, at)
 
         adopter = Adopter(
             keeper, self.fleet, settings, api,
-            clock=self.clock, gate=mirror.gate, close_rows=close_rows,
+            clock=self.clock, gate=gate, close_rows=close_rows,
         )  # fmt: skip
         self._spawn(adopter.run(), "replica-adoption")
 
@@ -264,14 +277,14 @@ class OperatorApp:
         log.info("agents may authenticate with ServiceAccount tokens for %r", audiences[0])
         return review
 
-    async def _kube_configuration(self) -> Any:
+    async def _kube_configuration(self) -> k8s.Configuration:
         """The credentials the Kubernetes side loaded (or load them now, if it is off)."""
         kube = self.running.kube
         if kube is not None:
             return kube.session.credentials.configuration
         return (await load_credentials(self.settings.kube.kubeconfig)).configuration
 
-    async def _start_api(self) -> None:
+    async def _start_api(self, pool: asyncpg.Pool) -> None:
         settings = self.settings.api
         auth = None
         if settings.auth_enabled:
@@ -280,19 +293,27 @@ class OperatorApp:
                 self.settings.kube.namespace,
                 settings,
             )
+            self._stops.callback(auth.close)
         else:
             log.warning("REST API authentication is OFF: use this for local development only")
-        self.running.auth = auth
-        history = StoreHistoryReader(self.running.pool)
+        history = StoreHistoryReader(pool)
         api = ApiServer(settings, self.fleet, history, auth, self.readiness)
-        await api.start()
+        await api.start()  # readiness says "not ready" until the listener is up
         self.running.api = api
+        self._stops.push_async_callback(api.stop)
 
-    def _spawn(self, coroutine: Any, name: str) -> None:
-        self.running.tasks.append(asyncio.create_task(coroutine, name=name))
+    def _spawn(self, coroutine: Coroutine[Any, Any, None], name: str) -> None:
+        """A background task, cancelled (and awaited) at its place in the stop order."""
+        task = asyncio.create_task(coroutine, name=name)
+        self._stops.push_async_callback(_cancel, task)
 
 
-async def _connect_with_patience(settings: Any) -> Any:
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+async def _connect_with_patience(settings: StoreSettings) -> asyncpg.Pool:
     """Wait for the database a while at start (it may start after us), logging each try."""
     deadline = time.monotonic() + DATABASE_STARTUP_WAIT_SECONDS
     while True:
@@ -321,7 +342,9 @@ async def serve(settings: Settings, demo_agents: int = 0) -> None:
         # `app.stop()`. Ending the sessions in a cleanup handler runs before that sweep.
         kopf.on.cleanup(registry=app.kopf_registry, id="end-opamp-sessions")(_ending_sessions(app))
         # Kopf peering: with the KopfPeering object `default` present (manifests/ ships it),
-        # one replica runs the handlers and the others pause; without it, standalone.
+        # Kopf joins it and the lower-priority peers pause. Kopf runs no resource handlers
+        # any more (every replica watches OpAMPAgents itself, kube/wiring/agentwatch.py), so
+        # a pause stops nothing; replicas know each other by their Leases (kube/leases/).
         # Peers of equal priority would all pause, so each process draws its own.
         await kopf.operator(
             registry=app.kopf_registry,

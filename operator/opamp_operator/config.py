@@ -210,8 +210,6 @@ class KubeSettings:
     # Link agents that report k8s.pod.* attributes to their Pod (needs read access to Pods
     # where they run); a deleted Pod makes its agent Offline and removes its CR.
     link_pods: bool = True
-    # Kopf peering object (None: Kopf's own choice, "default" if it exists, else standalone).
-    peering_name: str | None = None
     # This replica's Lease (docs/reliability.md, "Replica Leases"): renewed this often, and
     # its replica counts as lost when it was not renewed for `lease_duration_seconds`.
     lease_duration_seconds: float = 40.0

@@ -202,6 +202,13 @@ kube_pod_watch_errors = Counter(
     ["outcome"],
     registry=REGISTRY,
 )
+kube_watches_open = Gauge(
+    "opamp_kube_watches_open",
+    "Watch requests this process holds open on the API server, by resource (one per kind "
+    "and namespace is the design: a second one is a bug).",
+    ["resource"],
+    registry=REGISTRY,
+)
 kube_informer_errors = Counter(
     "opamp_kube_informer_errors_total",
     "Failed lists and broken watches of the resources remote config comes from, by resource.",

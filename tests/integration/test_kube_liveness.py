@@ -1,4 +1,4 @@
-"""The Kopf handlers, run in-process against the real kube-apiserver.
+"""The OpAMPAgent watch and liveness, run in-process against the real kube-apiserver.
 
 CRs left behind by a process that died (no live session anywhere) turn Offline, then
 Error, with Events; CRs of agents connected here are left alone; a deleted CR of a
@@ -15,7 +15,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import kopf
 import pytest
 from kubernetes import client as k8s
 
@@ -24,10 +23,10 @@ from opamp_operator.fleet.clock import FakeClock, SystemClock
 from opamp_operator.fleet.events import EventBus
 from opamp_operator.fleet.registry import Fleet
 from opamp_operator.kube.api.resources import KubeApi
-from opamp_operator.kube.kopfwiring.agents import build_registry
 from opamp_operator.kube.mirror.statuswriter import StatusWriter
 from opamp_operator.kube.shapes.agentstatus import build_status, format_time
 from opamp_operator.kube.shapes.naming import agent_labels
+from opamp_operator.kube.wiring.agentwatch import AgentWatch
 from tests.support.kube_mirror import FakeAgent, condition, events_for, kubectl
 from tests.support.polling import eventually
 
@@ -40,7 +39,7 @@ FLEET = FleetSettings(
 
 @dataclass
 class Operator:
-    """A writer and Kopf with the mirror's handlers, on a fleet whose clock is an hour behind."""
+    """A writer and the OpAMPAgent watch's subscribers, on a fleet whose clock is an hour behind."""
 
     fleet: Fleet
     clock: FakeClock
@@ -76,20 +75,13 @@ async def running(
     fleet = Fleet(FLEET, clock, bus)
     writer = StatusWriter(settings, fleet, bus.subscribe("kube", 1000), api, clock)
     await writer.start()
-    registry = build_registry(fleet, settings, api, writer=writer, clock=SystemClock())
-    stop, ready = asyncio.Event(), asyncio.Event()
-    task = asyncio.create_task(
-        kopf.operator(
-            registry=registry, clusterwide=False, namespaces=[namespace],
-            standalone=True, stop_flag=stop, ready_flag=ready,
-        )
-    )  # fmt: skip
+    watch = AgentWatch(fleet, settings, api, writer=writer, clock=SystemClock())
+    await watch.start()
     try:
-        await asyncio.wait_for(ready.wait(), 30)
+        await asyncio.wait_for(watch.informer.synced.wait(), 30)
         yield Operator(fleet, clock, writer, api)
     finally:
-        stop.set()
-        await asyncio.wait_for(task, 30)
+        await watch.stop()
         await writer.stop()
 
 

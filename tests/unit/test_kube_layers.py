@@ -18,7 +18,7 @@ RANK = {
     "liveness": 4,
     "gitops": 4,
     "pods": 4,
-    "kopfwiring": 5,
+    "wiring": 5,
 }
 # The parts of the operator the Kubernetes side may use (never store/, api/, transport/).
 ALLOWED_OUTSIDE = {"backoff", "config", "fleet", "metrics"}

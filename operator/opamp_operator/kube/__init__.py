@@ -6,6 +6,7 @@ Sub-packages, lowest first (each imports only those before it, plus `fleet`; nev
 - `writes`: the shared pace of API writes.
 - `mirror`: `StatusWriter` turns fleet events into CR creates, status patches and Events.
 - `liveness`, `gitops`, `pods`: CR liveness, declared remote config, Pod linking.
-- `kopfwiring`: the Kopf handlers that watch the CRs themselves.
+- `wiring`: the replica's one OpAMPAgent watch and its subscribers; what Kopf does (login,
+  settings).
 See docs/architecture.md for the data flow and which component owns which write.
 """

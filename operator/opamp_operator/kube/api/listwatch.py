@@ -35,6 +35,33 @@ class InformerHandler(Protocol):
         """One change: ADDED, MODIFIED or DELETED."""
 
 
+class Fanout:
+    """One watch, several handlers: each gets every (re)list and every event, in order.
+
+    A handler that fails is logged and skipped for that call; the others still get it.
+    """
+
+    def __init__(self) -> None:
+        self._handlers: list[InformerHandler] = []
+
+    def add(self, handler: InformerHandler) -> None:
+        self._handlers.append(handler)
+
+    def replace(self, items: list[dict[str, Any]]) -> None:
+        for handler in self._handlers:
+            try:
+                handler.replace(items)
+            except Exception:
+                log.exception("a watch subscriber failed on a listing (%s)", handler)
+
+    def apply(self, event_type: str, obj: dict[str, Any]) -> None:
+        for handler in self._handlers:
+            try:
+                handler.apply(event_type, obj)
+            except Exception:
+                log.exception("a watch subscriber failed on a %s event (%s)", event_type, handler)
+
+
 class Informer:
     """List and watch `plural` in `namespace`; `run()` until cancelled."""
 

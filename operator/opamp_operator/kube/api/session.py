@@ -16,6 +16,8 @@ from typing import Any
 
 import aiohttp
 
+from opamp_operator import metrics
+
 from .credentials import Credentials
 from .errors import Gone, KubeApiError, Unavailable, check_response, error_for
 
@@ -133,15 +135,20 @@ class ApiSession:
             raise Unavailable(0, f"no response from the API server: {error!r}") from error
         async with response:
             await check_response(response, "watch " + path)
-            while True:
-                try:
-                    line = await response.content.readuntil(b"\n", max_size=MAX_EVENT_BYTES)
-                except (aiohttp.ClientError, ValueError, TimeoutError, OSError) as error:
-                    raise Unavailable(0, f"watch of {path} broke: {error!r}") from error
-                if not line:
-                    return  # the server ended the watch
-                if line.strip():
-                    yield _event(line, path)
+            open_watches = metrics.kube_watches_open.labels(path.rsplit("/", 1)[-1])
+            open_watches.inc()
+            try:
+                while True:
+                    try:
+                        line = await response.content.readuntil(b"\n", max_size=MAX_EVENT_BYTES)
+                    except (aiohttp.ClientError, ValueError, TimeoutError, OSError) as error:
+                        raise Unavailable(0, f"watch of {path} broke: {error!r}") from error
+                    if not line:
+                        return  # the server ended the watch
+                    if line.strip():
+                        yield _event(line, path)
+            finally:
+                open_watches.dec()
 
     # -- plumbing ------------------------------------------------------------------
 

@@ -40,8 +40,9 @@ from opamp_operator.fleet.model import AgentPhase
 from opamp_operator.fleet.registry import Fleet
 from opamp_operator.fleet.remoteconfig import DesiredConfig
 from opamp_operator.kube.api import NotFound
-from opamp_operator.kube.api.listwatch import Informer
+from opamp_operator.kube.api.listwatch import Informer, InformerHandler
 from opamp_operator.kube.api.resources import KubeApi, KubeApiError
+from opamp_operator.kube.gitops.outcomes import ConfigOutcomes
 from opamp_operator.kube.gitops.requests import RECORD_RETRIES, record_handled
 from opamp_operator.kube.gitops.resolver import (
     ConfigSpecError,
@@ -133,6 +134,7 @@ class GitOpsController:
         mark: Callable[[str], None] | None = None,
         status_interval_seconds: float = 1.0,
         gate: WriteGate | None = None,
+        outcomes: ConfigOutcomes | None = None,
     ) -> None:
         self.fleet = fleet
         self.settings = settings
@@ -146,8 +148,7 @@ class GitOpsController:
         self._configs: dict[str, _Config] = {}
         self._valid: list[FleetConfig] = []
         self._resolutions: dict[str, Resolution] = {}  # by CR name
-        self._observed: dict[str, int] = {}  # agent id -> generation resolved
-        self._problems: dict[str, str] = {}  # agent id -> why it has no config
+        self.outcomes = outcomes or ConfigOutcomes()  # what the status writer reads
         self._reconnects: dict[str, str] = {}  # CR name -> annotation value acted upon
         self._dirty: set[str] = set()  # CR names to resolve again
         self._resync = False
@@ -164,12 +165,10 @@ class GitOpsController:
     # -- what the status writer asks ---------------------------------------------------
 
     def observed_generation(self, agent_id: str) -> int | None:
-        """The OpAMPAgent generation whose spec has been resolved and handed to the fleet."""
-        return self._observed.get(agent_id)
+        return self.outcomes.observed_generation(agent_id)
 
     def problem(self, agent_id: str) -> str | None:
-        """Why the agent has no config although some is declared for it (conflict, bad spec)."""
-        return self._problems.get(agent_id)
+        return self.outcomes.problem(agent_id)
 
     @property
     def ready(self) -> bool:
@@ -177,17 +176,21 @@ class GitOpsController:
 
     # -- lifecycle ---------------------------------------------------------------------
 
-    async def start(self) -> None:
+    @property
+    def agent_events(self) -> InformerHandler:
+        """What the replica's one OpAMPAgent watch must feed (`kube/wiring/agentwatch.py`)."""
+        return _Events(self.replace_agents, self.apply_agent)
+
+    async def start(self, *, watch_agents: bool = True) -> None:
+        """Watch OpAMPAgentConfigs and resolve; with `watch_agents=False` the OpAMPAgents
+        come from the replica's shared watch (subscribe `agent_events` to it)."""
         namespace = self.settings.namespace
-        agents = _Events(self.replace_agents, self.apply_agent)
         configs = _Events(self.replace_configs, self.apply_config)
-        self.informers = [
-            Informer(self.api.session, namespace, PLURAL, agents),
-            Informer(self.api.session, namespace, CONFIG_PLURAL, configs),
-        ]
+        self.informers = [Informer(self.api.session, namespace, CONFIG_PLURAL, configs)]
+        if watch_agents:  # on its own (tests, tools): a watch of its own
+            self.informers.append(Informer(self.api.session, namespace, PLURAL, self.agent_events))
         self._tasks = [
-            asyncio.create_task(self.informers[0].run(), name="gitops-agents"),
-            asyncio.create_task(self.informers[1].run(), name="gitops-configs"),
+            *(asyncio.create_task(i.run(), name=f"gitops-{i.plural}") for i in self.informers),
             asyncio.create_task(self._resolve_forever(), name="gitops-resolver"),
             asyncio.create_task(self._write_counts_forever(), name="gitops-config-status"),
         ]
@@ -277,8 +280,7 @@ class GitOpsController:
         self._dirty.discard(name)
         if entry is None:
             return
-        self._observed.pop(entry.agent_id, None)
-        self._problems.pop(entry.agent_id, None)
+        self.outcomes.forget(entry.agent_id)
         if self.fleet.desired_config(entry.agent_id) is not None:
             self.fleet.set_desired_config(entry.agent_id, None)
             metrics.kube_desired_config_changes.labels("deleted").inc()
@@ -373,17 +375,7 @@ class GitOpsController:
             self.fleet.set_desired_config(agent_id, offered)
             source = offered.source.split("/")[0] if offered else "none"
             metrics.kube_desired_config_changes.labels(source).inc()
-        rewrite = False
-        problem = result.problem
-        if self._problems.get(agent_id) != problem:
-            rewrite = True
-            if problem is None:
-                self._problems.pop(agent_id, None)
-            else:
-                self._problems[agent_id] = problem
-        if entry.generation is not None and self._observed.get(agent_id) != entry.generation:
-            self._observed[agent_id] = entry.generation
-            rewrite = True
+        rewrite = self.outcomes.record(agent_id, entry.generation, result.problem)
         if old is None or old.matched != result.matched or old.desired is not result.desired:
             self._counts_dirty = True
         if rewrite and self.mark is not None:

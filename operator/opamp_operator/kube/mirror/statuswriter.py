@@ -76,6 +76,7 @@ class StatusWriter:
         *,
         gate: WriteGate | None = None,
         pod_links: PodLinks | None = None,
+        remote_config: RemoteConfigView | None = None,
     ) -> None:
         self.settings = settings
         self.fleet = fleet
@@ -96,9 +97,9 @@ class StatusWriter:
         refresh = settings.last_seen_refresh_seconds
         self._refresh = _NEVER if refresh is None else timedelta(seconds=refresh)
         self._api_ok = True  # the latest request got an answer we could act on
-        # Set by the GitOps controller: the generation it resolved, and why an agent has no
-        # config (see `kube/gitops/controller.py`). None: observedGeneration is the CR's generation.
-        self.remote_config: RemoteConfigView | None = None
+        # What GitOps resolved: the generation, and why an agent has no config (see
+        # `kube/gitops/outcomes.py`). None: observedGeneration is the CR's generation.
+        self.remote_config = remote_config
 
     # -- lifecycle -----------------------------------------------------------------
 
