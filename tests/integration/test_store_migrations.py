@@ -160,7 +160,8 @@ async def test_migrate_command(postgres_dsn: str, capsys: pytest.CaptureFixture[
 
     settings = Settings(store=StoreSettings(dsn=postgres_dsn))
     assert await run_migrate_command(settings, "status", None, None) == 0
-    assert "version: none\navailable: 1, 2, 3, 4\npending: 1, 2, 3, 4" in capsys.readouterr().out
+    expected = "version: none\navailable: 1, 2, 3, 4, 5\npending: 1, 2, 3, 4, 5"
+    assert expected in capsys.readouterr().out
     assert await run_migrate_command(settings, "up", 2, None) == 0
     assert "applied: 1, 2" in capsys.readouterr().out
     assert await run_migrate_command(settings, "down", None, None) == 0
