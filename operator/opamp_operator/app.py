@@ -34,6 +34,8 @@ from .fleet.registry import Fleet
 from .fleet.ticker import run_deadline_ticker
 from .fleet_metrics import (
     FleetMetrics,
+    count_bad_input,
+    count_components_request,
     count_duplicate,
     count_rejected_registration,
     count_slow_agent,
@@ -90,7 +92,8 @@ class OperatorApp:
         self.fleet = Fleet(
             settings.fleet, self.clock, self.bus,
             on_rejected=count_rejected_registration, on_slow_agent=count_slow_agent,
-            on_duplicate=self._on_duplicate,
+            on_duplicate=self._on_duplicate, on_bad_input=count_bad_input,
+            on_components_requested=count_components_request,
         )  # fmt: skip
         # Subscribe before anything can publish, so no subscriber misses the first events.
         self._store_events = self.bus.subscribe("store", settings.store.queue_size)

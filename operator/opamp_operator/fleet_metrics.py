@@ -93,6 +93,16 @@ def count_slow_agent() -> None:
     metrics.agents_slower_than_timeout.inc()
 
 
+def count_bad_input(transport: str, reason: str) -> None:
+    """The fleet's `on_bad_input` hook: reported data refused (too large, invalid)."""
+    metrics.bad_input.labels(transport, reason).inc()
+
+
+def count_components_request() -> None:
+    """The fleet's `on_components_requested` hook: a ReportAvailableComponents flag sent."""
+    metrics.available_components_requests.inc()
+
+
 def _reason_label(reason: str) -> str:
     # Reasons are free strings on the events; keep the label set bounded.
     return reason if reason in _KNOWN_REASONS else "other"

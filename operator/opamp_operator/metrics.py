@@ -87,6 +87,12 @@ agents_slower_than_timeout = Counter(
     "Agents (each counted once) whose messages came further apart than the heartbeat timeout.",
     registry=REGISTRY,
 )
+available_components_requests = Counter(
+    "opamp_available_components_requests_total",
+    "Replies that asked an agent for its full AvailableComponents (it had sent only a hash "
+    "the server holds no full set for): at most once per hash and session.",
+    registry=REGISTRY,
+)
 agents_forgotten = Counter(
     "opamp_agents_forgotten_total",
     "Agents dropped from memory after being Offline/Error longer than the retention.",

@@ -188,3 +188,43 @@ async def test_database_outage_is_503_problem(pool: asyncpg.Pool) -> None:
             assert r.headers["Retry-After"] == "5"
         async with client.get(f"/api/v1/agents/{agent_id}/status") as r:
             assert r.status == 200  # live state does not need the database
+
+
+async def test_components_from_the_fleet_and_after_a_restart_from_the_database(
+    pool: asyncpg.Pool, postgres_dsn: str
+) -> None:
+    fleet, clock, bus = make_fleet()
+    writer = StoreWriter(StoreSettings(dsn=postgres_dsn), pool, fleet, bus.subscribe("s"), clock)
+    agent_id = new_agent_id()
+    first = hello(agent_id)
+    first.available_components.hash = b"\x07" * 32
+    debug = first.available_components.components["exporters"].sub_component_map["debug"]
+    debug.metadata.add(key="stability").value.bytes_value = b"\x00beta"
+    fleet.handle_message(FakeChannel(), first)
+    assert await writer.flush()
+    server = ApiServer(
+        api_settings(auth_enabled=False), fleet, StoreHistoryReader(pool), None, dict
+    )
+    async with serving(server) as client:
+        async with client.get(f"/api/v1/agents/{agent_id}/components") as r:
+            assert r.status == 200
+            live = await r.json()
+        async with client.get(f"/api/v1/agents/{new_agent_id()}/components") as r:
+            assert r.status == 404
+    assert live["source"] == "fleet" and live["storedAt"] is None
+    assert (live["complete"], live["counts"], live["total"]) == (True, {"exporters": 1}, 1)
+    assert live["components"]["exporters"]["subComponents"]["debug"]["metadata"] == {
+        "stability": "AGJldGE="  # bytes as base64, in memory and in the database alike
+    }
+
+    empty_fleet, _, _ = make_fleet()
+    restarted = ApiServer(
+        api_settings(auth_enabled=False), empty_fleet, StoreHistoryReader(pool), None, dict
+    )
+    path = f"/api/v1/agents/{agent_id}/components"
+    async with serving(restarted) as client, client.get(path) as r:
+        assert r.status == 200
+        stored = await r.json()
+    assert stored["source"] == "database" and stored["storedAt"] is not None
+    same = ("id", "hash", "complete", "counts", "total", "components")
+    assert {k: stored[k] for k in same} == {k: live[k] for k in same}

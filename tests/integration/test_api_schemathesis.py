@@ -61,6 +61,12 @@ async def test_schemathesis_finds_no_server_errors_and_no_mismatch(
     restartable = hello(new_agent_id())
     restartable.capabilities |= opamp_pb2.AgentCapabilities_AcceptsRestartCommand
     fleet.handle_message(FakeChannel(Transport.HTTP), restartable)
+    # One that reported its AvailableComponents in full, so .../components answers 200 too.
+    collector = hello(new_agent_id())
+    collector.available_components.hash = b"components-hash"
+    otlp = collector.available_components.components["receivers"].sub_component_map["otlp"]
+    otlp.metadata.add(key="code.namespace").value.string_value = "receiver/otlpreceiver"
+    fleet.handle_message(FakeChannel(), collector)
     for _ in range(2):
         visit(fleet, new_agent_id(), clock, 42)
     await writer.stop()  # everything so far is in the database
@@ -91,4 +97,4 @@ async def test_schemathesis_finds_no_server_errors_and_no_mismatch(
     text = output.decode(errors="replace")
     assert process.returncode == 0, text
     assert "No issues found" in text, text
-    assert "10 selected / 10 total" in text, text  # every operation was tested
+    assert "11 selected / 11 total" in text, text  # every operation was tested

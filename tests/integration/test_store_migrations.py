@@ -20,7 +20,12 @@ from opamp_operator.store.migrations import (
 
 pytestmark = pytest.mark.integration
 
-TABLES = {"agents", "agent_connection_history", "agent_state_transitions"}
+TABLES = {
+    "agents",
+    "agent_connection_history",
+    "agent_state_transitions",
+    "agent_available_components",
+}
 
 
 async def _tables(dsn: str) -> set[str]:
@@ -43,35 +48,35 @@ async def _version_rows(dsn: str) -> list[tuple[int, bool]]:
 
 def test_repository_migrations_are_complete_pairs() -> None:
     migrations = load_migrations(default_migrations_dir())
-    assert [m.version for m in migrations] == [1, 2, 3, 4]
+    assert [m.version for m in migrations] == [1, 2, 3, 4, 5]
     assert all(m.up.exists() and m.down.exists() for m in migrations)
 
 
 async def test_up_all_down_all_up_again(postgres_dsn: str) -> None:
     before = await status(postgres_dsn)
-    assert (before.current, before.dirty, before.pending) == (None, False, (1, 2, 3, 4))
+    assert (before.current, before.dirty, before.pending) == (None, False, (1, 2, 3, 4, 5))
 
-    assert await migrate(postgres_dsn, "up") == [1, 2, 3, 4]
+    assert await migrate(postgres_dsn, "up") == [1, 2, 3, 4, 5]
     assert await _tables(postgres_dsn) >= TABLES
     after_up = await status(postgres_dsn)
-    assert (after_up.current, after_up.dirty, after_up.pending) == (4, False, ())
+    assert (after_up.current, after_up.dirty, after_up.pending) == (5, False, ())
     # golang-migrate keeps exactly one row: the current version.
-    assert await _version_rows(postgres_dsn) == [(4, False)]
+    assert await _version_rows(postgres_dsn) == [(5, False)]
     assert await migrate(postgres_dsn, "up") == []
 
-    assert await migrate(postgres_dsn, "down") == [4, 3, 2, 1]
+    assert await migrate(postgres_dsn, "down") == [5, 4, 3, 2, 1]
     assert not TABLES & await _tables(postgres_dsn)
     assert await _version_rows(postgres_dsn) == []
     assert (await status(postgres_dsn)).current is None
 
-    assert await migrate(postgres_dsn, "up") == [1, 2, 3, 4]
+    assert await migrate(postgres_dsn, "up") == [1, 2, 3, 4, 5]
     assert await _tables(postgres_dsn) >= TABLES
 
 
 async def test_steps_move_one_version_at_a_time(postgres_dsn: str) -> None:
     assert await migrate(postgres_dsn, "up", 1) == [1]
     state = await status(postgres_dsn)
-    assert (state.current, state.pending) == (1, (2, 3, 4))
+    assert (state.current, state.pending) == (1, (2, 3, 4, 5))
     assert await _tables(postgres_dsn) & TABLES == {"agents"}
     assert await migrate(postgres_dsn, "up", 2) == [2, 3]
     assert await migrate(postgres_dsn, "down", 1) == [3]
@@ -97,8 +102,8 @@ async def test_dirty_database_stops_with_instructions(postgres_dsn: str) -> None
 
     # A person checked: migration 3 did not apply. Record 2 and go on.
     await force(postgres_dsn, 2)
-    assert await migrate(postgres_dsn, "up") == [3, 4]
-    assert await _version_rows(postgres_dsn) == [(4, False)]
+    assert await migrate(postgres_dsn, "up") == [3, 4, 5]
+    assert await _version_rows(postgres_dsn) == [(5, False)]
 
 
 async def test_failing_migration_rolls_back_and_stays_clean(
@@ -120,8 +125,8 @@ async def test_failing_migration_rolls_back_and_stays_clean(
 
 async def test_concurrent_migrations_apply_each_version_once(postgres_dsn: str) -> None:
     results = await asyncio.gather(*(migrate(postgres_dsn, "up") for _ in range(4)))
-    assert sorted(results, key=len) == [[], [], [], [1, 2, 3, 4]]
-    assert await _version_rows(postgres_dsn) == [(4, False)]
+    assert sorted(results, key=len) == [[], [], [], [1, 2, 3, 4, 5]]
+    assert await _version_rows(postgres_dsn) == [(5, False)]
 
 
 async def test_lock_is_golang_migrates_and_bounded(postgres_dsn: str) -> None:
@@ -135,7 +140,7 @@ async def test_lock_is_golang_migrates_and_bounded(postgres_dsn: str) -> None:
         assert (await status(postgres_dsn)).current is None
     finally:
         await holder.close()
-    assert await migrate(postgres_dsn, "up") == [1, 2, 3, 4]
+    assert await migrate(postgres_dsn, "up") == [1, 2, 3, 4, 5]
 
 
 def test_lock_id_matches_golang_migrate() -> None:
@@ -155,7 +160,8 @@ async def test_migrate_command(postgres_dsn: str, capsys: pytest.CaptureFixture[
 
     settings = Settings(store=StoreSettings(dsn=postgres_dsn))
     assert await run_migrate_command(settings, "status", None, None) == 0
-    assert "version: none\navailable: 1, 2, 3, 4\npending: 1, 2, 3, 4" in capsys.readouterr().out
+    expected = "version: none\navailable: 1, 2, 3, 4, 5\npending: 1, 2, 3, 4, 5"
+    assert expected in capsys.readouterr().out
     assert await run_migrate_command(settings, "up", 2, None) == 0
     assert "applied: 1, 2" in capsys.readouterr().out
     assert await run_migrate_command(settings, "down", None, None) == 0

@@ -305,3 +305,39 @@ async def test_a_new_sessions_row_is_committed_before_recorded_returns(postgres_
         # Nothing new since: it returns at once, without a commit.
         await asyncio.wait_for(rig.writer.recorded(), 0.5)
         assert rig.writer.statements["history_open"] == flushes + 1
+
+
+async def test_available_components_row_follows_the_fleet_and_resyncs_only_changes(
+    postgres_dsn: str,
+) -> None:
+    async with store_rig(postgres_dsn) as rig:
+        agent, channel = new_agent_id(), FakeChannel()
+        first = hello(agent)
+        first.available_components.hash = b"\x0a" * 32
+        rig.fleet.handle_message(channel, first)
+        assert await rig.writer.flush()
+        stored = await queries.agent_components(rig.pool, agent)
+        assert stored is not None and stored.hash == "0a" * 32
+        assert (stored.components, stored.counts, stored.total) == (None, {}, 0)
+
+        full = heartbeat(agent, 1)
+        full.available_components.hash = b"\x0a" * 32
+        receivers = full.available_components.components["receivers"].sub_component_map
+        receivers["otlp"].metadata.add(key="version").value.string_value = "1"
+        rig.fleet.handle_message(channel, full)
+        assert await rig.writer.flush()
+        stored = await queries.agent_components(rig.pool, agent)
+        assert stored is not None and (stored.counts, stored.total) == ({"receivers": 1}, 1)
+        assert stored.components == {
+            "receivers": {
+                "metadata": {},
+                "subComponents": {"otlp": {"metadata": {"version": "1"}, "subComponents": {}}},
+            }
+        }
+
+        # A resync rewrites agents' rows, but not a components row that did not change.
+        rig.writer.statements.clear()
+        rig.writer.subscription.needs_resync = True
+        assert await rig.writer.flush()
+        assert rig.writer.statements["resync"] == 1
+        assert rig.writer.statements["components"] == 0

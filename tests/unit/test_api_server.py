@@ -303,6 +303,9 @@ class MemoryHistory:
     async def known(self, agent_id: str) -> bool:
         return bool(self.sessions)
 
+    async def components(self, agent_id: str) -> dict[str, Any] | None:
+        return None
+
 
 def _session(row_id: int, at: datetime) -> dict[str, Any]:
     return {

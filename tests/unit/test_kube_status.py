@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from opamp_operator.fleet.components import AvailableComponents
 from opamp_operator.fleet.model import AgentPhase, AgentSnapshot, Liveness, SessionInfo, Transport
 from opamp_operator.kube.liveness.judge import Thresholds, due_at, judge
 from opamp_operator.kube.shapes.agentstatus import (
@@ -90,6 +91,29 @@ def test_online_agent_status() -> None:
         "Ready": ("True", "online"),
     }
     assert all(c["observedGeneration"] == 3 for c in status["conditions"])
+
+
+def test_available_components_show_as_a_summary_patched_only_on_change() -> None:
+    held = AvailableComponents(b"\xab", b"raw", (("exporters", 2), ("receivers", 3)))
+    status = build_status(
+        snapshot(available_components=held), None, generation=1, replica="r", now=T0
+    )
+    summary = {"hash": "ab", "complete": True, "counts": {"exporters": 2, "receivers": 3}}
+    assert status["availableComponents"] == {**summary, "total": 5}
+    again = build_status(
+        snapshot(available_components=held), status, generation=1, replica="r", now=T0
+    )
+    assert merge_patch(status, again) == {}  # the same set: nothing to write
+    fewer = replace(held, counts=(("receivers", 3),))
+    after = build_status(
+        snapshot(available_components=fewer), status, generation=1, replica="r", now=T0
+    )
+    patch = merge_patch(status, after)
+    assert patch == {"availableComponents": {"counts": {"exporters": None}, "total": 3}}
+    assert (
+        build_status(snapshot(), None, generation=1, replica="r", now=T0)["availableComponents"]
+        is None
+    )
 
 
 def test_unchanged_condition_keeps_its_transition_time() -> None:

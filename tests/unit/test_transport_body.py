@@ -109,6 +109,9 @@ def test_message_kind() -> None:
     report = AgentToServer(instance_uid=uid)
     report.health.healthy = True
     assert message_kind(report) == "report"
+    components = AgentToServer(instance_uid=uid)
+    components.available_components.hash = b"h"
+    assert message_kind(components) == "report"
     bye = AgentToServer(instance_uid=uid)
     bye.agent_disconnect.SetInParent()
     assert message_kind(bye) == "disconnect"

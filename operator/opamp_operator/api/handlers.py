@@ -67,6 +67,7 @@ class AgentRoutes:
         app.router.add_get(
             f"{prefix}/agents/{{id}}/transitions", self.transitions, allow_head=False
         )
+        app.router.add_get(f"{prefix}/agents/{{id}}/components", self.components, allow_head=False)
         app.router.add_post(f"{prefix}/agents/{{id}}/reconnect", self.reconnect)
         app.router.add_post(f"{prefix}/agents/{{id}}/restart", self.restart)
 
@@ -156,6 +157,22 @@ class AgentRoutes:
         cursor = str(page[-1]["id"]) if len(rows) > limit else None
         items = [views.transition_entry(row) for row in page]
         return web.json_response({"items": items, "nextCursor": cursor})
+
+    async def components(self, request: web.Request) -> web.Response:
+        """The fleet's copy of an agent's AvailableComponents, else the database's."""
+        agent_id = parse_agent_id(request.match_info["id"])
+        snapshot = self.fleet.get(agent_id)
+        held = snapshot.available_components if snapshot is not None else None
+        if held is not None:
+            return web.json_response(views.agent_components(agent_id, held))
+        if self.history is not None:
+            call = self.history.components(agent_id)
+            stored = await self._from_store(route_name(request), agent_id, call)
+            if stored is not None:
+                return web.json_response(views.stored_components(stored))
+        if snapshot is not None:
+            raise not_found(f"agent {agent_id} has not reported available components")
+        raise not_found(f"no agent {agent_id} is known to this operator or its history")
 
     def _reader(self) -> HistoryReader:
         if self.history is None:

@@ -1,7 +1,8 @@
 """Reading agent history from PostgreSQL: the `HistoryReader` protocol and its store adapter.
 
 Rows are plain dicts keyed by the column names of `agent_connection_history` and
-`agent_state_transitions` (including the row `id` the cursors page on); the REST views turn
+`agent_state_transitions` (including the row `id` the cursors page on), and of
+`agent_available_components`; the REST views turn
 them into JSON. Pages go newest first.
 """
 
@@ -35,6 +36,11 @@ class HistoryReader(Protocol):
         """Whether the database has ever stored this agent."""
         ...
 
+    async def components(self, agent_id: str) -> dict[str, Any] | None:
+        """The agent's stored AvailableComponents: agent_id, hash, components (None: only
+        the hash is known), counts, total, updated_at; None when none is stored."""
+        ...
+
 
 class StoreHistoryReader:
     """`HistoryReader` on the store's asyncpg pool, through `store.queries`."""
@@ -57,3 +63,7 @@ class StoreHistoryReader:
 
     async def known(self, agent_id: str) -> bool:
         return await queries.get_agent(self._pool, agent_id) is not None
+
+    async def components(self, agent_id: str) -> dict[str, Any] | None:
+        stored = await queries.agent_components(self._pool, agent_id)
+        return None if stored is None else dataclasses.asdict(stored)

@@ -47,6 +47,22 @@ def _page(item: str, cursor: str) -> dict[str, Any]:
     )
 
 
+_COUNTS = {
+    "type": "object",
+    "maxProperties": 16,
+    "additionalProperties": {"type": "integer", "minimum": 0},
+    "description": "Components by kind (the list's top-level keys, e.g. receivers).",
+}
+_COMPONENTS_SUMMARY = {
+    "hash": {"type": "string", "description": "The agent's hash of the set, hex."},
+    "complete": {
+        "type": "boolean",
+        "description": "The full list is known (false: only the hash; the agent is asked).",
+    },
+    "counts": _COUNTS,
+    "total": {"type": "integer", "minimum": 0},
+}
+
 SCHEMAS: dict[str, Any] = {
     "Problem": _obj(
         {
@@ -111,6 +127,28 @@ SCHEMAS: dict[str, Any] = {
             "effectiveConfigHash": _NULLABLE_TEXT,
             "remoteConfigStatus": {"oneOf": [_ANY_OBJECT, {"type": "null"}]},
             "sequenceNum": {"type": "integer", "minimum": 0},
+            "availableComponents": {"oneOf": [_ref("ComponentsSummary"), {"type": "null"}]},
+        }
+    ),
+    "ComponentsSummary": _obj(_COMPONENTS_SUMMARY),
+    "ComponentDetails": _obj(
+        {
+            "metadata": _ANY_OBJECT,
+            "subComponents": {"type": "object", "additionalProperties": _ref("ComponentDetails")},
+        }
+    ),
+    "AgentComponents": _obj(
+        {
+            "id": {"type": "string", "format": "uuid"},
+            **_COMPONENTS_SUMMARY,
+            "components": {"type": "object", "additionalProperties": _ref("ComponentDetails")},
+            "source": {
+                "type": "string",
+                "enum": ["fleet", "database"],
+                "description": "fleet: this operator's copy now; database: as last stored "
+                "(the agent is not known in memory).",
+            },
+            "storedAt": _NULLABLE_TIME,
         }
     ),
     "OfflineAgent": _obj(
@@ -296,6 +334,15 @@ def openapi_document(settings: ApiSettings) -> dict[str, Any]:
                 "getTransitions", "The agent's phase changes, newest first (verb: get).",
                 [agent_id, limit, transition_cursor],
                 {"200": _json("TransitionPage", "One page."), **_errors(400, 401, 403, 404, 503)},
+            )
+        },
+        "/api/v1/agents/{id}/components": {
+            "get": _operation(
+                "getAvailableComponents",
+                "The components the agent reports it can run (AvailableComponents; verb: get).",
+                [agent_id],
+                {"200": _json("AgentComponents", "The full list, or the hash only."),
+                 **_errors(400, 401, 403, 404, 503)},
             )
         },
         "/api/v1/agents/{id}/reconnect": {

@@ -45,6 +45,7 @@ VERBS: Mapping[tuple[str, str], str] = {
     ("GET", f"{PREFIX}/agents/{{id}}/status"): "get",
     ("GET", f"{PREFIX}/agents/{{id}}/connection-history"): "get",
     ("GET", f"{PREFIX}/agents/{{id}}/transitions"): "get",
+    ("GET", f"{PREFIX}/agents/{{id}}/components"): "get",
     ("POST", f"{PREFIX}/agents/{{id}}/reconnect"): "update",
     ("POST", f"{PREFIX}/agents/{{id}}/restart"): "update",
 }

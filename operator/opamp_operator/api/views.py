@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from opamp_operator.fleet.components import AvailableComponents
 from opamp_operator.fleet.model import AgentPhase, AgentSnapshot, Liveness, SessionInfo
 
 # The store keeps statuses in lowercase; the API speaks in phase names.
@@ -88,6 +89,37 @@ def agent_status(snapshot: AgentSnapshot) -> dict[str, Any]:
         "effectiveConfigHash": snapshot.effective_config_hash,
         "remoteConfigStatus": jsonable(snapshot.remote_config_status),
         "sequenceNum": snapshot.sequence_num,
+        "availableComponents": components_summary(snapshot.available_components),
+    }
+
+
+def components_summary(held: AvailableComponents | None) -> dict[str, Any] | None:
+    return None if held is None else held.summary()
+
+
+def agent_components(agent_id: str, held: AvailableComponents) -> dict[str, Any]:
+    """The full list, as the fleet holds it now."""
+    return {
+        "id": agent_id,
+        **held.summary(),
+        "components": jsonable(held.components_json()),
+        "source": "fleet",
+        "storedAt": None,
+    }
+
+
+def stored_components(row: Mapping[str, Any]) -> dict[str, Any]:
+    """The full list as PostgreSQL last stored it (the agent is not known in memory)."""
+    components = row["components"]
+    return {
+        "id": row["agent_id"],
+        "hash": row["hash"],
+        "complete": components is not None,
+        "counts": dict(row["counts"]),
+        "total": row["total"],
+        "components": components or {},
+        "source": "database",
+        "storedAt": timestamp(row["updated_at"]),
     }
 
 

@@ -7,6 +7,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from .components import AvailableComponents
 from .remoteconfig import ConfigState
 
 
@@ -101,6 +102,7 @@ class AgentSnapshot:
     remote_config_message: str = ""
     liveness: Liveness | None = None  # None: not connected
     custom_capabilities: list[str] = field(default_factory=list)
+    available_components: AvailableComponents | None = None
 
     @property
     def connected(self) -> bool:

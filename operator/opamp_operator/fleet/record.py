@@ -11,6 +11,7 @@ from opamp_operator.opamp.generated import opamp_pb2
 from opamp_operator.opamp.messages import AgentDescriptionView, AgentToServer, capability_names
 
 from .channel import Channel
+from .components import TOO_LARGE, AvailableComponents, Refused, read_report
 from .identity import Identity
 from .model import AgentPhase, AgentSnapshot, Liveness, SessionInfo, liveness_rule
 from .remoteconfig import ConfigProgress, DesiredConfig, config_progress
@@ -60,6 +61,10 @@ class AgentRecord:
     # Monotonic time a Restart command went out: the session end that follows is the restart.
     restart_sent_at: float | None = None
     custom_capabilities: tuple[str, ...] = ()
+    available_components: AvailableComponents | None = None
+    # The components hash the agent was asked (ReportAvailableComponents) to send in full
+    # in this session: asked once per hash, not at every message that carries it.
+    components_asked: bytes | None = None
     # Identity of a duplicate -> the uid assigned to it, so that a clone that has not switched
     # yet (or lost the reply) is told the same uid again, not a new one per message.
     reassigned: dict[Identity, str] = field(default_factory=dict)
@@ -110,6 +115,7 @@ class AgentRecord:
             remote_config_message=progress.message,
             liveness=self.liveness(),
             custom_capabilities=list(self.custom_capabilities),
+            available_components=self.available_components,
         )
 
     def config_progress(self) -> ConfigProgress:
@@ -175,6 +181,27 @@ def apply_report(record: AgentRecord, message: AgentToServer) -> frozenset[str]:
             record.remote_config_status = status
             changed.add("remote_config_status")
     return frozenset(changed)
+
+
+def apply_components(record: AgentRecord, report: Any) -> tuple[bool, Refused | None]:
+    """Take the message's AvailableComponents: (whether what we hold changed, a refusal).
+
+    A hash alone keeps the full map held for that hash; a new hash drops it (stale). A map
+    too large to keep is refused but its hash is taken (what we hold is no longer current).
+    """
+    read = read_report(report)
+    refused = read if isinstance(read, Refused) else None
+    if isinstance(read, Refused):
+        if read.reason != TOO_LARGE:
+            return False, read
+        read = AvailableComponents(bytes(report.hash))
+    held = record.available_components
+    if not read.complete and held is not None and held.hash == read.hash:
+        return False, refused
+    if read == held:
+        return False, refused
+    record.available_components = read
+    return True, refused
 
 
 def custom_capability_names(names: Iterable[str]) -> tuple[str, ...]:

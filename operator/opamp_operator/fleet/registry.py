@@ -26,6 +26,7 @@ from opamp_operator.opamp.messages import (
 from .channel import AuthenticatedChannel, Channel, PushChannel
 from .clock import Clock
 from .commands import ACCEPTS_RESTART, RestartResult, restart_command
+from .components import REPORT_AVAILABLE_COMPONENTS, REPORTS_AVAILABLE_COMPONENTS
 from .deadlines import DeadlineScheduler
 from .events import (
     AgentChanged,
@@ -38,7 +39,7 @@ from .events import (
 from .identity import DuplicateUid, identity_of, is_duplicate, new_instance_uid, uid_text
 from .limits import Rejection, TokenBucket
 from .model import DEPARTURES, AgentPhase, AgentSnapshot, Liveness, Reason, SessionInfo, Transport
-from .record import AgentRecord, LiveSession, apply_report, is_full_report
+from .record import AgentRecord, LiveSession, apply_components, apply_report, is_full_report
 from .remoteconfig import ACCEPTS_REMOTE_CONFIG, DesiredConfig
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,8 @@ class Fleet:
         on_rejected: Callable[[str], None] | None = None,
         on_slow_agent: Callable[[], None] | None = None,
         on_duplicate: Callable[[DuplicateUid], None] | None = None,
+        on_bad_input: Callable[[str, str], None] | None = None,
+        on_components_requested: Callable[[], None] | None = None,
     ) -> None:
         self.settings = settings
         self.clock = clock
@@ -75,6 +78,10 @@ class Fleet:
         self._on_slow_agent = on_slow_agent
         # Called for every duplicate instance uid found (the app counts it and posts an Event).
         self._on_duplicate = on_duplicate
+        # Called with (transport, reason) for reported data refused as too large or invalid
+        # (the app counts it in opamp_bad_input_total); the rest of the message is applied.
+        self._on_bad_input = on_bad_input
+        self._on_components_requested = on_components_requested
         self._agents: dict[str, AgentRecord] = {}
         self._by_channel: dict[Channel, str] = {}  # long-lived channels (WebSockets) only
         # WebSockets of duplicates told to switch: the old uid -> the assigned one, until the
@@ -193,6 +200,8 @@ class Fleet:
         self._note_interval(record)
         progress = record.config_progress() if record.desired is not None else None
         changed = apply_report(record, message)
+        if message.HasField("available_components"):
+            changed |= self._take_components(record, channel, message)
         if record.rolled_back is not None:
             self._rolled_back[record.agent_id] = record.rolled_back
         if progress is not None and record.config_progress() != progress:
@@ -207,6 +216,7 @@ class Fleet:
             return self._deliver_restart(record)
         self._add_pending(record, reply)
         self._add_remote_config(record, message, reply)
+        self._ask_components(record, reply)
         return reply
 
     def channel_closed(self, channel: Channel, reason: str = Reason.CONNECTION_CLOSED) -> None:
@@ -480,6 +490,7 @@ class Fleet:
         self.sessions_opened += 1
         record.offered_settings = False
         record.config_sent_hash = None
+        record.components_asked = None
         self.events.publish(
             SessionOpened(record.agent_id, info.session_id, info.transport, info.remote_addr, now)
         )
@@ -557,6 +568,35 @@ class Fleet:
             # next poll opens a new one.
             record.pending_reconnect = False
             self._end_session(record, Reason.RECONNECT_REQUESTED)
+
+    def _take_components(
+        self, record: AgentRecord, channel: Channel, message: AgentToServer
+    ) -> frozenset[str]:
+        """Apply the message's AvailableComponents; count and log a refused one."""
+        changed, refused = apply_components(record, message.available_components)
+        if refused is None:
+            return frozenset({"available_components"}) if changed else frozenset()
+        log.warning(
+            "agent %s (%s from %s): available components not kept: %s (%s)",
+            record.agent_id, channel.transport.value, channel.remote_addr, refused.detail,
+            refused.reason,
+        )  # fmt: skip
+        if self._on_bad_input is not None:
+            self._on_bad_input(channel.transport.value, refused.reason)
+        # Asking again in this session would only bring the same refused map back.
+        record.components_asked = bytes(message.available_components.hash)
+        return frozenset()
+
+    def _ask_components(self, record: AgentRecord, reply: ServerToAgent) -> None:
+        """ReportAvailableComponents when we hold only the hash: once per hash a session."""
+        held = record.available_components
+        if held is None or held.complete or record.components_asked == held.hash:
+            return
+        if record.capabilities & REPORTS_AVAILABLE_COMPONENTS:
+            reply.flags |= REPORT_AVAILABLE_COMPONENTS
+            record.components_asked = held.hash
+            if self._on_components_requested is not None:
+                self._on_components_requested()
 
     def _wants_config(self, record: AgentRecord) -> bool:
         """The agent should be sent its desired config (not sent yet in this session)."""

@@ -38,10 +38,12 @@ class Batch:
     events: list[HistoryEvent]
     seen: dict[str, datetime] = field(default_factory=dict)
     described: set[str] = field(default_factory=set)
+    # Agents whose AvailableComponents changed (each is in `described` too: its row first).
+    components: set[str] = field(default_factory=set)
     resync: bool = False
 
     def __bool__(self) -> bool:
-        return bool(self.events or self.seen or self.described or self.resync)
+        return bool(self.events or self.seen or self.described or self.components or self.resync)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +75,7 @@ class PendingWrites:
         self.settled = 0
         self._seen: dict[str, datetime] = {}
         self._described: set[str] = set()
+        self._components: set[str] = set()
         self._resync = False
         self._next_size: int | None = None  # smaller batches while isolating a bad event
 
@@ -93,6 +96,8 @@ class PendingWrites:
     def add_event(self, event: FleetEvent) -> Shed:
         if isinstance(event, AgentChanged):
             self._described.add(event.agent_id)
+            if "available_components" in event.fields:
+                self._components.add(event.agent_id)
             return Shed()
         if isinstance(event, AgentForgotten):
             return Shed()  # memory only: the agent's row and history stay
@@ -129,6 +134,7 @@ class PendingWrites:
         if count == len(self._events):  # the last prefix carries the coalesced state
             batch.seen, self._seen = self._seen, {}
             batch.described, self._described = self._described, set()
+            batch.components, self._components = self._components, set()
             batch.resync, self._resync = self._resync, False
         return batch
 
@@ -158,6 +164,7 @@ class PendingWrites:
     def failed(self, batch: Batch) -> Shed:
         """`batch` was not written: keep everything for the next attempt."""
         self._described |= batch.described
+        self._components |= batch.components
         self._resync = self._resync or batch.resync
         shed = self.add_seen(batch.seen)
         return shed

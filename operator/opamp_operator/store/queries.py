@@ -19,10 +19,12 @@ from opamp_operator.fleet.events import PhaseChanged, SessionClosed, SessionOpen
 from .rows import (
     AgentRow,
     AgentStateRow,
+    ComponentsRow,
     DescriptionRow,
     HistoryCursor,
     HistoryRow,
     SnapshotRow,
+    StoredComponents,
     TransitionRow,
     clean_text,
     status_of,
@@ -202,6 +204,36 @@ async def upsert_descriptions(conn: Conn, rows: Sequence[DescriptionRow], now: d
             [r.description_json for r in rows],
             [r.capabilities_json for r in rows],
             [r.first_at for r in rows],
+            now,
+        )
+    )
+
+
+UPSERT_COMPONENTS = """
+INSERT INTO agent_available_components AS c (agent_id, hash, components, counts, total,
+                                             updated_at)
+SELECT u.id, u.hash, u.components::jsonb, u.counts::jsonb, u.total, $6
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int[])
+     AS u(id, hash, components, counts, total)
+ON CONFLICT (agent_id) DO UPDATE SET
+    hash = excluded.hash,
+    components = excluded.components,
+    counts = excluded.counts,
+    total = excluded.total,
+    updated_at = excluded.updated_at
+"""
+
+
+async def upsert_components(conn: Conn, rows: Sequence[ComponentsRow], now: datetime) -> str:
+    """Agents' rows must exist (the writer upserts descriptions first, same transaction)."""
+    return str(
+        await conn.execute(
+            UPSERT_COMPONENTS,
+            [r.agent_id for r in rows],
+            [r.hash for r in rows],
+            [r.components_json for r in rows],
+            [r.counts_json for r in rows],
+            [r.total for r in rows],
             now,
         )
     )
@@ -394,6 +426,25 @@ async def agent_transitions(
         limit,
     )
     return [TransitionRow(**dict(row)) for row in rows]
+
+
+async def agent_components(conn: Conn, agent_id: str) -> StoredComponents | None:
+    row = await conn.fetchrow(
+        "SELECT agent_id, hash, components::text, counts::text, total, updated_at "
+        "FROM agent_available_components WHERE agent_id = $1",
+        agent_id,
+    )
+    if row is None:
+        return None
+    components = row["components"]
+    return StoredComponents(
+        agent_id=row["agent_id"],
+        hash=row["hash"],
+        components=json.loads(components) if components is not None else None,
+        counts=json.loads(row["counts"]),
+        total=row["total"],
+        updated_at=row["updated_at"],
+    )
 
 
 def rows_affected(status: str) -> int:

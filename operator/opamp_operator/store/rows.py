@@ -50,6 +50,17 @@ class SnapshotRow:
     first_at: datetime
 
 
+@dataclass(frozen=True, slots=True)
+class ComponentsRow:
+    """An agent's AvailableComponents: the hash, and the full map once known (else None)."""
+
+    agent_id: str
+    hash: str
+    components_json: str | None
+    counts_json: str
+    total: int
+
+
 def status_of(phase: AgentPhase) -> str:
     """The stored status ('online', 'offline', 'error') of a fleet phase."""
     return phase.value.lower()
@@ -63,6 +74,15 @@ def description_row(snapshot: AgentSnapshot) -> DescriptionRow:
         to_json(snapshot.capabilities),
         snapshot.first_seen_at,
     )
+
+
+def components_row(snapshot: AgentSnapshot) -> ComponentsRow | None:
+    held = snapshot.available_components
+    if held is None:
+        return None
+    components = to_json(held.components_json()) if held.complete else None
+    counts = to_json(dict(held.counts))
+    return ComponentsRow(snapshot.agent_id, held.hash_hex, components, counts, held.total)
 
 
 def snapshot_row(snapshot: AgentSnapshot) -> SnapshotRow:
@@ -135,6 +155,16 @@ class AgentRow:
     description: dict[str, Any] | None
     capabilities: list[str] | None
     created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class StoredComponents:
+    agent_id: str
+    hash: str
+    components: dict[str, Any] | None
+    counts: dict[str, int]
+    total: int
     updated_at: datetime
 
 

@@ -4,8 +4,9 @@ One task moves events from the fleet's bounded subscription into `PendingWrites`
 flushes every `flush_interval_seconds`: all pending events in one transaction, in a fixed
 statement order that gives the same result as applying them one by one (agent rows first,
 for the foreign keys; then sessions opened, sessions closed, transitions, descriptions,
-and one statement for every agent's last-seen time). While the database is unreachable,
-flushes back off exponentially and the buffer absorbs events up to its bound.
+available components, and one statement for every agent's last-seen time). While the
+database is unreachable, flushes back off exponentially and the buffer absorbs events up to
+its bound.
 """
 
 from __future__ import annotations
@@ -25,12 +26,13 @@ from opamp_operator.backoff import Backoff
 from opamp_operator.config import StoreSettings
 from opamp_operator.fleet.clock import Clock
 from opamp_operator.fleet.events import FleetEvent, Subscription
+from opamp_operator.fleet.model import AgentSnapshot
 from opamp_operator.fleet.registry import Fleet
 
 from . import queries
 from .batch import Batch, PendingWrites, Shed, plan_agent_states, split_sessions
 from .pool import DATA_ERRORS, describe_target, ping, scrub
-from .rows import description_row, snapshot_row, status_of
+from .rows import ComponentsRow, components_row, description_row, snapshot_row, status_of
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +72,9 @@ class StoreWriter:
         self._commit_soon: asyncio.TimerHandle | None = None
         self.dropped_history = 0  # since start, for logs and tests (metrics count too)
         self.dropped_last_seen = 0
+        # Agent id -> (hash, complete) of the components row last committed: a resync
+        # rewrites only rows that differ.
+        self._components_written: dict[str, tuple[str, bool]] = {}
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -328,8 +333,13 @@ class StoreWriter:
                 await self._run(
                     "resync", queries.upsert_snapshots(conn, full, now, self.replica_id)
                 )
+            components = self._components_rows(batch, described, snapshots)
+            if components:
+                await self._run("components", queries.upsert_components(conn, components, now))
             if batch.seen:
                 await self._run("last_seen", queries.update_last_seen(conn, batch.seen, now))
+        for row in components:
+            self._components_written[row.agent_id] = (row.hash, row.components_json is not None)
         metrics.db_flush_seconds.observe(time.perf_counter() - started)
         if snapshots:
             log.info("resynchronised %d agents' rows from the fleet", len(snapshots))
@@ -339,6 +349,26 @@ class StoreWriter:
         self.statements[kind] += 1
         table = _TABLES[kind]
         metrics.db_writes.labels(table).inc(queries.rows_affected(status))
+
+    def _components_rows(
+        self, batch: Batch, described: list[AgentSnapshot], snapshots: list[AgentSnapshot]
+    ) -> list[ComponentsRow]:
+        """Agents whose components changed; on a resync also those whose stored (hash,
+        complete) differs from the fleet's (a full map is large: never rewritten blindly)."""
+        chosen = {s.agent_id: s for s in described if s.agent_id in batch.components}
+        for snapshot in snapshots:
+            held = snapshot.available_components
+            if held is not None and self._components_written.get(snapshot.agent_id) != (
+                held.hash_hex,
+                held.complete,
+            ):
+                chosen[snapshot.agent_id] = snapshot
+        if snapshots:  # forget agents the fleet forgot
+            known = {s.agent_id for s in snapshots}
+            self._components_written = {
+                k: v for k, v in self._components_written.items() if k in known
+            }
+        return [row for row in map(components_row, chosen.values()) if row is not None]
 
     def _current_status(self, agent_id: str) -> str | None:
         snapshot = self.fleet.get(agent_id)
@@ -384,6 +414,7 @@ class StoreWriter:
 
 
 _TABLES = {
+    "components": "agent_available_components",
     "agents": "agents",
     "history_open": "agent_connection_history",
     "history_close": "agent_connection_history",

@@ -16,6 +16,7 @@ _REPORT_FIELDS: Final = (
     "connection_settings_request",
     "custom_capabilities",
     "custom_message",
+    "available_components",
 )
 
 

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -65,6 +66,9 @@ func newAgent(cfg *config, out *emitter) *agent {
 	if cfg.AcceptRestart {
 		caps |= protobufs.AgentCapabilities_AgentCapabilities_AcceptsRestartCommand
 	}
+	if len(cfg.Components) > 0 {
+		caps |= protobufs.AgentCapabilities_AgentCapabilities_ReportsAvailableComponents
+	}
 	a := &agent{
 		cfg:  cfg,
 		out:  out,
@@ -108,6 +112,13 @@ func (a *agent) start() error {
 	// Health first: SetCapabilities refuses ReportsHealth while health is unset.
 	if err := c.SetHealth(a.health()); err != nil {
 		return fmt.Errorf("SetHealth: %w", err)
+	}
+	// Components before capabilities: SetCapabilities refuses ReportsAvailableComponents
+	// while none are set.
+	if len(a.cfg.Components) > 0 {
+		if err := c.SetAvailableComponents(availableComponents(a.cfg.Components)); err != nil {
+			return fmt.Errorf("SetAvailableComponents: %w", err)
+		}
 	}
 	caps := a.caps
 	if err := c.SetCapabilities(&caps); err != nil {
@@ -160,6 +171,30 @@ func (a *agent) start() error {
 		"heartbeat":     a.cfg.Heartbeat.String(),
 	})
 	return nil
+}
+
+// availableComponents maps kind/name entries to AvailableComponents (kind ->
+// sub-components by name, each with a version), hashed with SHA-256 over the
+// sorted entries.
+func availableComponents(entries []string) *protobufs.AvailableComponents {
+	sorted := slices.Clone(entries)
+	sort.Strings(sorted)
+	result := &protobufs.AvailableComponents{Components: map[string]*protobufs.ComponentDetails{}}
+	for _, entry := range sorted {
+		kind, name, _ := strings.Cut(entry, "/")
+		details := result.Components[kind]
+		if details == nil {
+			details = &protobufs.ComponentDetails{SubComponentMap: map[string]*protobufs.ComponentDetails{}}
+			result.Components[kind] = details
+		}
+		details.SubComponentMap[name] = &protobufs.ComponentDetails{Metadata: []*protobufs.KeyValue{{
+			Key:   "version",
+			Value: &protobufs.AnyValue{Value: &protobufs.AnyValue_StringValue{StringValue: "0.0.0-test"}},
+		}}}
+	}
+	digest := sha256.Sum256([]byte(strings.Join(sorted, "\n")))
+	result.Hash = digest[:]
+	return result
 }
 
 // description builds identifying and non-identifying attributes; a later

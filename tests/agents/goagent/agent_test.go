@@ -52,11 +52,27 @@ func TestParseConfig(t *testing.T) {
 		{"--url", "http://x", "--heartbeat", "0s"}, // HTTP needs a polling interval
 		{"--url", "ws://x", "--http-disconnect"},
 		{"--url", "ws://x", "--attr", "novalue"},
+		{"--url", "ws://x", "--available-component", "receivers"}, // no name
 	}
 	for _, args := range bad {
 		if _, err := parseConfig(args, io.Discard); err == nil {
 			t.Errorf("%v accepted", args)
 		}
+	}
+}
+
+func TestAvailableComponentsByKindWithAnOrderFreeHash(t *testing.T) {
+	a := availableComponents([]string{"receivers/otlp", "exporters/debug", "receivers/prometheus"})
+	b := availableComponents([]string{"receivers/prometheus", "receivers/otlp", "exporters/debug"})
+	if !bytes.Equal(a.Hash, b.Hash) || len(a.Hash) != 32 {
+		t.Errorf("hashes %x, %x: want one SHA-256 whatever the order", a.Hash, b.Hash)
+	}
+	if len(a.Components) != 2 || len(a.Components["receivers"].SubComponentMap) != 2 {
+		t.Errorf("components = %v", a.Components)
+	}
+	other := availableComponents([]string{"receivers/otlp"})
+	if bytes.Equal(a.Hash, other.Hash) {
+		t.Error("another set has the same hash")
 	}
 }
 

@@ -36,6 +36,7 @@ type config struct {
 	NoReportsHeartbeat bool
 	AcceptRestart      bool
 	CustomCapabilities []string
+	Components         []string // kind/name, e.g. receivers/otlp
 }
 
 type keyValue struct{ Key, Value string }
@@ -81,7 +82,7 @@ func parseConfig(args []string, stderr io.Writer) (*config, error) {
 	cfg := &config{}
 	var uidText string
 	var idAttrs, attrs kvList
-	var custom stringList
+	var custom, components stringList
 	fs.StringVar(&cfg.URL, "url", "", "OpAMP server URL: ws://... uses WebSocket, http://... plain HTTP (required)")
 	fs.StringVar(&uidText, "instance-uid", "", "instance UID, 32 hex digits or a UUID string (default: random UUIDv7)")
 	fs.StringVar(&cfg.ServiceName, "service-name", "opamp-goagent", "identifying attribute service.name")
@@ -114,6 +115,9 @@ func parseConfig(args []string, stderr io.Writer) (*config, error) {
 		"declare AcceptsRestartCommand; on a Restart command stop the client (as a restarting "+
 			"process does: AgentDisconnect and Close over WebSocket) and start a new one with the same instance UID")
 	fs.Var(&custom, "custom-capability", "report this custom capability in CustomCapabilities (repeatable)")
+	fs.Var(&components, "available-component",
+		"declare ReportsAvailableComponents and report kind/name (e.g. receivers/otlp) in "+
+			"AvailableComponents (repeatable): the hash first, the full map when the server asks")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -122,6 +126,12 @@ func parseConfig(args []string, stderr io.Writer) (*config, error) {
 	}
 	cfg.IDAttrs, cfg.Attrs = idAttrs, attrs
 	cfg.CustomCapabilities = custom
+	for _, item := range components {
+		if kind, name, ok := strings.Cut(item, "/"); !ok || kind == "" || name == "" {
+			return nil, fmt.Errorf("--available-component: want kind/name, got %q", item)
+		}
+	}
+	cfg.Components = components
 
 	transport, err := transportOf(cfg.URL)
 	if err != nil {

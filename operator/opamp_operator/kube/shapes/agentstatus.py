@@ -72,6 +72,7 @@ def build_status(
         "agent": _agent(snapshot),
         "capabilities": list(snapshot.capabilities),
         "customCapabilities": list(snapshot.custom_capabilities) or None,
+        "availableComponents": _components(snapshot),
         "health": snapshot.health,
         "effectiveConfigHash": snapshot.effective_config_hash,
         "remoteConfigStatus": snapshot.remote_config_status,
@@ -255,6 +256,12 @@ def _agent(snapshot: AgentSnapshot) -> dict[str, Any]:
         "identifyingAttributes": _string_map(snapshot.identifying_attributes),
         "nonIdentifyingAttributes": _string_map(snapshot.non_identifying_attributes),
     }
+
+
+def _components(snapshot: AgentSnapshot) -> dict[str, Any] | None:
+    """Counts by kind and the hash only: the full list is in the REST API and PostgreSQL."""
+    held = snapshot.available_components
+    return None if held is None else held.summary()
 
 
 def _string_map(attributes: Mapping[str, Any]) -> dict[str, str]:
