@@ -7,6 +7,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from .offers import SettingsState
 from .remoteconfig import ConfigState
 
 
@@ -101,6 +102,12 @@ class AgentSnapshot:
     remote_config_message: str = ""
     liveness: Liveness | None = None  # None: not connected
     custom_capabilities: list[str] = field(default_factory=list)
+    # Connection settings offers (see `fleet/offers.py`); no header value is ever here.
+    connection_settings_status: dict[str, Any] | None = None
+    desired_settings_hash: str | None = None
+    desired_settings_source: str | None = None
+    settings_state: SettingsState = SettingsState.NONE
+    settings_message: str = ""
 
     @property
     def connected(self) -> bool:
