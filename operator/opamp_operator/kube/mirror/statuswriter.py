@@ -44,6 +44,10 @@ from opamp_operator.kube.shapes.agentstatus import (
 from opamp_operator.kube.shapes.configstatus import desired_config_status, remote_config_conditions
 from opamp_operator.kube.shapes.naming import agent_labels, resource_name
 from opamp_operator.kube.shapes.podref import PodLink, PodLinks, pod_labels, pod_status
+from opamp_operator.kube.shapes.settingsstatus import (
+    connection_settings_conditions,
+    connection_settings_status,
+)
 from opamp_operator.kube.shapes.transitionevent import describe, event_type
 from opamp_operator.kube.writes.gate import WriteGate, retry_hint
 
@@ -373,6 +377,10 @@ class StatusWriter:
         desired["desiredConfig"] = desired_config_status(snapshot)
         desired["conditions"] += remote_config_conditions(
             snapshot, problem, previous, generation=generation, now=now
+        )
+        desired["connectionSettings"] = connection_settings_status(snapshot)
+        desired["conditions"] += connection_settings_conditions(
+            snapshot, previous, generation=generation, now=now
         )
         patch = merge_patch(previous, desired)
         refresh_due = mirror.last_seen_written is None or (
