@@ -32,7 +32,7 @@ from tests.e2e.conftest import OperatorFactory
 from tests.e2e.helpers import condition
 from tests.support.fake_agents import hello
 from tests.support.gitops import get_object, install_crd, kubectl_apply, yaml_file
-from tests.support.operator_process import OperatorProcess
+from tests.support.operator_process import OperatorProcess, metric_value
 from tests.support.polling import eventually
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
@@ -219,3 +219,32 @@ async def test_own_metrics_offers_carry_the_secret_and_follow_it_and_the_agents_
     log = operator.log_text()
     assert "s3cret" not in log
     assert "Traceback" not in log
+
+
+async def test_a_missing_secret_refuses_the_offer_visibly_until_it_exists(
+    operator_factory: OperatorFactory,
+    kube_api: k8s.ApiClient,
+    kubeconfig: Path,
+    namespace: str,
+    config_crd: str,
+) -> None:
+    service = f"svc-{uuid.uuid4().hex[:6]}"
+    kubectl_apply(kubeconfig, namespace, settings_config(service))
+    operator = operator_factory()
+    await operator.start()
+    async with scripted_agent(operator, service, OWN_METRICS) as capable:
+        cr = await wait_applied(kubeconfig, namespace, capable.agent_id, "False")
+        refused = condition(cr, "ConnectionSettingsApplied")
+        assert refused["reason"] == "InvalidSpec"
+        assert f"Secret {SECRET} not found" in refused["message"]
+        assert not any(o.HasField("own_metrics") for o in capable.offers())
+        refusals = "opamp_connection_settings_refusals_total"
+        text = await operator.metrics_text()
+        assert metric_value(text, refusals, {"reason": "secret_not_found"}) >= 1
+
+        put_secret(kube_api, namespace, FIRST_TOKEN)  # read at the next refresh
+        offer = await capable.offer(lambda o: o.HasField("own_metrics"))
+        assert headers(offer) == {"Authorization": FIRST_TOKEN}
+        await wait_applied(kubeconfig, namespace, capable.agent_id, "Unknown")
+    assert await operator.terminate() == 0
+    assert "s3cret" not in operator.log_text()

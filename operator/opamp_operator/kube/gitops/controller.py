@@ -188,6 +188,10 @@ class GitOpsController:
         """Why the agent has no config although some is declared for it (conflict, bad spec)."""
         return self._problems.get(agent_id)
 
+    def settings_problem(self, agent_id: str) -> str | None:
+        """Why declared connection settings are not offered (bad spec, missing Secret or key)."""
+        return self._settings_problems.get(agent_id)
+
     @property
     def ready(self) -> bool:
         return self._agents_synced and self._configs_synced
@@ -417,13 +421,16 @@ class GitOpsController:
                 desired = build(spec, source, secrets)
             except SettingsSpecError as error:
                 problem, reason = f"{source}: {error}", error.reason
-        if problem is not None and self._settings_problems.get(agent_id) != problem:
+        before = self._settings_problems.get(agent_id)
+        if problem is not None and before != problem:
             metrics.connection_settings_refusals.labels(reason).inc()
             log.warning("OpAMPAgent %s: connection settings not offered: %s", entry.name, problem)
         if problem is None:
             self._settings_problems.pop(agent_id, None)
         else:
             self._settings_problems[agent_id] = problem
+        if before != problem and self.mark is not None:
+            self.mark(agent_id)  # the condition shows it
         self.fleet.set_desired_settings(agent_id, desired)
 
     # -- resolving ---------------------------------------------------------------------

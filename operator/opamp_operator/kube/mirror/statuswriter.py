@@ -66,6 +66,8 @@ class RemoteConfigView(Protocol):
 
     def problem(self, agent_id: str) -> str | None: ...
 
+    def settings_problem(self, agent_id: str) -> str | None: ...
+
 
 class StatusWriter:
     """Mirrors the fleet into OpAMPAgent resources; `start()`, then `stop()` to flush."""
@@ -379,8 +381,11 @@ class StatusWriter:
             snapshot, problem, previous, generation=generation, now=now
         )
         desired["connectionSettings"] = connection_settings_status(snapshot)
+        refused = (
+            self.remote_config.settings_problem(snapshot.agent_id) if self.remote_config else None
+        )
         desired["conditions"] += connection_settings_conditions(
-            snapshot, previous, generation=generation, now=now
+            snapshot, refused, previous, generation=generation, now=now
         )
         patch = merge_patch(previous, desired)
         refresh_due = mirror.last_seen_written is None or (

@@ -33,12 +33,23 @@ def connection_settings_status(snapshot: AgentSnapshot) -> dict[str, Any] | None
 
 def connection_settings_conditions(
     snapshot: AgentSnapshot,
+    problem: str | None,
     previous: Mapping[str, Any] | None,
     *,
     generation: int | None,
     now: datetime,
 ) -> list[dict[str, Any]]:
-    """ConnectionSettingsApplied, while settings are declared for the agent."""
+    """ConnectionSettingsApplied, while settings are declared for the agent.
+
+    `problem`: why declared settings are not offered (a bad spec, a missing Secret or key),
+    as the GitOps controller says; never a header value.
+    """
+    if problem is not None:
+        found = make_condition(
+            previous, CONNECTION_SETTINGS_APPLIED, "False", "InvalidSpec", problem,
+            generation=generation, since=now,
+        )  # fmt: skip
+        return [found]
     state = snapshot.settings_state
     if state is SettingsState.NONE:
         return []
