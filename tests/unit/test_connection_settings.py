@@ -1,0 +1,110 @@
+"""Connection settings offers: hashing, capability gating, progress, spec parsing (pure)."""
+
+from __future__ import annotations
+
+import pytest
+
+from opamp_operator.fleet.offers import (
+    REPORTS_OWN_LOGS,
+    REPORTS_OWN_METRICS,
+    DesiredSettings,
+    SettingsState,
+    Telemetry,
+    settings_progress,
+)
+from opamp_operator.kube.gitops.connsettings import FleetSettings as Declared
+from opamp_operator.kube.gitops.connsettings import (
+    SettingsSpecError,
+    build,
+    choose,
+    parse_settings,
+)
+from opamp_operator.kube.gitops.selectors import parse_selector
+
+TOKEN = "Bearer t0ken"
+
+
+def metrics(token: str = TOKEN) -> DesiredSettings:
+    return DesiredSettings.of(
+        {"own_metrics": Telemetry("https://otlp:4318", (("Authorization", token),))}
+    )
+
+
+def test_the_hash_follows_every_setting_and_the_repr_hides_header_values() -> None:
+    assert metrics().hash == metrics().hash
+    assert metrics("other").hash != metrics().hash
+    assert DesiredSettings.of({}, 30).hash != DesiredSettings.of({}, 31).hash
+    assert TOKEN not in repr(metrics()) + repr(metrics().telemetry)
+
+
+def test_own_telemetry_is_offered_only_with_its_capability() -> None:
+    desired = metrics()
+    offered = desired.to_proto(REPORTS_OWN_METRICS, 30)
+    assert offered.own_metrics.destination_endpoint == "https://otlp:4318"
+    assert offered.own_metrics.headers.headers[0].value == TOKEN
+    assert offered.hash == desired.hash
+    assert offered.opamp.heartbeat_interval_seconds == 30
+    assert not desired.to_proto(REPORTS_OWN_LOGS, 30).HasField("own_metrics")
+    assert not desired.applies_to(REPORTS_OWN_LOGS)
+
+
+@pytest.mark.parametrize(
+    ("reported", "sent", "state"),
+    [
+        (None, False, SettingsState.PENDING),
+        (None, True, SettingsState.APPLYING),
+        ({"status": "APPLIED"}, True, SettingsState.APPLIED),
+        ({"status": "FAILED", "errorMessage": "no"}, True, SettingsState.FAILED),
+    ],
+)
+def test_progress_follows_what_the_agent_reports_for_the_desired_hash(
+    reported: dict[str, str] | None, sent: bool, state: SettingsState
+) -> None:
+    desired = metrics()
+    if reported is not None:
+        reported = {**reported, "lastConnectionSettingsHash": desired.hash_hex}
+    progress = settings_progress(
+        desired, capabilities=REPORTS_OWN_METRICS, connected=True, reported=reported, sent=sent
+    )
+    assert progress.state is state
+    unsupported = settings_progress(
+        desired, capabilities=REPORTS_OWN_LOGS, connected=True, reported=None, sent=False
+    )
+    assert unsupported.state is SettingsState.UNSUPPORTED
+
+
+SPEC = {
+    "heartbeatIntervalSeconds": 15,
+    "ownMetrics": {
+        "endpoint": "https://otlp:4318",
+        "headers": [{"name": "Authorization", "secretKeyRef": {"name": "s", "key": "k"}}],
+    },
+}
+
+
+def test_a_spec_is_built_with_values_from_its_secrets_never_named_in_errors() -> None:
+    spec = parse_settings(SPEC)
+    assert spec is not None and spec.secrets == {"s"}
+    desired = build(spec, "OpAMPAgent/a", {"s": {"k": TOKEN.encode()}})
+    assert desired.telemetry["own_metrics"].headers == (("Authorization", TOKEN),)
+    assert desired.heartbeat_interval_seconds == 15
+    with pytest.raises(SettingsSpecError) as missing:
+        build(spec, "x", {"s": None})
+    assert missing.value.reason == "secret_not_found"
+    with pytest.raises(SettingsSpecError) as no_key:
+        build(spec, "x", {"s": {"other": TOKEN.encode()}})
+    assert no_key.value.reason == "secret_key_missing" and TOKEN not in str(no_key.value)
+    with pytest.raises(SettingsSpecError):
+        parse_settings({"ownMetrics": {"endpoint": "e", "headers": [{"name": "inline"}]}})
+    assert parse_settings(None) is None
+
+
+def test_own_declaration_wins_then_the_top_ranked_fleet_one_and_a_tie_gives_none() -> None:
+    spec = parse_settings(SPEC)
+    assert spec is not None
+    everyone = parse_selector({})
+    fleet = [Declared("low", everyone, 0, spec), Declared("high", everyone, 5, spec)]
+    assert choose({}, None, fleet) == (spec, "OpAMPAgentConfig/high")
+    assert choose({}, spec, fleet) == (spec, "OpAMPAgent")
+    tie = [Declared("a", everyone, 0, spec), Declared("b", everyone, 0, spec)]
+    assert choose({}, None, tie) == (None, "")
