@@ -32,6 +32,16 @@ from tests.e2e.conftest import OperatorFactory
 from tests.e2e.helpers import condition
 from tests.support.fake_agents import hello
 from tests.support.gitops import get_object, install_crd, kubectl_apply, yaml_file
+from tests.support.manifests import (
+    MANIFESTS,
+    kubectl,
+    one,
+    render,
+    retarget,
+    server_apply,
+    token_for,
+    token_kubeconfig,
+)
 from tests.support.operator_process import OperatorProcess, metric_value
 from tests.support.polling import eventually
 
@@ -248,3 +258,38 @@ async def test_a_missing_secret_refuses_the_offer_visibly_until_it_exists(
         await wait_applied(kubeconfig, namespace, capable.agent_id, "Unknown")
     assert await operator.terminate() == 0
     assert "s3cret" not in operator.log_text()
+
+
+async def test_the_manifests_rbac_is_enough_to_read_the_secret(
+    operator_factory: OperatorFactory,
+    kube_api: k8s.ApiClient,
+    kubeconfig: Path,
+    namespace: str,
+    tmp_path: Path,
+) -> None:
+    rendered = render(MANIFESTS)
+    crds = [obj for obj in rendered if obj["kind"] == "CustomResourceDefinition"]
+    server_apply(kubeconfig, crds, dry_run=False)
+    kubectl(kubeconfig, "wait", "--for=condition=Established", "--timeout=30s",
+            *(f"crd/{crd['metadata']['name']}" for crd in crds))  # fmt: skip
+    objects = retarget(rendered, namespace)
+    server_apply(kubeconfig, objects, dry_run=False)
+    try:
+        account = one(objects, "ServiceAccount")["metadata"]["name"]
+        token = token_for(kube_api, namespace, account)
+        service = f"svc-{uuid.uuid4().hex[:6]}"
+        put_secret(kube_api, namespace, FIRST_TOKEN)
+        kubectl_apply(kubeconfig, namespace, settings_config(service))
+        operator = operator_factory()
+        operator.config.kubeconfig = token_kubeconfig(kube_api, token, tmp_path / "op.kubeconfig")
+        await operator.start()
+        async with scripted_agent(operator, service, OWN_METRICS) as capable:
+            offer = await capable.offer(lambda o: o.HasField("own_metrics"))
+            assert headers(offer) == {"Authorization": FIRST_TOKEN}
+        assert await operator.terminate() == 0
+        log = operator.log_text()
+        assert " 403" not in log and "Forbidden" not in log, "the operator was refused something"
+    finally:
+        for obj in objects:
+            if obj["kind"].startswith("Cluster"):
+                kubectl(kubeconfig, "delete", obj["kind"], obj["metadata"]["name"], check=False)
