@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 
+from opamp_operator.config import FleetSettings
+from opamp_operator.fleet.clock import FakeClock
+from opamp_operator.fleet.events import EventBus
 from opamp_operator.fleet.offers import (
     REPORTS_OWN_LOGS,
     REPORTS_OWN_METRICS,
@@ -12,6 +17,7 @@ from opamp_operator.fleet.offers import (
     Telemetry,
     settings_progress,
 )
+from opamp_operator.fleet.registry import Fleet
 from opamp_operator.kube.gitops.connsettings import FleetSettings as Declared
 from opamp_operator.kube.gitops.connsettings import (
     SettingsSpecError,
@@ -20,6 +26,8 @@ from opamp_operator.kube.gitops.connsettings import (
     parse_settings,
 )
 from opamp_operator.kube.gitops.selectors import parse_selector
+from opamp_operator.opamp.generated import opamp_pb2
+from tests.unit.test_fleet_remote_config import PushingChannel
 
 TOKEN = "Bearer t0ken"
 
@@ -108,3 +116,54 @@ def test_own_declaration_wins_then_the_top_ranked_fleet_one_and_a_tie_gives_none
     assert choose({}, spec, fleet) == (spec, "OpAMPAgent")
     tie = [Declared("a", everyone, 0, spec), Declared("b", everyone, 0, spec)]
     assert choose({}, None, tie) == (None, "")
+
+
+# -- the fleet sends them ---------------------------------------------------------------
+
+OWN = int(opamp_pb2.AgentCapabilities_ReportsStatus) | REPORTS_OWN_METRICS
+
+
+def first(uid: bytes, capabilities: int, seq: int = 0) -> opamp_pb2.AgentToServer:
+    return opamp_pb2.AgentToServer(instance_uid=uid, sequence_num=seq, capabilities=capabilities)
+
+
+def test_the_fleet_pushes_once_per_session_and_again_when_the_agent_reports_another_hash() -> None:
+    fleet = Fleet(FleetSettings(), FakeClock(), EventBus())
+    uid = uuid.uuid4().bytes
+    agent_id = str(uuid.UUID(bytes=uid))
+    channel = PushingChannel()
+    reply = fleet.handle_message(channel, first(uid, OWN))
+    assert reply is not None and not reply.connection_settings.HasField("own_metrics")
+    fleet.set_desired_settings(agent_id, metrics())
+    assert [m.connection_settings.hash for m in channel.pushed] == [metrics().hash]
+    again = fleet.handle_message(channel, first(uid, OWN, 1))
+    assert again is not None and not again.HasField("connection_settings")  # sent already
+
+    # A new session, the agent reporting the offered hash: nothing is sent again.
+    status = first(uid, OWN, 0)
+    status.connection_settings_status.last_connection_settings_hash = metrics().hash
+    status.connection_settings_status.status = opamp_pb2.ConnectionSettingsStatuses_APPLIED
+    fleet.channel_closed(channel)
+    later = fleet.handle_message(PushingChannel(), status)
+    assert later is not None and not later.connection_settings.HasField("own_metrics")
+    assert fleet.get(agent_id) is not None
+
+    # Another hash (a rotated token): sent, with the new value.
+    rotated = metrics("rotated")
+    channel = PushingChannel()
+    fleet.handle_message(channel, first(uid, OWN, 0))
+    fleet.set_desired_settings(agent_id, rotated)
+    pushed = channel.pushed[-1].connection_settings
+    assert pushed.hash == rotated.hash and pushed.own_metrics.headers.headers[0].value == "rotated"
+
+
+def test_an_agent_without_the_capability_only_gets_the_heartbeat() -> None:
+    fleet = Fleet(FleetSettings(), FakeClock(), EventBus())
+    uid = uuid.uuid4().bytes
+    fleet.set_desired_settings(str(uuid.UUID(bytes=uid)), metrics())
+    reply = fleet.handle_message(
+        PushingChannel(), first(uid, int(opamp_pb2.AgentCapabilities_ReportsStatus))
+    )
+    assert reply is not None
+    assert reply.connection_settings.opamp.heartbeat_interval_seconds > 0
+    assert not reply.connection_settings.HasField("own_metrics")
