@@ -115,7 +115,9 @@ def test_own_declaration_wins_then_the_top_ranked_fleet_one_and_a_tie_gives_none
     assert choose({}, None, fleet) == (spec, "OpAMPAgentConfig/high")
     assert choose({}, spec, fleet) == (spec, "OpAMPAgent")
     tie = [Declared("a", everyone, 0, spec), Declared("b", everyone, 0, spec)]
-    assert choose({}, None, tie) == (None, "")
+    with pytest.raises(SettingsSpecError, match="a, b declare") as tied:
+        choose({}, None, tie)
+    assert tied.value.reason == "conflict"
 
 
 # -- the fleet sends them ---------------------------------------------------------------

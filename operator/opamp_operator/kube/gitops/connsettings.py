@@ -112,7 +112,10 @@ def _telemetry(where: str, entry: Any) -> TelemetrySpec:
 def choose(
     labels: Mapping[str, str], own: SettingsSpec | None, fleet: Iterable[FleetSettings]
 ) -> tuple[SettingsSpec | None, str]:
-    """The settings declaration one agent gets, and its source ("" when none or a tie)."""
+    """The settings declaration one agent gets, and its source ("" when none).
+
+    Raises SettingsSpecError (reason `conflict`) when OpAMPAgentConfigs tie at the top.
+    """
     if own is not None:
         return own, "OpAMPAgent"
     matching = [entry for entry in fleet if entry.selector.matches(labels)]
@@ -121,7 +124,12 @@ def choose(
     top = max(entry.rank for entry in matching)
     best = [entry for entry in matching if entry.rank == top]
     if len(best) > 1:
-        return None, ""
+        names = ", ".join(sorted(entry.name for entry in best))
+        raise SettingsSpecError(
+            f"OpAMPAgentConfigs {names} declare connectionSettings with equal priority and "
+            "specificity",
+            "conflict",
+        )
     return best[0].spec, f"OpAMPAgentConfig/{best[0].name}"
 
 

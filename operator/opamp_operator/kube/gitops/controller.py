@@ -390,9 +390,14 @@ class GitOpsController:
     async def refresh_settings(self) -> None:
         """Give every agent its connection settings, with the Secrets read now."""
         fleet = [c.settings for c in self._configs.values() if c.settings is not None]
-        chosen = {}
+        chosen: dict[str, tuple[_Agent, SettingsSpec | None, str]] = {}
+        conflicts: dict[str, SettingsSpecError] = {}
         for entry in list(self._agents.values()):
-            spec, source = choose(entry.labels, entry.settings, fleet)
+            try:
+                spec, source = choose(entry.labels, entry.settings, fleet)
+            except SettingsSpecError as error:
+                spec, source = None, ""
+                conflicts[entry.agent_id] = error
             if source == "OpAMPAgent":
                 source = f"OpAMPAgent/{entry.name}"
             chosen[entry.agent_id] = (entry, spec, source)
@@ -404,18 +409,24 @@ class GitOpsController:
             except KubeApiError as error:  # not this round: keep what the agents have
                 log.warning("reading Secret %s for connection settings failed: %s", name, error)
                 return
-        for agent_id, (entry, spec, source) in chosen.items():
-            self._offer_settings(agent_id, entry, spec, source, secrets)
+        for number, (agent_id, (entry, spec, source)) in enumerate(chosen.items(), 1):
+            self._offer_settings(entry, spec, source, secrets, conflict=conflicts.get(agent_id))
+            if number % _YIELD_EVERY == 0:
+                await asyncio.sleep(0)
 
     def _offer_settings(
         self,
-        agent_id: str,
         entry: _Agent,
         spec: SettingsSpec | None,
         source: str,
         secrets: Mapping[str, Mapping[str, bytes] | None],
+        *,
+        conflict: SettingsSpecError | None = None,
     ) -> None:
+        agent_id = entry.agent_id
         desired, problem, reason = None, entry.settings_error, "invalid_spec"
+        if problem is None and conflict is not None:
+            problem, reason = str(conflict), conflict.reason
         if problem is None and spec is not None:
             try:
                 desired = build(spec, source, secrets)
