@@ -226,6 +226,12 @@ kube_invalid_config_specs = Counter(
     "OpAMPAgentConfig generations whose spec cannot be used (selector, remoteConfig, rollout).",
     registry=REGISTRY,
 )
+connection_settings_refusals = Counter(
+    "opamp_connection_settings_refusals_total",
+    "Declared connection settings not offered: an unusable spec, a missing Secret or key.",
+    ["reason"],
+    registry=REGISTRY,
+)
 kube_desired_config_changes = Counter(
     "opamp_kube_desired_config_changes_total",
     "Agents whose desired remote config changed (set, replaced or forgotten), by source kind.",

@@ -7,7 +7,6 @@ agents' Pod-bound ServiceAccount tokens.
 
 from __future__ import annotations
 
-import json
 import uuid
 from pathlib import Path
 
@@ -19,28 +18,21 @@ from opamp_operator.kube.shapes.naming import resource_name
 from tests.e2e.conftest import OperatorFactory
 from tests.e2e.helpers import get_agent_cr
 from tests.support.goagent import GoAgent
-from tests.support.manifests import MANIFESTS, kubectl, one, render, retarget, server_apply
+from tests.support.manifests import (
+    MANIFESTS,
+    kubectl,
+    one,
+    render,
+    retarget,
+    server_apply,
+    token_kubeconfig,
+)
 from tests.support.manifests import token_for as service_account_token
 from tests.support.operator_process import kubectl as run_kubectl
 from tests.support.pod_tokens import make_pod_with_account, pod_attributes, pod_token
 from tests.support.polling import eventually
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
-
-
-def token_kubeconfig(admin: k8s.ApiClient, token: str, path: Path) -> Path:
-    config = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "c", "cluster": {
-            "server": admin.configuration.host,
-            "certificate-authority": admin.configuration.ssl_ca_cert}}],
-        "users": [{"name": "operator", "user": {"token": token}}],
-        "contexts": [{"name": "c", "context": {"cluster": "c", "user": "operator"}}],
-        "current-context": "c",
-    }  # fmt: skip
-    path.write_text(json.dumps(config))
-    return path
 
 
 def grant_reader(kubeconfig: Path, namespace: str) -> None:

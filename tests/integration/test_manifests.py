@@ -71,6 +71,7 @@ NAMESPACED_RULES: dict[tuple[str, str], tuple[str, ...]] = {
     ("opamp.dev", "opampagents/status"): ("patch",),
     ("opamp.dev", "opampagentconfigs"): ("get", "list", "watch"),
     ("opamp.dev", "opampagentconfigs/status"): ("patch",),
+    ("", "secrets"): ("get",),  # connection settings headers, by name only
     ("", "events"): ("create", "patch"),
     ("events.k8s.io", "events"): ("create", "patch"),
     ("kopf.dev", "kopfpeerings"): ("get", "list", "watch", "patch"),

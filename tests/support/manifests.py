@@ -7,6 +7,7 @@ on the manifests' ServiceAccount.
 from __future__ import annotations
 
 import copy
+import json
 import shutil
 import subprocess
 import tempfile
@@ -138,3 +139,19 @@ def token_for(kube_api: k8s.ApiClient, namespace: str, account: str) -> str:
         account, namespace, request
     )
     return str(answer.status.token)
+
+
+def token_kubeconfig(admin: k8s.ApiClient, token: str, path: Path) -> Path:
+    """A kubeconfig that authenticates with `token` only (to run the operator on an account)."""
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "c", "cluster": {
+            "server": admin.configuration.host,
+            "certificate-authority": admin.configuration.ssl_ca_cert}}],
+        "users": [{"name": "operator", "user": {"token": token}}],
+        "contexts": [{"name": "c", "context": {"cluster": "c", "user": "operator"}}],
+        "current-context": "c",
+    }  # fmt: skip
+    path.write_text(json.dumps(config))
+    return path

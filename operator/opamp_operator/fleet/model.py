@@ -8,6 +8,7 @@ from enum import StrEnum
 from typing import Any
 
 from .components import AvailableComponents
+from .offers import SettingsState
 from .remoteconfig import ConfigState
 
 
@@ -103,6 +104,12 @@ class AgentSnapshot:
     liveness: Liveness | None = None  # None: not connected
     custom_capabilities: list[str] = field(default_factory=list)
     available_components: AvailableComponents | None = None
+    # Connection settings offers (see `fleet/offers.py`); no header value is ever here.
+    connection_settings_status: dict[str, Any] | None = None
+    desired_settings_hash: str | None = None
+    desired_settings_source: str | None = None
+    settings_state: SettingsState = SettingsState.NONE
+    settings_message: str = ""
 
     @property
     def connected(self) -> bool:

@@ -14,6 +14,7 @@ from .channel import Channel
 from .components import TOO_LARGE, AvailableComponents, Refused, read_report
 from .identity import Identity
 from .model import AgentPhase, AgentSnapshot, Liveness, SessionInfo, liveness_rule
+from .offers import DesiredSettings, SettingsProgress, settings_progress, settings_status_to_dict
 from .remoteconfig import ConfigProgress, DesiredConfig, config_progress
 from .reports import effective_config_hash, health_to_dict, remote_config_status_to_dict
 from .rollout import detect_self_rollback
@@ -69,6 +70,11 @@ class AgentRecord:
     # yet (or lost the reply) is told the same uid again, not a new one per message.
     reassigned: dict[Identity, str] = field(default_factory=dict)
     offered_settings: bool = False
+    # Connection settings offers (fleet/offers.py): what is declared for the agent, the hash
+    # sent in the current session, and the agent's last ConnectionSettingsStatus.
+    desired_settings: DesiredSettings | None = None
+    settings_sent_hash: bytes | None = None
+    connection_settings_status: dict[str, Any] | None = None
     # Remote config: what the operator wants the agent to run; the hash sent to it in the
     # current session (sent again in a new session when the agent reports another hash).
     desired: DesiredConfig | None = None
@@ -91,6 +97,7 @@ class AgentRecord:
     def snapshot(self) -> AgentSnapshot:
         description = self.description
         progress = self.config_progress()
+        settings, offered = self.desired_settings, self.settings_progress()
         return AgentSnapshot(
             agent_id=self.agent_id,
             phase=self.phase or AgentPhase.OFFLINE,
@@ -116,6 +123,21 @@ class AgentRecord:
             liveness=self.liveness(),
             custom_capabilities=list(self.custom_capabilities),
             available_components=self.available_components,
+            connection_settings_status=self.connection_settings_status,
+            desired_settings_hash=settings.hash_hex if settings else None,
+            desired_settings_source=settings.source if settings else None,
+            settings_state=offered.state,
+            settings_message=offered.message,
+        )
+
+    def settings_progress(self) -> SettingsProgress:
+        desired = self.desired_settings
+        return settings_progress(
+            desired,
+            capabilities=self.capabilities,
+            connected=self.session is not None,
+            reported=self.connection_settings_status,
+            sent=desired is not None and self.settings_sent_hash == desired.hash,
         )
 
     def config_progress(self) -> ConfigProgress:
@@ -180,6 +202,8 @@ def apply_report(record: AgentRecord, message: AgentToServer) -> frozenset[str]:
             _note_self_rollback(record, record.remote_config_status, status)
             record.remote_config_status = status
             changed.add("remote_config_status")
+    if _apply_settings_status(record, message):
+        changed.add("connection_settings_status")
     return frozenset(changed)
 
 
@@ -202,6 +226,16 @@ def apply_components(record: AgentRecord, report: Any) -> tuple[bool, Refused | 
         return False, refused
     record.available_components = read
     return True, refused
+
+
+def _apply_settings_status(record: AgentRecord, message: AgentToServer) -> bool:
+    if not message.HasField("connection_settings_status"):
+        return False
+    reported = settings_status_to_dict(message.connection_settings_status)
+    if reported == record.connection_settings_status:
+        return False
+    record.connection_settings_status = reported
+    return True
 
 
 def custom_capability_names(names: Iterable[str]) -> tuple[str, ...]:

@@ -39,6 +39,7 @@ from .events import (
 from .identity import DuplicateUid, identity_of, is_duplicate, new_instance_uid, uid_text
 from .limits import Rejection, TokenBucket
 from .model import DEPARTURES, AgentPhase, AgentSnapshot, Liveness, Reason, SessionInfo, Transport
+from .offers import DesiredSettings, default_offers
 from .record import AgentRecord, LiveSession, apply_components, apply_report, is_full_report
 from .remoteconfig import ACCEPTS_REMOTE_CONFIG, DesiredConfig
 
@@ -103,6 +104,8 @@ class Fleet:
         # with the desired config (not the record) so that a forgotten and returning agent, or
         # a restart (the GitOps controller restores it from the CR), is not offered it again.
         self._rolled_back: dict[str, tuple[bytes, str]] = {}
+        # Connection settings per agent id, kept like `_desired` (see fleet/offers.py).
+        self._settings: dict[str, DesiredSettings] = {}
         # Set by `begin_shutdown`: from then on no deadline fires, so every session that is
         # still open ends as operator_shutdown, however long its socket takes to close.
         self._shutting_down = False
@@ -199,9 +202,12 @@ class Fleet:
         record.sequence_num = int(message.sequence_num)
         self._note_interval(record)
         progress = record.config_progress() if record.desired is not None else None
+        offered = record.settings_progress() if record.desired_settings is not None else None
         changed = apply_report(record, message)
         if message.HasField("available_components"):
             changed |= self._take_components(record, channel, message)
+        if offered is not None and record.settings_progress() != offered:
+            changed |= {"connection_settings"}
         if record.rolled_back is not None:
             self._rolled_back[record.agent_id] = record.rolled_back
         if progress is not None and record.config_progress() != progress:
@@ -289,6 +295,32 @@ class Fleet:
 
     def desired_config(self, agent_id: str) -> DesiredConfig | None:
         return self._desired.get(agent_id)
+
+    def set_desired_settings(self, agent_id: str, settings: DesiredSettings | None) -> None:
+        """Set (None: forget) the connection settings offered to `agent_id`; sends them when
+        it can (a WebSocket agent at once, an HTTP agent with its next reply)."""
+        previous = self._settings.get(agent_id)
+        if settings is None:
+            self._settings.pop(agent_id, None)
+        else:
+            self._settings[agent_id] = settings
+        record = self._agents.get(agent_id)
+        if record is None:
+            return
+        record.desired_settings = settings
+        if _identity_of(previous) == _identity_of(settings):
+            return
+        self._publish_changed(record, "desired_settings")
+        channel = record.session.channel if record.session is not None else None
+        if isinstance(channel, PushChannel) and self._wants_settings(record):
+            assert settings is not None
+            push = ServerToAgent(instance_uid=record.uid_bytes, capabilities=SERVER_CAPABILITIES)
+            push.connection_settings.CopyFrom(self._offers(settings, record))
+            if channel.offer(push):
+                record.settings_sent_hash = settings.hash
+
+    def desired_settings(self, agent_id: str) -> DesiredSettings | None:
+        return self._settings.get(agent_id)
 
     def note_rolled_back(self, agent_id: str, config_hash: bytes, error: str) -> None:
         """The agent rolled itself back from `config_hash` (as its CR says after a restart).
@@ -469,6 +501,7 @@ class Fleet:
         record = AgentRecord(agent_id, uid, None, Reason.CONNECTED, now, now, now)
         record.desired = self._desired.get(agent_id)
         record.rolled_back = self._rolled_back.get(agent_id)
+        record.desired_settings = self._settings.get(agent_id)
         self._agents[agent_id] = record
         return record
 
@@ -491,6 +524,7 @@ class Fleet:
         record.offered_settings = False
         record.config_sent_hash = None
         record.components_asked = None
+        record.settings_sent_hash = None
         self.events.publish(
             SessionOpened(record.agent_id, info.session_id, info.transport, info.remote_addr, now)
         )
@@ -555,10 +589,15 @@ class Fleet:
         return 1
 
     def _add_pending(self, record: AgentRecord, reply: ServerToAgent) -> None:
-        if not record.offered_settings:
+        if self._wants_settings(record):
+            assert record.desired_settings is not None
+            reply.connection_settings.CopyFrom(self._offers(record.desired_settings, record))
+            record.settings_sent_hash = record.desired_settings.hash
+            record.offered_settings = True
+            self._publish_changed(record, "connection_settings")
+        elif not record.offered_settings:
             interval = int(self.settings.heartbeat_interval_seconds)
-            reply.connection_settings.opamp.heartbeat_interval_seconds = interval
-            reply.connection_settings.hash = b"heartbeat-%d" % interval
+            reply.connection_settings.CopyFrom(default_offers(interval))
             record.offered_settings = True
         if record.pending_full_state:
             reply.flags |= _FULL_STATE
@@ -597,6 +636,22 @@ class Fleet:
             record.components_asked = held.hash
             if self._on_components_requested is not None:
                 self._on_components_requested()
+
+    def _wants_settings(self, record: AgentRecord) -> bool:
+        """The agent should be sent its connection settings (not sent yet in this session,
+        and it does not report their hash already)."""
+        desired = record.desired_settings
+        if desired is None or record.session is None or record.settings_sent_hash == desired.hash:
+            return False
+        if not record.capabilities or not desired.applies_to(record.capabilities):
+            return False
+        reported = (record.connection_settings_status or {}).get("lastConnectionSettingsHash")
+        return reported != desired.hash_hex
+
+    def _offers(
+        self, settings: DesiredSettings, record: AgentRecord
+    ) -> opamp_pb2.ConnectionSettingsOffers:
+        return settings.to_proto(record.capabilities, int(self.settings.heartbeat_interval_seconds))
 
     def _wants_config(self, record: AgentRecord) -> bool:
         """The agent should be sent its desired config (not sent yet in this session)."""
@@ -687,6 +742,10 @@ class Fleet:
 
 def _hash_of(config: DesiredConfig | None) -> bytes | None:
     return None if config is None else config.hash
+
+
+def _identity_of(settings: DesiredSettings | None) -> tuple[bytes, str] | None:
+    return None if settings is None else (settings.hash, settings.source)
 
 
 def _source_of(config: DesiredConfig | None) -> str | None:

@@ -6,6 +6,7 @@ of our resources here, credentials, errors and the wire in `kube/api/`.
 
 from __future__ import annotations
 
+import base64
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -139,6 +140,19 @@ class KubeApi:
         return await self.session.merge_patch(
             f"{self._configs}/{name}/status", {"status": dict(status_patch)}, resource_version
         )
+
+    # -- Secrets (connection settings headers) ---------------------------------------
+
+    async def get_secret_data(self, name: str) -> dict[str, bytes] | None:
+        """A Secret's decoded `data` in the operator's namespace (None: no such Secret).
+
+        The values are credentials: callers never log them nor write them to a resource.
+        """
+        body = await self._get_or_none(f"/api/v1/namespaces/{self.namespace}/secrets/{name}")
+        if body is None:
+            return None
+        data = body.get("data") or {}
+        return {str(key): base64.b64decode(value) for key, value in data.items()}
 
     # -- Events --------------------------------------------------------------------
 

@@ -27,6 +27,7 @@ replica's reconnect record, another replica's step decision).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 from collections.abc import Callable, Mapping
@@ -42,6 +43,14 @@ from opamp_operator.fleet.remoteconfig import DesiredConfig
 from opamp_operator.kube.api import NotFound
 from opamp_operator.kube.api.listwatch import Informer, InformerHandler
 from opamp_operator.kube.api.resources import KubeApi, KubeApiError
+from opamp_operator.kube.gitops.connsettings import (
+    FleetSettings,
+    SettingsSpec,
+    SettingsSpecError,
+    build,
+    choose,
+    parse_settings,
+)
 from opamp_operator.kube.gitops.outcomes import ConfigOutcomes
 from opamp_operator.kube.gitops.requests import RECORD_RETRIES, record_handled
 from opamp_operator.kube.gitops.resolver import (
@@ -79,6 +88,9 @@ _STATUS_KEYS = ("phase", "desiredConfig", "reconnect", "connection", "disconnect
 # Throttled / unavailable config status writes are tried again this many times (with the
 # gate's backoff) before the status waits for its next interval.
 _WRITE_RETRIES = RECORD_RETRIES
+# Secrets referenced by connection settings are read again this often (the operator may only
+# `get` Secrets, never list or watch them): a rotated token is offered within this time.
+SECRET_REFRESH_SECONDS = 5.0
 
 
 @dataclass(slots=True)
@@ -93,6 +105,8 @@ class _Agent:
     own_error: str | None
     reconnect: str | None  # the annotation's value
     status: dict[str, Any]  # _STATUS_KEYS and the RemoteConfigApplied condition
+    settings: SettingsSpec | None = None  # spec.connectionSettings
+    settings_error: str | None = None
 
 
 @dataclass(slots=True)
@@ -105,6 +119,7 @@ class _Config:
     resource_version: str  # of `status`: the precondition of the next status write
     written: dict[str, Any] | None = None  # the last status this replica wrote
     rollout: ConfigRollout | None = None
+    settings: FleetSettings | None = None  # spec.connectionSettings, when the spec is valid
 
 
 @dataclass(frozen=True)
@@ -161,6 +176,7 @@ class GitOpsController:
         self.informers: list[Informer] = []
         self.restarts = RestartRequests(fleet, settings, api, clock, gate=self.gate)
         self.decider = RolloutDecider(self.gate, settings.replica_id)
+        self._settings_wake = asyncio.Event()
 
     # -- what the status writer asks ---------------------------------------------------
 
@@ -169,6 +185,9 @@ class GitOpsController:
 
     def problem(self, agent_id: str) -> str | None:
         return self.outcomes.problem(agent_id)
+
+    def settings_problem(self, agent_id: str) -> str | None:
+        return self.outcomes.settings_problem(agent_id)
 
     @property
     def ready(self) -> bool:
@@ -193,6 +212,7 @@ class GitOpsController:
             *(asyncio.create_task(i.run(), name=f"gitops-{i.plural}") for i in self.informers),
             asyncio.create_task(self._resolve_forever(), name="gitops-resolver"),
             asyncio.create_task(self._write_counts_forever(), name="gitops-config-status"),
+            asyncio.create_task(self._settings_forever(), name="gitops-connection-settings"),
         ]
 
     async def stop(self) -> None:
@@ -234,6 +254,7 @@ class GitOpsController:
         ):
             self._dirty.add(name)
             self._wake.set()
+            self._settings_wake.set()
         if old is None or old.status != entry.status:
             self._counts_dirty = True
             self._note_rollback(entry)
@@ -248,14 +269,20 @@ class GitOpsController:
         if not agent_id:
             return None
         generation = metadata.get("generation")
+        settings, settings_error = None, None
         if old is not None and old.generation == generation:
             own, own_error = old.own, old.own_error  # the spec did not change
+            settings, settings_error = old.settings, old.settings_error
         else:
             own, own_error = None, None
             try:
                 own = own_config(name, obj.get("spec"))
             except ConfigSpecError as error:
                 own_error = str(error)
+            try:
+                settings = parse_settings((obj.get("spec") or {}).get("connectionSettings"))
+            except SettingsSpecError as error:
+                settings_error = str(error)
         kept = {key: status[key] for key in _STATUS_KEYS if key in status}
         applied = condition(status, REMOTE_CONFIG_APPLIED)
         if applied is not None:
@@ -270,6 +297,8 @@ class GitOpsController:
             own_error=own_error,
             reconnect=(metadata.get("annotations") or {}).get(RECONNECT_ANNOTATION),
             status=kept,
+            settings=settings,
+            settings_error=settings_error,
         )
 
     def _agent_deleted(self, name: str) -> None:
@@ -280,10 +309,11 @@ class GitOpsController:
         self._dirty.discard(name)
         if entry is None:
             return
-        self.outcomes.forget(entry.agent_id)
+        self.outcomes.forget(entry.agent_id)  # config and settings outcomes
         if self.fleet.desired_config(entry.agent_id) is not None:
             self.fleet.set_desired_config(entry.agent_id, None)
             metrics.kube_desired_config_changes.labels("deleted").inc()
+        self.fleet.set_desired_settings(entry.agent_id, None)
         self._counts_dirty = True
 
     # -- OpAMPAgentConfig events -------------------------------------------------------
@@ -312,20 +342,23 @@ class GitOpsController:
         name = str(metadata.get("name", ""))
         old = self._configs.get(name)
         generation = metadata.get("generation")
-        parsed, error = None, None
+        parsed, error, settings = None, None, None
         if old is not None and old.generation == generation:
-            parsed, error = old.parsed, old.error
+            parsed, error, settings = old.parsed, old.error, old.settings
         else:
             try:
                 parsed = fleet_config(name, obj.get("spec"))
-            except ConfigSpecError as failure:
-                error = str(failure)
+                spec = parse_settings((obj.get("spec") or {}).get("connectionSettings"))
+                if spec is not None:
+                    settings = FleetSettings(name, parsed.selector, parsed.priority, spec)
+            except (ConfigSpecError, SettingsSpecError) as failure:
+                parsed, error = None, str(failure)
                 metrics.kube_invalid_config_specs.inc()
                 log.warning(
                     "OpAMPAgentConfig %s generation %s not used: %s", name, generation, error
                 )
         status = dict(obj.get("status") or {})
-        config = _Config(name, generation, parsed, error, status, _version(obj))
+        config = _Config(name, generation, parsed, error, status, _version(obj), settings=settings)
         config.rollout = read_rollout(name, obj, None if old is None else old.rollout)
         if old is not None and old.generation == generation:
             config.written = old.written
@@ -337,6 +370,74 @@ class GitOpsController:
         self._resync = True
         self._counts_dirty = True
         self._wake.set()
+        self._settings_wake.set()
+
+    # -- connection settings -------------------------------------------------------------
+
+    async def _settings_forever(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._settings_wake.wait(), SECRET_REFRESH_SECONDS)
+            self._settings_wake.clear()
+            if not self.ready:
+                continue
+            try:
+                await self.refresh_settings()
+            except Exception:
+                log.exception("offering connection settings failed; trying again")
+
+    async def refresh_settings(self) -> None:
+        """Give every agent its connection settings, with the Secrets read now."""
+        fleet = [c.settings for c in self._configs.values() if c.settings is not None]
+        chosen: dict[str, tuple[_Agent, SettingsSpec | None, str]] = {}
+        conflicts: dict[str, SettingsSpecError] = {}
+        for entry in list(self._agents.values()):
+            try:
+                spec, source = choose(entry.labels, entry.settings, fleet)
+            except SettingsSpecError as error:
+                spec, source = None, ""
+                conflicts[entry.agent_id] = error
+            if source == "OpAMPAgent":
+                source = f"OpAMPAgent/{entry.name}"
+            chosen[entry.agent_id] = (entry, spec, source)
+        names = {name for _, spec, _ in chosen.values() if spec for name in spec.secrets}
+        secrets: dict[str, Mapping[str, bytes] | None] = {}
+        for name in sorted(names):
+            try:
+                secrets[name] = await self.api.get_secret_data(name)
+            except KubeApiError as error:  # not this round: keep what the agents have
+                log.warning("reading Secret %s for connection settings failed: %s", name, error)
+                return
+        for number, (agent_id, (entry, spec, source)) in enumerate(chosen.items(), 1):
+            self._offer_settings(entry, spec, source, secrets, conflict=conflicts.get(agent_id))
+            if number % _YIELD_EVERY == 0:
+                await asyncio.sleep(0)
+
+    def _offer_settings(
+        self,
+        entry: _Agent,
+        spec: SettingsSpec | None,
+        source: str,
+        secrets: Mapping[str, Mapping[str, bytes] | None],
+        *,
+        conflict: SettingsSpecError | None = None,
+    ) -> None:
+        agent_id = entry.agent_id
+        desired, problem, reason = None, entry.settings_error, "invalid_spec"
+        if problem is None and conflict is not None:
+            problem, reason = str(conflict), conflict.reason
+        if problem is None and spec is not None:
+            try:
+                desired = build(spec, source, secrets)
+            except SettingsSpecError as error:
+                problem, reason = f"{source}: {error}", error.reason
+        before = self.outcomes.record_settings_problem(agent_id, problem)
+        if problem is not None and before != problem:
+            metrics.connection_settings_refusals.labels(reason).inc()
+            log.warning("OpAMPAgent %s: connection settings not offered: %s", entry.name, problem)
+        if before != problem and self.mark is not None:
+            self.mark(agent_id)  # the condition shows it
+        self.fleet.set_desired_settings(agent_id, desired)
 
     # -- resolving ---------------------------------------------------------------------
 

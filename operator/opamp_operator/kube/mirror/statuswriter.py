@@ -44,6 +44,10 @@ from opamp_operator.kube.shapes.agentstatus import (
 from opamp_operator.kube.shapes.configstatus import desired_config_status, remote_config_conditions
 from opamp_operator.kube.shapes.naming import agent_labels, resource_name
 from opamp_operator.kube.shapes.podref import PodLink, PodLinks, pod_labels, pod_status
+from opamp_operator.kube.shapes.settingsstatus import (
+    connection_settings_conditions,
+    connection_settings_status,
+)
 from opamp_operator.kube.shapes.transitionevent import describe, event_type
 from opamp_operator.kube.writes.gate import WriteGate, retry_hint
 
@@ -61,6 +65,8 @@ class RemoteConfigView(Protocol):
     def observed_generation(self, agent_id: str) -> int | None: ...
 
     def problem(self, agent_id: str) -> str | None: ...
+
+    def settings_problem(self, agent_id: str) -> str | None: ...
 
 
 class StatusWriter:
@@ -374,6 +380,13 @@ class StatusWriter:
         desired["desiredConfig"] = desired_config_status(snapshot)
         desired["conditions"] += remote_config_conditions(
             snapshot, problem, previous, generation=generation, now=now
+        )
+        desired["connectionSettings"] = connection_settings_status(snapshot)
+        refused = (
+            self.remote_config.settings_problem(snapshot.agent_id) if self.remote_config else None
+        )
+        desired["conditions"] += connection_settings_conditions(
+            snapshot, refused, previous, generation=generation, now=now
         )
         patch = merge_patch(previous, desired)
         refresh_due = mirror.last_seen_written is None or (
