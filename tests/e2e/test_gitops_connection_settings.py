@@ -33,12 +33,9 @@ from tests.e2e.helpers import condition
 from tests.support.fake_agents import hello
 from tests.support.gitops import get_object, install_crd, kubectl_apply, yaml_file
 from tests.support.manifests import (
-    MANIFESTS,
+    apply_base,
     kubectl,
     one,
-    render,
-    retarget,
-    server_apply,
     token_for,
     token_kubeconfig,
 )
@@ -267,13 +264,7 @@ async def test_the_manifests_rbac_is_enough_to_read_the_secret(
     namespace: str,
     tmp_path: Path,
 ) -> None:
-    rendered = render(MANIFESTS)
-    crds = [obj for obj in rendered if obj["kind"] == "CustomResourceDefinition"]
-    server_apply(kubeconfig, crds, dry_run=False)
-    kubectl(kubeconfig, "wait", "--for=condition=Established", "--timeout=30s",
-            *(f"crd/{crd['metadata']['name']}" for crd in crds))  # fmt: skip
-    objects = retarget(rendered, namespace)
-    server_apply(kubeconfig, objects, dry_run=False)
+    objects = apply_base(kubeconfig, namespace)
     try:
         account = one(objects, "ServiceAccount")["metadata"]["name"]
         token = token_for(kube_api, namespace, account)

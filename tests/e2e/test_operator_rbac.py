@@ -19,11 +19,9 @@ from tests.e2e.conftest import OperatorFactory
 from tests.e2e.helpers import get_agent_cr
 from tests.support.goagent import GoAgent
 from tests.support.manifests import (
-    MANIFESTS,
+    apply_base,
     kubectl,
     one,
-    render,
-    retarget,
     server_apply,
     token_kubeconfig,
 )
@@ -61,13 +59,7 @@ async def test_operator_does_its_whole_job_on_the_manifests_service_account(
     namespace: str,
     tmp_path: Path,
 ) -> None:
-    rendered = render(MANIFESTS)
-    crds = [obj for obj in rendered if obj["kind"] == "CustomResourceDefinition"]
-    server_apply(kubeconfig, crds, dry_run=False)
-    kubectl(kubeconfig, "wait", "--for=condition=Established", "--timeout=30s",
-            *(f"crd/{crd['metadata']['name']}" for crd in crds))  # fmt: skip
-    objects = retarget(rendered, namespace)
-    server_apply(kubeconfig, objects, dry_run=False)
+    objects = apply_base(kubeconfig, namespace)
     try:
         account = one(objects, "ServiceAccount")["metadata"]["name"]
         operator_token = service_account_token(kube_api, namespace, account)

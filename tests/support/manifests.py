@@ -100,6 +100,19 @@ def server_apply(kubeconfig: Path, objects: Iterable[Obj], *, dry_run: bool) -> 
     return kubectl(kubeconfig, *args, "-f", "-", stdin=to_yaml(objects)).stderr
 
 
+def apply_base(kubeconfig: Path, namespace: str) -> list[Obj]:
+    """The kustomize base applied for real: its CRDs (waited for), then every other object
+    moved to `namespace`; returns those objects (the caller deletes them)."""
+    rendered = render(MANIFESTS)
+    crds = [obj for obj in rendered if obj["kind"] == "CustomResourceDefinition"]
+    server_apply(kubeconfig, crds, dry_run=False)
+    kubectl(kubeconfig, "wait", "--for=condition=Established", "--timeout=30s",
+            *(f"crd/{crd['metadata']['name']}" for crd in crds))  # fmt: skip
+    objects = retarget(rendered, namespace)
+    server_apply(kubeconfig, objects, dry_run=False)
+    return objects
+
+
 def retarget(objects: list[Obj], namespace: str) -> list[Obj]:
     """The base's RBAC objects and peering object, moved to `namespace`.
 

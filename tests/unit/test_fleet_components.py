@@ -162,6 +162,26 @@ def test_too_large_a_map_is_refused_counted_and_not_asked_again(fleet: Fleet, ho
     assert kept is not None and kept.hash == b"h1" and not kept.complete
 
 
+def test_a_refused_map_under_a_new_hash_is_published_as_a_change(
+    fleet: Fleet, bus: EventBus
+) -> None:
+    """The hash of a map too large to keep replaces the held one: the CR must show it."""
+    events = bus.subscribe("test")
+    socket = Socket()
+    send(fleet, socket, message(0, kinds=COLLECTOR))
+    while events.get_nowait() is not None:
+        pass
+    many = {"receivers": [f"r{i:05d}" for i in range(components.MAX_COMPONENTS + 1)]}
+    send(fleet, socket, message(1, digest=b"h2", kinds=many))
+    changed = []
+    while (event := events.get_nowait()) is not None:
+        if isinstance(event, AgentChanged):
+            changed.append(event.fields)
+    assert any("available_components" in fields for fields in changed)
+    kept = held(fleet)
+    assert kept is not None and kept.hash == b"h2" and not kept.complete
+
+
 def test_invalid_hash_is_refused_and_the_rest_of_the_message_applied(
     fleet: Fleet, hooks: Hooks
 ) -> None:

@@ -624,7 +624,8 @@ class Fleet:
             self._on_bad_input(channel.transport.value, refused.reason)
         # Asking again in this session would only bring the same refused map back.
         record.components_asked = bytes(message.available_components.hash)
-        return frozenset()
+        # A map too large to keep still brings its hash: what we held is stale now.
+        return frozenset({"available_components"}) if changed else frozenset()
 
     def _ask_components(self, record: AgentRecord, reply: ServerToAgent) -> None:
         """ReportAvailableComponents when we hold only the hash: once per hash a session."""
