@@ -208,6 +208,13 @@ kube_pod_watch_errors = Counter(
     ["outcome"],
     registry=REGISTRY,
 )
+loop_passes = Counter(
+    "opamp_loop_passes_total",
+    "Rounds completed by each periodic loop, failed rounds included (a flat line: the loop "
+    "is stuck); tests wait for rounds instead of sleeping.",
+    ["loop"],
+    registry=REGISTRY,
+)
 kube_watches_open = Gauge(
     "opamp_kube_watches_open",
     "Watch requests this process holds open on the API server, by resource (one per kind "

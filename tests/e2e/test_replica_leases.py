@@ -25,7 +25,7 @@ from tests.e2e.helpers import get_agent_cr
 from tests.support.faults import fetch, history, readyz
 from tests.support.goagent import GoAgent
 from tests.support.operator_process import OperatorProcess, kubectl, metric_value
-from tests.support.polling import eventually
+from tests.support.polling import eventually, rounds_pass
 from tests.support.tcpproxy import TcpProxy, api_server_address, proxied_kubeconfig
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
@@ -236,7 +236,9 @@ async def test_sigkilled_replica_is_adopted_exactly_once_and_agents_move_to_a_su
     # The agents come back through the load balancer, to a survivor: Online there.
     for agent_id in ids:
         await connect(agents, survivors[1], agent_id, kubeconfig, namespace)
-    await asyncio.sleep(2 * RENEW_SECONDS)  # nobody adopts or judges them again
+    for survivor in survivors:  # nobody adopts or judges them again: each looked twice
+        await rounds_pass("adoption", survivor.passes("adoption"), 2)
+        await rounds_pass("liveness", survivor.passes("liveness"), 2)
     for agent_id in ids:
         assert await held_by(kubeconfig, namespace, agent_id, "r-c")
         events = await events_about(kubeconfig, namespace, resource_name(agent_id), "replica_lost")

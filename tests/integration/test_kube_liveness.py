@@ -28,7 +28,7 @@ from opamp_operator.kube.shapes.agentstatus import build_status, format_time
 from opamp_operator.kube.shapes.naming import agent_labels
 from opamp_operator.kube.wiring.agentwatch import AgentWatch
 from tests.support.kube_mirror import FakeAgent, condition, events_for, kubectl
-from tests.support.polling import eventually
+from tests.support.polling import eventually, in_process_passes, rounds_pass
 
 pytestmark = pytest.mark.integration
 
@@ -185,7 +185,7 @@ async def test_deleted_cr_comes_back_only_for_a_connected_agent(
             return True if await mirror_api.get_agent(gone.cr_name) is None else None
 
         await eventually("the offline agent's CR gone", deleted)
-        await asyncio.sleep(1.0)  # a few timer and sweep rounds: it must stay deleted
+        await rounds_pass("liveness", in_process_passes("liveness"), 3)  # it stays deleted
         assert await mirror_api.get_agent(gone.cr_name) is None
 
         # ...until the agent comes back.

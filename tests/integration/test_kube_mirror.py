@@ -23,7 +23,7 @@ from opamp_operator.fleet.registry import Fleet
 from opamp_operator.kube.api.resources import KubeApi
 from opamp_operator.kube.mirror.statuswriter import StatusWriter
 from tests.support.kube_mirror import FakeAgent, condition, events_for, kubectl, table
-from tests.support.polling import eventually
+from tests.support.polling import eventually, in_process_passes, rounds_pass
 
 pytestmark = pytest.mark.integration
 
@@ -254,7 +254,7 @@ async def test_steady_fleet_causes_no_writes_between_refreshes(mirror: Mirror) -
         for agent in agents:
             assert mirror.fleet.handle_message(agent.channel, agent.heartbeat()) is not None
         assert mirror.fleet.check_deadlines() == 0
-        await asyncio.sleep(0.3)  # several sweeps of the writer (every 0.1s)
+        await rounds_pass("cr_sweep", in_process_passes("cr_sweep"), 3)  # the writer looked
         assert await mirror.writer.flush(within_seconds=10)
         assert sum(mirror.writer.requests.values()) == written
     assert await versions() == before

@@ -8,7 +8,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -179,6 +179,15 @@ class OperatorProcess:
     async def metrics_text(self) -> str:
         async with aiohttp.ClientSession() as session, session.get(f"{self.api_url}/metrics") as r:
             return await r.text()
+
+    def passes(self, loop: str) -> Callable[[], Awaitable[float]]:
+        """Reads `opamp_loop_passes_total{loop}` (for `tests.support.polling.rounds_pass`)."""
+
+        async def read() -> float:
+            text = await self.metrics_text()
+            return metric_value(text, "opamp_loop_passes_total", {"loop": loop})
+
+        return read
 
 
 def kubectl(kubeconfig: Path, *args: str) -> str:

@@ -17,6 +17,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar, overload
 
+from opamp_operator.metrics import REGISTRY
+
 T = TypeVar("T")
 
 _NOTHING = object()  # "the probe has not answered yet", distinct from any value it returns
@@ -100,3 +102,28 @@ def eventually_sync(
         if time.monotonic() >= deadline:
             raise _timed_out(what, within, last)
         time.sleep(every)
+
+
+async def rounds_pass(
+    loop: str, passes: Callable[[], Awaitable[float]], rounds: int, *, within: float = 60.0
+) -> None:
+    """Wait until the operator's periodic `loop` completed `rounds` more rounds
+    (`opamp_loop_passes_total{loop}`, read by `passes`): instead of sleeping for "nothing
+    happened", proof that the component looked and still did nothing."""
+    start = await passes()
+
+    async def done() -> float | None:
+        now = await passes()
+        return now if now >= start + rounds else None
+
+    await eventually(f"{rounds} more rounds of the {loop} loop", done, within=within)
+
+
+def in_process_passes(loop: str) -> Callable[[], Awaitable[float]]:
+    """`opamp_loop_passes_total{loop}` of this process (components run in-process)."""
+
+    async def read() -> float:
+        value = REGISTRY.get_sample_value("opamp_loop_passes_total", {"loop": loop})
+        return value or 0.0
+
+    return read

@@ -90,6 +90,7 @@ class LeaseKeeper:
                 log.exception(
                     "Lease %s renewal failed; trying again next interval", self.replica_id
                 )
+            metrics.loop_passes.labels("lease").inc()
 
     async def tick(self) -> None:
         try:

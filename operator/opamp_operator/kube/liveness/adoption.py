@@ -125,6 +125,7 @@ class Adopter:
                 await self.adopt_due()
             except Exception:
                 log.exception("adoption of lost replicas failed; trying again next interval")
+            metrics.loop_passes.labels("adoption").inc()
 
     async def adopt_due(self) -> list[str]:
         """Adopt every lost replica we may adopt now; return their ids."""

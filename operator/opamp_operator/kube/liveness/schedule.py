@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
+from opamp_operator import metrics
 from opamp_operator.fleet.deadlines import DeadlineScheduler
 from opamp_operator.kube.api.resources import KubeApiError
 from opamp_operator.kube.liveness.judge import LivenessChecker
@@ -64,6 +65,7 @@ class LivenessWatch:
                 await self.check_due()
             except Exception:
                 log.exception("liveness check failed; trying again next interval")
+            metrics.loop_passes.labels("liveness").inc()
 
     async def check_due(self) -> int:
         """Re-read every due CR and let the checker act on it; return how many were due."""

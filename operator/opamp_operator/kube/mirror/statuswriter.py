@@ -228,6 +228,7 @@ class StatusWriter:
                 self.sweep()
             except Exception:
                 log.exception("kube writer sweep failed; trying again next interval")
+            metrics.loop_passes.labels("cr_sweep").inc()
 
     # -- the workers -------------------------------------------------------------------
 
