@@ -35,6 +35,13 @@ from .fleet_metrics import (
     count_rejected_registration,
     count_slow_agent,
 )
+from .gcpolicy import (
+    GcPolicy,
+    PauseTimer,
+    install_pause_metrics,
+    remove_pause_metrics,
+    run_gc_policy,
+)
 from .kube.api import load_credentials
 from .kube.api.leases import LeaseApi
 from .kube.api.resources import KubeApi
@@ -97,6 +104,7 @@ class OperatorApp:
             else None
         )
         self.running = _Running()
+        self._pause_timer: PauseTimer | None = None
         self.kopf_registry: kopf.OperatorRegistry | None = None
 
     async def start(self) -> None:
@@ -106,6 +114,7 @@ class OperatorApp:
         await self._start_kube()
         self._spawn(run_deadline_ticker(self.fleet), "deadline-ticker")
         self._spawn(FleetMetrics(self._metric_events, self.bus).run(), "fleet-metrics")
+        self._start_gc_policy()
         await self._start_api()
         # New sessions' rows are committed before their first replies.
         ledger: SessionLedger = self.running.store or NO_LEDGER
@@ -118,6 +127,15 @@ class OperatorApp:
             self.settings.listener.host, listener.port, self.settings.listener.path,
             self.settings.api.host, self.running.api.port if self.running.api else "-",
         )  # fmt: skip
+
+    def _start_gc_policy(self) -> None:
+        """Collector pauses as a metric, and the freeze/thaw policy (gcpolicy.py)."""
+        self._pause_timer = install_pause_metrics()
+        settings, fleet = self.settings.gc, self.fleet
+        policy = GcPolicy(settings, time.monotonic(), fleet.sessions_opened)
+        sessions, agents = (lambda: fleet.sessions_opened), fleet.__len__
+        interval = settings.check_interval_seconds
+        self._spawn(run_gc_policy(policy, sessions, agents, interval=interval), "gc-policy")
 
     async def end_sessions(self) -> None:
         """Stop accepting and end every session as operator_shutdown (idempotent)."""
@@ -142,6 +160,8 @@ class OperatorApp:
         for task in running.tasks:
             task.cancel()
         await asyncio.gather(*running.tasks, return_exceptions=True)
+        if self._pause_timer is not None:
+            remove_pause_metrics(self._pause_timer)
         await self._release_lease(flushed)
         if running.api is not None:
             await running.api.stop()

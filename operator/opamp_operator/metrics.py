@@ -293,6 +293,27 @@ db_session_commit_wait_seconds = Histogram(
     registry=REGISTRY,
 )
 
+# -- Collector (gcpolicy.py) ---------------------------------------------------------
+gc_pause_seconds = Histogram(
+    "opamp_gc_pause_seconds",
+    "Garbage-collector pauses (the whole process stops), by generation (2: full).",
+    ["generation"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+    registry=REGISTRY,
+)
+gc_policy_actions = Counter(
+    "opamp_gc_policy_actions_total",
+    "Collector policy actions: freeze (the settled heap leaves collections), thaw (after "
+    "churn: unfreeze and collect it once).",
+    ["action"],
+    registry=REGISTRY,
+)
+gc_frozen_objects = Gauge(
+    "opamp_gc_frozen_objects",
+    "Objects frozen out of garbage collection by the collector policy (gc.get_freeze_count).",
+    registry=REGISTRY,
+)
+
 # -- REST API ------------------------------------------------------------------------
 api_requests = Counter(
     "opamp_api_requests_total",

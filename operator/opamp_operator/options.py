@@ -143,6 +143,12 @@ OPTIONS: tuple[Option, ...] = (
            "check REST callers with TokenReview + SubjectAccessReview (false: local dev only)"),
     Option("--api-auth-cache", "OPAMP_API_AUTH_CACHE", "api", "auth_cache_seconds", float,
            "how long a TokenReview/SubjectAccessReview decision is reused (seconds)"),
+    Option("--gc-freeze-settle", "OPAMP_GC_FREEZE_SETTLE", "gc", "freeze_settle_seconds",
+           _optional_float, "once no agent connected this long, freeze the heap out of "
+           "garbage collection: no full collection walks it (seconds; off: never)"),
+    Option("--gc-thaw-churn", "OPAMP_GC_THAW_CHURN", "gc", "thaw_churn", float,
+           "after this many new sessions since the freeze, as a fraction of the agents then "
+           "(at least 1,000), unfreeze and collect once: frees departed agents' cycles"),
 )  # fmt: skip
 
 
