@@ -38,6 +38,7 @@ from .fleet_metrics import (
 from .gcpolicy import (
     GcPolicy,
     PauseTimer,
+    full_collections,
     install_pause_metrics,
     remove_pause_metrics,
     run_gc_policy,
@@ -132,7 +133,7 @@ class OperatorApp:
         """Collector pauses as a metric, and the freeze/thaw policy (gcpolicy.py)."""
         self._pause_timer = install_pause_metrics()
         settings, fleet = self.settings.gc, self.fleet
-        policy = GcPolicy(settings, time.monotonic(), fleet.sessions_opened)
+        policy = GcPolicy(settings, time.monotonic(), fleet.sessions_opened, full_collections())
         sessions, agents = (lambda: fleet.sessions_opened), fleet.__len__
         interval = settings.check_interval_seconds
         self._spawn(run_gc_policy(policy, sessions, agents, interval=interval), "gc-policy")

@@ -11,6 +11,10 @@ without cycles still go at once (reference counting ignores the freeze); what le
 cycles of agents that leave (a closed connection's protocol, tasks and futures). So after a
 bounded amount of churn (sessions opened since the freeze, a fraction of the fleet frozen
 with) the policy unfreezes and collects once, and freezes again when the fleet is quiet.
+The first freeze at 10,000 agents, done with its own `gc.collect()`, took 3.8 s on a busy
+machine, and a heap frozen before the CRs were all written kept growing into full
+collections of 1.8 s (docs/benchmarks.md): hence freezing right after the collector's own
+full collections, again after each one.
 
 `GcPolicy` is the decision, pure and clock-driven (tested without a collector);
 `run_gc_policy` applies it every few seconds and `install_pause_metrics` times collections.
@@ -39,33 +43,45 @@ class Action(enum.Enum):
 
 
 class GcPolicy:
-    """When to freeze and when to thaw, from the fleet's session counter and a clock.
+    """When to freeze and when to thaw, from the fleet's session counter, the count of full
+    collections so far, and a clock.
 
-    Invariant: frozen exactly after a FREEZE answer until the next THAW answer. Settled
-    means no session opened for `freeze_settle_seconds` (a ramp or a reconnect storm is over);
-    thaw after `max(thaw_churn * agents at the freeze, min_thaw_sessions)` sessions.
+    Freezing rides on the collector's own full collections, so the policy adds no pause of
+    its own but the thaw: right after a full collection nothing long-lived is garbage, and
+    freezing then (after a young collection) takes the survivors out of every later one.
+    - thawed: once no session opened for `freeze_settle_seconds` (a ramp or a reconnect
+      storm is over), FREEZE after the next full collection;
+    - frozen: FREEZE again after each full collection (what the fleet grew since, e.g. its
+      CRs' bodies, joins the frozen heap, so no full collection walks more than the growth
+      since the last one); THAW after `max(thaw_churn * agents at the first freeze,
+      min_thaw_sessions)` sessions opened since it.
+    Invariant: `frozen` is true exactly from a FREEZE answer until the next THAW answer.
     """
 
-    def __init__(self, settings: CollectorSettings, now: float, sessions: int) -> None:
+    def __init__(
+        self, settings: CollectorSettings, now: float, sessions: int, full_collections: int = 0
+    ) -> None:
         self.settings = settings
         self.frozen = False
         self._quiet_since = now
         self._sessions = sessions  # the counter when it last moved (thawed) or at the freeze
+        self._full = full_collections
         self._thaw_after = 0
 
-    def decide(self, now: float, sessions: int, agents: int) -> Action:
-        """`sessions`: sessions opened since start (monotonic); `agents`: known now."""
-        settle = self.settings.freeze_settle_seconds
+    def decide(self, now: float, sessions: int, agents: int, full_collections: int) -> Action:
+        """`sessions`: opened since start; `agents`: known now; `full_collections`: so far."""
+        collected, self._full = full_collections != self._full, full_collections
         if self.frozen:
-            if sessions - self._sessions < self._thaw_after:
-                return Action.NONE
-            self.frozen = False
-            self._sessions, self._quiet_since = sessions, now
-            return Action.THAW
+            if sessions - self._sessions >= self._thaw_after:
+                self.frozen = False
+                self._sessions, self._quiet_since = sessions, now
+                return Action.THAW
+            return Action.FREEZE if collected else Action.NONE
         if sessions != self._sessions:
             self._sessions, self._quiet_since = sessions, now
             return Action.NONE
-        if settle is None or now - self._quiet_since < settle or agents == 0:
+        settle = self.settings.freeze_settle_seconds
+        if settle is None or now - self._quiet_since < settle or agents == 0 or not collected:
             return Action.NONE
         self.frozen = True
         minimum = self.settings.min_thaw_sessions
@@ -73,10 +89,15 @@ class GcPolicy:
         return Action.FREEZE
 
 
+def full_collections() -> int:
+    """Full (generation 2) collections in this process so far."""
+    return int(gc.get_stats()[2]["collections"])
+
+
 def apply(action: Action) -> None:
     """Carry out one decision on the process's collector, and count it."""
     if action is Action.FREEZE:
-        gc.collect()  # garbage frozen now would stay until the thaw
+        gc.collect(1)  # the young garbage since the full collection: freezing it would keep it
         gc.freeze()
     elif action is Action.THAW:
         gc.unfreeze()
@@ -99,7 +120,7 @@ async def run_gc_policy(
     try:
         while True:
             await asyncio.sleep(interval)
-            action = policy.decide(clock(), sessions(), agents())
+            action = policy.decide(clock(), sessions(), agents(), full_collections())
             if action is not Action.NONE:
                 started = time.perf_counter()
                 apply(action)

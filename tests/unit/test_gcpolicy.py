@@ -12,6 +12,7 @@ from opamp_operator.config import CollectorSettings, ConfigError
 from opamp_operator.gcpolicy import (
     Action,
     GcPolicy,
+    full_collections,
     install_pause_metrics,
     remove_pause_metrics,
     run_gc_policy,
@@ -20,39 +21,49 @@ from opamp_operator.gcpolicy import (
 SETTINGS = CollectorSettings(freeze_settle_seconds=60.0, thaw_churn=0.1, min_thaw_sessions=100)
 
 
-def test_freezes_only_after_no_session_opened_for_the_settle_time() -> None:
-    policy = GcPolicy(SETTINGS, now=0.0, sessions=0)
-    assert policy.decide(30.0, sessions=500, agents=500) is Action.NONE  # ramping
-    assert policy.decide(80.0, sessions=500, agents=500) is Action.NONE  # quiet for 50 s
-    assert policy.decide(89.0, sessions=501, agents=501) is Action.NONE  # one more: restart
-    assert policy.decide(148.0, sessions=501, agents=501) is Action.NONE
-    assert policy.decide(149.0, sessions=501, agents=501) is Action.FREEZE
+def test_freezes_after_the_first_full_collection_once_no_session_opened_for_a_while() -> None:
+    policy = GcPolicy(SETTINGS, now=0.0, sessions=0, full_collections=0)
+    assert policy.decide(30.0, sessions=500, agents=500, full_collections=1) is Action.NONE
+    assert policy.decide(80.0, sessions=500, agents=500, full_collections=2) is Action.NONE
+    assert policy.decide(89.0, sessions=501, agents=501, full_collections=2) is Action.NONE
+    assert policy.decide(149.0, sessions=501, agents=501, full_collections=2) is Action.NONE
+    assert not policy.frozen  # settled, but no full collection since the last look
+    assert policy.decide(154.0, sessions=501, agents=501, full_collections=3) is Action.FREEZE
     assert policy.frozen
-    assert policy.decide(500.0, sessions=501, agents=501) is Action.NONE  # stays frozen
+    assert policy.decide(500.0, sessions=501, agents=501, full_collections=3) is Action.NONE
+
+
+def test_frozen_it_freezes_again_after_each_full_collection() -> None:
+    policy = GcPolicy(SETTINGS, now=0.0, sessions=0, full_collections=0)
+    assert policy.decide(60.0, sessions=0, agents=10, full_collections=1) is Action.FREEZE
+    assert policy.decide(65.0, sessions=5, agents=10, full_collections=1) is Action.NONE
+    assert policy.decide(70.0, sessions=5, agents=10, full_collections=2) is Action.FREEZE
+    assert policy.decide(75.0, sessions=5, agents=10, full_collections=2) is Action.NONE
+    assert policy.frozen
 
 
 def test_thaws_after_a_tenth_of_the_fleet_churned_then_freezes_again_when_quiet() -> None:
-    policy = GcPolicy(SETTINGS, now=0.0, sessions=10_000)
-    assert policy.decide(60.0, sessions=10_000, agents=10_000) is Action.FREEZE
-    assert policy.decide(70.0, sessions=10_999, agents=10_000) is Action.NONE
-    assert policy.decide(75.0, sessions=11_000, agents=10_000) is Action.THAW  # 1,000 = 10 %
+    policy = GcPolicy(SETTINGS, now=0.0, sessions=10_000, full_collections=0)
+    assert policy.decide(60.0, sessions=10_000, agents=10_000, full_collections=1) is Action.FREEZE
+    assert policy.decide(70.0, sessions=10_999, agents=10_000, full_collections=1) is Action.NONE
+    assert policy.decide(75.0, sessions=11_000, agents=10_000, full_collections=1) is Action.THAW
     assert not policy.frozen
-    assert policy.decide(100.0, sessions=11_000, agents=10_000) is Action.NONE  # not yet quiet
-    assert policy.decide(135.0, sessions=11_000, agents=10_000) is Action.FREEZE
+    assert policy.decide(100.0, sessions=11_000, agents=10_000, full_collections=2) is Action.NONE
+    assert policy.decide(135.0, sessions=11_000, agents=10_000, full_collections=3) is Action.FREEZE
 
 
 def test_small_fleets_thaw_after_the_minimum_and_empty_ones_never_freeze() -> None:
-    policy = GcPolicy(SETTINGS, now=0.0, sessions=0)
-    assert policy.decide(100.0, sessions=0, agents=0) is Action.NONE
-    assert policy.decide(100.0, sessions=10, agents=10) is Action.NONE
-    assert policy.decide(160.0, sessions=10, agents=10) is Action.FREEZE
-    assert policy.decide(170.0, sessions=109, agents=10) is Action.NONE
-    assert policy.decide(171.0, sessions=110, agents=10) is Action.THAW  # 100, not 1
+    policy = GcPolicy(SETTINGS, now=0.0, sessions=0, full_collections=0)
+    assert policy.decide(100.0, sessions=0, agents=0, full_collections=1) is Action.NONE
+    assert policy.decide(100.0, sessions=10, agents=10, full_collections=2) is Action.NONE
+    assert policy.decide(160.0, sessions=10, agents=10, full_collections=3) is Action.FREEZE
+    assert policy.decide(170.0, sessions=109, agents=10, full_collections=3) is Action.NONE
+    assert policy.decide(171.0, sessions=110, agents=10, full_collections=3) is Action.THAW
 
 
 def test_off_never_freezes() -> None:
     policy = GcPolicy(CollectorSettings(freeze_settle_seconds=None), now=0.0, sessions=0)
-    assert policy.decide(10**6, sessions=0, agents=10_000) is Action.NONE
+    assert policy.decide(10**6, sessions=0, agents=10_000, full_collections=5) is Action.NONE
 
 
 def test_settings_are_validated() -> None:
@@ -65,12 +76,13 @@ def test_settings_are_validated() -> None:
 async def test_runner_freezes_the_heap_and_leaves_it_unfrozen_when_cancelled() -> None:
     quick = CollectorSettings(freeze_settle_seconds=0.0)
     clock = iter(float(i) for i in range(1000))
-    policy = GcPolicy(quick, now=0.0, sessions=1)
+    policy = GcPolicy(quick, now=0.0, sessions=1, full_collections=full_collections())
     task = asyncio.create_task(
         run_gc_policy(policy, lambda: 1, lambda: 1, interval=0.001, clock=lambda: next(clock))
     )
     try:
         for _ in range(200):
+            gc.collect()  # the full collection it freezes after
             await asyncio.sleep(0.005)
             if policy.frozen:
                 break
