@@ -23,6 +23,7 @@ from .api.auth import KubeAuthorizer
 from .api.history import StoreHistoryReader
 from .api.server import ApiServer
 from .config import Settings
+from .eventloop import loop_factory
 from .fleet.clock import Clock, SystemClock
 from .fleet.events import EventBus
 from .fleet.identity import DuplicateUid
@@ -379,7 +380,8 @@ async def _start_demo_agents(app: OperatorApp, count: int) -> asyncio.subprocess
 
 def run_operator(settings: Settings, demo_agents: int = 0) -> int:
     try:
-        asyncio.run(serve(settings, demo_agents))
+        with asyncio.Runner(loop_factory=loop_factory(settings.process.event_loop)) as runner:
+            runner.run(serve(settings, demo_agents))
     except (StoreUnavailable, OSError) as error:
         log.error("cannot start: %s", error)
         return 1

@@ -294,6 +294,11 @@ class CollectorSettings:
 
 
 @dataclass(frozen=True)
+class ProcessSettings:
+    event_loop: str = "asyncio"  # or "uvloop", when installed (eventloop.py)
+
+
+@dataclass(frozen=True)
 class Settings:
     fleet: FleetSettings = field(default_factory=FleetSettings)
     listener: ListenerSettings = field(default_factory=ListenerSettings)
@@ -301,3 +306,4 @@ class Settings:
     kube: KubeSettings = field(default_factory=KubeSettings)
     api: ApiSettings = field(default_factory=ApiSettings)
     gc: CollectorSettings = field(default_factory=CollectorSettings)
+    process: ProcessSettings = field(default_factory=ProcessSettings)
