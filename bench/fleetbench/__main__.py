@@ -57,6 +57,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--steady", type=float, default=60.0, help="steady window (seconds)")
     parser.add_argument("--saturation-agents", type=int, default=500)
     parser.add_argument("--saturation-heartbeat", type=float, default=0.05)
+    parser.add_argument(
+        "--saturation-transport",
+        nargs="+",
+        choices=["ws", "http"],
+        default=["ws"],
+        help="saturation over WebSocket, plain HTTP (the simulator polls), or both in turn",
+    )
     parser.add_argument("--no-saturation", action="store_true")
     parser.add_argument("--no-peer", action="store_true")
     parser.add_argument("--no-storm", action="store_true", help="skip the reconnect storm")
@@ -117,17 +124,19 @@ async def run(args: argparse.Namespace, bed: TestBed, workdir: Path) -> dict[str
         gc_stats=not args.no_gc_stats,
     )
     results: dict[str, Any] = {"machine": machine(), "argv": sys.argv, "options": options}
-    sat_plan = SaturationPlan(
-        agents=args.saturation_agents, heartbeat=args.saturation_heartbeat, profile=args.profile
-    )
-    ours: SaturationResult | None = None
-    theirs: SaturationResult | None = None
-    if not args.no_saturation:
-        print("[saturation] operator", flush=True)
+    saturations: dict[str, tuple[SaturationResult, SaturationResult | None]] = {}
+    for transport in [] if args.no_saturation else args.saturation_transport:
+        sat_plan = SaturationPlan(
+            agents=args.saturation_agents, heartbeat=args.saturation_heartbeat,
+            profile=args.profile, transport=transport,
+        )  # fmt: skip
+        print(f"[saturation {transport}] operator", flush=True)
         ours = await operator_saturation(bed, sat_plan, workdir, options)
+        theirs: SaturationResult | None = None
         if not args.no_peer:
-            print("[saturation] peer", flush=True)
+            print(f"[saturation {transport}] peer", flush=True)
             theirs = await peer_saturation(sat_plan, workdir)
+        saturations[transport] = (ours, theirs)
     fleets: list[FleetResult] = []
     peers: dict[int, PeerFleetResult] = {}
     for n in args.agents:
@@ -142,30 +151,30 @@ async def run(args: argparse.Namespace, bed: TestBed, workdir: Path) -> dict[str
         if not args.no_peer:
             print(f"[fleet {n}] peer", flush=True)
             peers[n] = await peer_fleet(n, args.ramp, 30.0, workdir)
-    results.update(saturation={"operator": ours, "peer": theirs}, fleets=fleets, peers=peers)
+    results["saturation"] = {t: {"operator": o, "peer": p} for t, (o, p) in saturations.items()}
+    results.update(fleets=fleets, peers=peers)
     results["offline"] = {r.plan.agents: offline_summary(r.offline_delays) for r in fleets}
-    print_report(results, ours, theirs, fleets, peers)
+    print_report(results, saturations, fleets, peers)
     return results
 
 
 def print_report(
     results: dict[str, Any],
-    ours: SaturationResult | None,
-    theirs: SaturationResult | None,
+    saturations: dict[str, tuple[SaturationResult, SaturationResult | None]],
     fleets: list[FleetResult],
     peers: dict[int, PeerFleetResult],
 ) -> None:
     m = results["machine"]
     print(f"\nMachine: nproc {m['nproc']}, {m['model']}, {m['memory']}")
     print(f"Date: {m['date']}, commit {m['commit']}, Python {m['python']}\n")
-    if ours is not None:
+    for transport, (ours, theirs) in saturations.items():
         plan = ours.plan
-        print(f"Saturation: {plan.agents} agents, heartbeat {plan.heartbeat:g} s, "
-              f"window {plan.window_seconds:g} s\n")  # fmt: skip
+        print(f"Saturation over {transport}: {plan.agents} agents, heartbeat "
+              f"{plan.heartbeat:g} s, window {plan.window_seconds:g} s\n")  # fmt: skip
         print(saturation_table(ours, theirs) + "\n")
     if fleets:
         print(fleet_table(fleets, peers) + "\n")
-    profiles = [p for p in [ours.profile if ours else None] if p is not None]
+    profiles = [ours.profile for ours, _ in saturations.values() if ours.profile is not None]
     for fleet in fleets:
         profiles.extend(fleet.profiles.values())
     for path in profiles:

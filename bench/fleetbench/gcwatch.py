@@ -9,11 +9,14 @@ two perf_counter() calls per collection; the operator's code is untouched.
 For experiments, $FLEETBENCH_GC_THRESHOLD ("a,b,c") sets the collector's thresholds before
 the operator starts, and $FLEETBENCH_GC_FREEZE_AFTER (seconds) calls gc.freeze() once
 that long after start (to compare collector settings without editing the operator).
+$FLEETBENCH_EVENT_LOOP=uvloop runs it on uvloop's event loop (to measure it the same way).
 """
 
 from __future__ import annotations
 
+import asyncio
 import gc
+import importlib
 import json
 import os
 import signal
@@ -124,6 +127,9 @@ def main() -> None:
         timer = threading.Timer(float(freeze_after), gc.freeze)
         timer.daemon = True
         timer.start()
+    if os.environ.get("FLEETBENCH_EVENT_LOOP") == "uvloop":
+        uvloop = importlib.import_module("uvloop")  # installed by hand to measure it
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     from opamp_operator.cli import main as operator_main
 
     raise SystemExit(operator_main(sys.argv[2:]))

@@ -53,6 +53,16 @@ async def wait_connected(peer: PeerServer, n: int, within: float) -> float | Non
     return None
 
 
+async def wait_known(peer: PeerServer, n: int, within: float) -> float | None:
+    """Until the peer has heard from `n` agents (HTTP agents are never "connected")."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if len(await peer.agents()) >= n:
+            return time.monotonic()
+        await asyncio.sleep(1)
+    return None
+
+
 async def peer_fleet(agents: int, ramp: float, window: float, workdir: Path) -> PeerFleetResult:
     plan = SimPlan(agents=agents, duration=agents / ramp + 45 + window, ramp=ramp)
     async with PeerServer() as peer:

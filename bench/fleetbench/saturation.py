@@ -16,7 +16,7 @@ from typing import Any
 from tests.support.goagent import PeerServer
 
 from . import profiling
-from .peer_runs import message_count, wait_connected
+from .peer_runs import message_count, wait_connected, wait_known
 from .procstat import cpu_percent, machine_busy_percent, machine_sample, sample
 from .stack import (
     OperatorOptions,
@@ -37,6 +37,7 @@ class SaturationPlan:
     settle_seconds: float = 60.0  # at most: connect and write every CR before the window
     window_seconds: float = 20.0
     profile: bool = False
+    transport: str = "ws"  # or "http": every heartbeat a POST (the simulator polls)
 
 
 @dataclass
@@ -76,13 +77,16 @@ async def operator_saturation(
     sim: Simulator | None = None
     try:
         await op.start(within=120)
-        sim = Simulator(saturation_sim(plan), op.ws_url, workdir, "sim-sat-operator")
+        url = op.http_url if plan.transport == "http" else op.ws_url
+        sim = Simulator(saturation_sim(plan), url, workdir, f"sim-sat-operator-{plan.transport}")
         await sim.start()
         pid = operator_pid(op)
+        # An HTTP agent holds no connection: count it Online instead.
+        held = "opamp_agents_online_total" if plan.transport == "http" else "opamp_connections_open"
 
         def settled_check(m: Any) -> bool:
             return bool(
-                m.value("opamp_connections_open") >= plan.agents
+                m.value(held) >= plan.agents
                 and m.value("opamp_kube_write_queue_depth") == 0
                 and m.value("opamp_kube_writes_total", kind="event") >= plan.agents
             )
@@ -90,7 +94,7 @@ async def operator_saturation(
         settled = await wait_metrics(op.api_url, settled_check, plan.settle_seconds - 1)
         profile = None
         if plan.profile:
-            out = workdir / "profile-saturation.txt"
+            out = workdir / f"profile-saturation-{plan.transport}.txt"
             profile = asyncio.create_task(profiling.record(pid, plan.window_seconds - 1, out))
         m0, s0, q0, c0 = await scrape(op.api_url), sample(pid), sample(sim.pid), machine_sample()
         await asyncio.sleep(plan.window_seconds)
@@ -112,10 +116,15 @@ async def operator_saturation(
 async def peer_saturation(plan: SaturationPlan, workdir: Path) -> SaturationResult:
     async with PeerServer() as peer:
         await peer.start()
-        sim = Simulator(saturation_sim(plan), peer.ws_url, workdir, "sim-sat-peer")
+        url = peer.http_url if plan.transport == "http" else peer.ws_url
+        sim = Simulator(saturation_sim(plan), url, workdir, f"sim-sat-peer-{plan.transport}")
         await sim.start()
         try:
-            settled = await wait_connected(peer, plan.agents, plan.settle_seconds - 1)
+            within = plan.settle_seconds - 1
+            if plan.transport == "http":  # never "connected": every agent heard from
+                settled = await wait_known(peer, plan.agents, within)
+            else:
+                settled = await wait_connected(peer, plan.agents, within)
             a0, s0, q0 = await peer.agents(), sample(peer.pid), sample(sim.pid)
             c0 = machine_sample()
             await asyncio.sleep(plan.window_seconds)

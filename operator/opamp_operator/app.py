@@ -26,6 +26,7 @@ from .api.auth import KubeAuthorizer
 from .api.history import StoreHistoryReader
 from .api.server import ApiServer
 from .config import Settings, StoreSettings
+from .eventloop import loop_factory
 from .fleet.clock import Clock, SystemClock
 from .fleet.events import EventBus
 from .fleet.identity import DuplicateUid
@@ -39,6 +40,13 @@ from .fleet_metrics import (
     count_duplicate,
     count_rejected_registration,
     count_slow_agent,
+)
+from .gcpolicy import (
+    GcPolicy,
+    full_collections,
+    install_pause_metrics,
+    remove_pause_metrics,
+    run_gc_policy,
 )
 from .kube.api import load_credentials
 from .kube.api.leases import LeaseApi
@@ -123,6 +131,7 @@ class OperatorApp:
         await self._start_lease(api, gate, pool)
         self._spawn(run_deadline_ticker(self.fleet), "deadline-ticker")
         self._spawn(FleetMetrics(self._metric_events, self.bus).run(), "fleet-metrics")
+        self._start_gc_policy()
         await self._start_writers(pool, api, gate)
         await self._start_listener()
 
@@ -139,6 +148,15 @@ class OperatorApp:
             self.settings.listener.host, listener.port, self.settings.listener.path,
             self.settings.api.host, self.running.api.port if self.running.api else "-",
         )  # fmt: skip
+
+    def _start_gc_policy(self) -> None:
+        """Collector pauses as a metric, and the freeze/thaw policy (gcpolicy.py)."""
+        self._stops.callback(remove_pause_metrics, install_pause_metrics())
+        settings, fleet = self.settings.gc, self.fleet
+        policy = GcPolicy(settings, time.monotonic(), fleet.sessions_opened, full_collections())
+        sessions, agents = (lambda: fleet.sessions_opened), fleet.__len__
+        interval = settings.check_interval_seconds
+        self._spawn(run_gc_policy(policy, sessions, agents, interval=interval), "gc-policy")
 
     async def end_sessions(self) -> None:
         """Stop accepting and end every session as operator_shutdown (idempotent)."""
@@ -384,7 +402,8 @@ async def _start_demo_agents(app: OperatorApp, count: int) -> asyncio.subprocess
 
 def run_operator(settings: Settings, demo_agents: int = 0) -> int:
     try:
-        asyncio.run(serve(settings, demo_agents))
+        with asyncio.Runner(loop_factory=loop_factory(settings.process.event_loop)) as runner:
+            runner.run(serve(settings, demo_agents))
     except (StoreUnavailable, OSError) as error:
         log.error("cannot start: %s", error)
         return 1

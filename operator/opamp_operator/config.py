@@ -274,9 +274,34 @@ class ApiSettings:
 
 
 @dataclass(frozen=True)
+class CollectorSettings:
+    """The collector policy (gcpolicy.py): freeze the settled heap, thaw after churn."""
+
+    freeze_settle_seconds: float | None = 60.0  # no new session this long: freeze (None: never)
+    thaw_churn: float = 0.1  # sessions opened since the freeze, as a fraction of the fleet
+    min_thaw_sessions: int = 1000  # ... but at least this many (small fleets churn freely)
+    check_interval_seconds: float = 5.0
+
+    def __post_init__(self) -> None:
+        if self.freeze_settle_seconds is not None and self.freeze_settle_seconds < 0:
+            raise ConfigError("gc freeze settle time must be >= 0 seconds (or off)")
+        if self.thaw_churn <= 0 or self.min_thaw_sessions < 1:
+            raise ConfigError("gc thaw churn and its minimum must be positive")
+        if self.check_interval_seconds <= 0:
+            raise ConfigError("gc check interval must be > 0 seconds")
+
+
+@dataclass(frozen=True)
+class ProcessSettings:
+    event_loop: str = "asyncio"  # or "uvloop", when installed (eventloop.py)
+
+
+@dataclass(frozen=True)
 class Settings:
     fleet: FleetSettings = field(default_factory=FleetSettings)
     listener: ListenerSettings = field(default_factory=ListenerSettings)
     store: StoreSettings = field(default_factory=StoreSettings)
     kube: KubeSettings = field(default_factory=KubeSettings)
     api: ApiSettings = field(default_factory=ApiSettings)
+    gc: CollectorSettings = field(default_factory=CollectorSettings)
+    process: ProcessSettings = field(default_factory=ProcessSettings)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import ConfigError, Settings
+from .eventloop import parse_loop
 
 
 def _bool(text: str) -> bool:
@@ -143,6 +144,15 @@ OPTIONS: tuple[Option, ...] = (
            "check REST callers with TokenReview + SubjectAccessReview (false: local dev only)"),
     Option("--api-auth-cache", "OPAMP_API_AUTH_CACHE", "api", "auth_cache_seconds", float,
            "how long a TokenReview/SubjectAccessReview decision is reused (seconds)"),
+    Option("--event-loop", "OPAMP_EVENT_LOOP", "process", "event_loop", parse_loop,
+           "asyncio, or uvloop (opt-in: pip install 'opamp-operator[uvloop]'; measured in "
+           "docs/benchmarks.md)"),
+    Option("--gc-freeze-settle", "OPAMP_GC_FREEZE_SETTLE", "gc", "freeze_settle_seconds",
+           _optional_float, "once no agent connected this long, freeze the heap out of "
+           "garbage collection: no full collection walks it (seconds; off: never)"),
+    Option("--gc-thaw-churn", "OPAMP_GC_THAW_CHURN", "gc", "thaw_churn", float,
+           "after this many new sessions since the freeze, as a fraction of the agents then "
+           "(at least 1,000), unfreeze and collect once: frees departed agents' cycles"),
 )  # fmt: skip
 
 

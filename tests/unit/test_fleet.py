@@ -184,6 +184,25 @@ def test_bad_instance_uid_gets_bad_request(fleet: Fleet) -> None:
     assert len(fleet) == 0
 
 
+def test_each_message_reaches_the_agent_its_uid_names_whatever_the_channel(
+    fleet: Fleet,
+) -> None:
+    # The fleet reuses a WebSocket session's agent id instead of formatting the uid of every
+    # message: a message naming another uid on that channel (or a bad one) must not be
+    # taken for the session's agent.
+    channel, other = FakeChannel(), uuid.uuid4().bytes
+    fleet.handle_message(channel, message(UID, 1, service="a"))
+    fleet.handle_message(channel, message(UID, 2))
+    fleet.handle_message(channel, message(other, 7, service="b"))
+    fleet.handle_message(channel, message(UID, 3))
+    mine, theirs = fleet.get(AGENT_ID), fleet.get(str(uuid.UUID(bytes=other)))
+    assert mine is not None and mine.sequence_num == 3 and mine.service_name == "a"
+    assert theirs is not None and theirs.sequence_num == 7 and theirs.service_name == "b"
+    reply = fleet.handle_message(channel, message(b"short", 4))
+    assert reply is not None
+    assert reply.error_response.type == opamp_pb2.ServerErrorResponseType_BadRequest
+
+
 def test_registration_rate_and_cap_reject_with_retry_hint(clock: FakeClock, bus: EventBus) -> None:
     settings = FleetSettings(max_agents=3, registrations_per_second=1, registration_burst=2)
     fleet = Fleet(settings, clock, bus)

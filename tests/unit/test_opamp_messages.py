@@ -27,6 +27,7 @@ from opamp_operator.opamp.messages import (
     parse_agent_to_server,
     parse_server_to_agent,
     server_capabilities,
+    uid_text,
     validate_instance_uid,
 )
 
@@ -108,6 +109,12 @@ def test_validate_instance_uid_rejects_wrong_length(length: int) -> None:
     with pytest.raises(InvalidInstanceUid, match=f"got {length}") as info:
         validate_instance_uid(b"\x01" * length)
     assert info.value.reason == ("empty_instance_uid" if length == 0 else "invalid_instance_uid")
+
+
+def test_uid_text_is_the_uuid_text_form() -> None:
+    for raw in (bytes(16), b"\xff" * 16, UID, *(uuid.uuid4().bytes for _ in range(200))):
+        assert uid_text(raw) == str(uuid.UUID(bytes=raw))
+        assert validate_instance_uid(raw) == str(uuid.UUID(bytes=raw))
 
 
 def test_instance_uid_text_round_trip() -> None:

@@ -115,6 +115,14 @@ def test_message_kind() -> None:
     bye = AgentToServer(instance_uid=uid)
     bye.agent_disconnect.SetInParent()
     assert message_kind(bye) == "disconnect"
+    bye.health.healthy = True  # a goodbye with a report is still a goodbye
+    assert message_kind(bye) == "disconnect"
+    asks = AgentToServer(instance_uid=uid, sequence_num=3, flags=1)  # RequestInstanceUid
+    assert message_kind(asks) == "report"
+    for field in ("effective_config", "package_statuses", "custom_message"):
+        message = AgentToServer(instance_uid=uid)
+        getattr(message, field).SetInParent()
+        assert message_kind(message) == "report", field
 
 
 def test_remote_addr() -> None:

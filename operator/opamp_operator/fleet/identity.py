@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import os
 import time
-import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Final
@@ -95,7 +94,3 @@ def new_instance_uid() -> bytes:
     raw[6] = (raw[6] & 0x0F) | 0x70  # version 7
     raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
     return bytes(raw)
-
-
-def uid_text(uid: bytes) -> str:
-    return str(uuid.UUID(bytes=uid))

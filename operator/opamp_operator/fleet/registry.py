@@ -20,6 +20,7 @@ from opamp_operator.opamp.messages import (
     ServerToAgent,
     error_response,
     server_capabilities,
+    uid_text,
     validate_instance_uid,
 )
 
@@ -36,7 +37,7 @@ from .events import (
     SessionClosed,
     SessionOpened,
 )
-from .identity import DuplicateUid, identity_of, is_duplicate, new_instance_uid, uid_text
+from .identity import DuplicateUid, identity_of, is_duplicate, new_instance_uid
 from .limits import Rejection, TokenBucket
 from .model import DEPARTURES, AgentPhase, AgentSnapshot, Liveness, Reason, SessionInfo, Transport
 from .offers import DesiredSettings, default_offers
@@ -167,14 +168,13 @@ class Fleet:
 
     def handle_message(self, channel: Channel, message: AgentToServer) -> ServerToAgent | None:
         """Apply one AgentToServer; return the reply (None after an AgentDisconnect)."""
-        try:
-            agent_id = validate_instance_uid(bytes(message.instance_uid))
-        except InvalidInstanceUid as error:
-            return error_response(
-                bytes(message.instance_uid),
-                opamp_pb2.ServerErrorResponseType_BadRequest,
-                str(error),
-            )
+        uid = bytes(message.instance_uid)
+        agent_id = self._channel_agent(channel, uid)
+        if agent_id is None:
+            try:
+                agent_id = validate_instance_uid(uid)
+            except InvalidInstanceUid as error:
+                return error_response(uid, opamp_pb2.ServerErrorResponseType_BadRequest, str(error))
         alias = self._aliases.get(channel)
         if alias is not None and alias[0] == agent_id:
             original = self._agents.get(agent_id)
@@ -190,6 +190,18 @@ class Fleet:
         elif self._duplicate(record, channel, message):
             return self._split_duplicate(record, channel, message)
         return self._serve(record, channel, message)
+
+    def _channel_agent(self, channel: Channel, uid: bytes) -> str | None:
+        """The id of the agent whose session `channel` carries, if `uid` is its uid.
+
+        Every message of a WebSocket session carries the same uid: this saves formatting
+        its text form per message. None: not known here; validate and format it.
+        """
+        agent_id = self._by_channel.get(channel)
+        if agent_id is None:
+            return None
+        record = self._agents.get(agent_id)
+        return agent_id if record is not None and record.uid_bytes == uid else None
 
     def _serve(
         self, record: AgentRecord, channel: Channel, message: AgentToServer

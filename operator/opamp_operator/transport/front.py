@@ -14,6 +14,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
+from typing import cast
 
 from opamp_operator import metrics
 
@@ -57,8 +58,9 @@ class FrontProtocol(asyncio.Protocol):
         self._done = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # A stream transport, but not always an asyncio.Transport subclass: uvloop's
+        # TCPTransport implements the interface without inheriting it.
+        self._transport = cast(asyncio.Transport, transport)
         loop = asyncio.get_running_loop()
         self._accepted_at = loop.time()
         self._timer = loop.call_later(self._head_timeout, self._timed_out)

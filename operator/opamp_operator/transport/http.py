@@ -58,6 +58,7 @@ log = logging.getLogger(__name__)
 CONTENT_TYPE: Final = "application/x-protobuf"
 _LINGER_SECONDS: Final = 2.0  # how long aiohttp drains an unread body after an early answer
 _HTTP: Final = Transport.HTTP.value
+_MESSAGES: Final = metrics.MessageMetrics(_HTTP)
 
 
 @dataclass(frozen=True, eq=False, slots=True)
@@ -164,11 +165,11 @@ class HttpEndpoint:
         account = None if identity is None else identity.service_account
         opened = self._fleet.sessions_opened
         reply = self._fleet.handle_message(HttpChannel(_peer(request), account), message)
-        metrics.messages_received.labels(_HTTP, message_kind(message)).inc()
+        _MESSAGES.received(message_kind(message))
         if self._fleet.sessions_opened != opened:
             await self._ledger.recorded()  # its row first: the reply acknowledges the session
         response = self._reply(request, message, reply)
-        metrics.message_handling_seconds.labels(_HTTP).observe(time.perf_counter() - started)
+        _MESSAGES.handled(time.perf_counter() - started)
         return response
 
     def _check_head(self, request: BaseRequest) -> web.StreamResponse | Admission:

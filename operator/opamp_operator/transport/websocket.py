@@ -60,6 +60,7 @@ class _RedactCredentials(logging.Filter):
 
 protocol_log.addFilter(_RedactCredentials())
 
+_MESSAGES: Final = metrics.MessageMetrics(Transport.WEBSOCKET.value)
 _MAX_QUEUE: Final = 4  # unread messages buffered per connection before reading pauses
 _CLOSE_REASON_BYTES: Final = 123  # the most a close frame's reason may hold
 # Close codes websockets sends itself when a peer breaks the protocol, as metric reasons.
@@ -318,7 +319,7 @@ class WebSocketEndpoint:
             log.exception("handling a message from %s failed", channel.remote_addr)
             channel.close(CloseCode.INTERNAL_ERROR, "internal error", Reason.CONNECTION_CLOSED)
             return False
-        metrics.messages_received.labels(Transport.WEBSOCKET.value, message_kind(message)).inc()
+        _MESSAGES.received(message_kind(message))
         if self._fleet.sessions_opened != opened:
             await self._ledger.recorded()  # its row first: the reply acknowledges the session
         if reply is not None:
@@ -326,7 +327,7 @@ class WebSocketEndpoint:
                 allowed.add(bytes(reply.agent_identification.new_instance_uid))
             await channel.send(reply)
         elapsed = time.perf_counter() - started
-        metrics.message_handling_seconds.labels(Transport.WEBSOCKET.value).observe(elapsed)
+        _MESSAGES.handled(elapsed)
         return True
 
     async def _check_binding(
