@@ -17,8 +17,6 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar, overload
 
-from opamp_operator.metrics import REGISTRY
-
 T = TypeVar("T")
 
 _NOTHING = object()  # "the probe has not answered yet", distinct from any value it returns
@@ -121,6 +119,10 @@ async def rounds_pass(
 
 def in_process_passes(loop: str) -> Callable[[], Awaitable[float]]:
     """`opamp_loop_passes_total{loop}` of this process (components run in-process)."""
+    # Imported here, not at the top: the official Python client's child process imports
+    # this module and must not load the operator's protobuf modules (both register
+    # `anyvalue.proto` in protobuf's default pool).
+    from opamp_operator.metrics import REGISTRY
 
     async def read() -> float:
         value = REGISTRY.get_sample_value("opamp_loop_passes_total", {"loop": loop})
