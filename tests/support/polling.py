@@ -103,13 +103,19 @@ def eventually_sync(
 
 
 async def grows(
-    what: str, read: Callable[[], Awaitable[float]], by: float = 1, *, within: float = 30.0
+    what: str,
+    read: Callable[[], Awaitable[float]],
+    by: float = 1,
+    *,
+    since: float | None = None,
+    within: float = 30.0,
 ) -> float:
-    """Wait until the counter `read` returns grew by `by` from its value now; return it.
+    """Wait until the counter `read` returns grew by `by` from `since` (default: its value
+    now; pass one read before causing what the counter counts); return it.
 
     For "the component looked": a counter it bumps on each look (a loop's passes, a
     failed attempt, a refusal) proves it ran, where a sleep only hopes it did."""
-    start = await read()
+    start = await read() if since is None else since
 
     async def done() -> float | None:
         now = await read()
