@@ -243,7 +243,7 @@ async def test_claims_that_do_not_hold_up_are_not_linked_and_say_why(
         before = await gone()
         delete_pod(kube_api, pods_ns, "collector-0")
         delete_pod(kube_api, pods_ns, "marker")
-        await grows("the linker to see the marker Pod go", gone)
+        await grows("the linker to see the marker Pod go", gone, since=before)
         assert await gone() == before + 1  # the marker's agent, and nobody else
         for agent_id in ids.values():
             assert await _online(kubeconfig, namespace, agent_id) is not None
