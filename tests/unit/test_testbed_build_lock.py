@@ -15,7 +15,7 @@ def test_a_build_waits_for_the_other_builder_and_reuses_its_binary(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("OPAMP_OPERATOR_CACHE", str(tmp_path))
-    monkeypatch.setattr(binaries.shutil, "which", lambda _name: "/usr/bin/go")
+    monkeypatch.setattr("shutil.which", lambda _name: "/usr/bin/go")
     commands: list[list[str]] = []
     monkeypatch.setattr(binaries, "_run", lambda cmd, *_args: commands.append(cmd))
     waiting = threading.Event()
