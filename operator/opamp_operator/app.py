@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import signal
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from contextlib import AsyncExitStack
@@ -119,6 +121,8 @@ class OperatorApp:
         # failed half-way stops exactly what did start.
         self._stops = AsyncExitStack()
         self._flushed = True  # the status writer wrote everything before it stopped
+        self._stop_deadline: float | None = None  # loop time: settings.process.shutdown_seconds
+        self._stopped = False
 
     async def start(self) -> None:
         """Start every part; the order is the reverse of the stop order (see `stop`)."""
@@ -159,21 +163,38 @@ class OperatorApp:
         self._spawn(run_gc_policy(policy, sessions, agents, interval=interval), "gc-policy")
 
     async def end_sessions(self) -> None:
-        """Stop accepting and end every session as operator_shutdown (idempotent)."""
+        """Stop accepting and end every session as operator_shutdown (idempotent); the
+        close handshakes get at most half the shutdown budget."""
+        self._begin_stop()
         self.fleet.begin_shutdown()  # no heartbeat times out while the sockets close
         if self.running.listener is not None:
-            await self.running.listener.stop(reason="operator_shutdown")
+            half = self.settings.process.shutdown_seconds / 2
+            await self.running.listener.stop(reason="operator_shutdown", within_seconds=half)
         self.fleet.shutdown()  # HTTP sessions have no socket: end them here
 
     async def stop(self) -> None:
         """Stop in the reverse of the start order: end every session as operator_shutdown
         (listener), stop Pod linking and GitOps, flush history and CRs, stop the background
         tasks, release the Lease, close the REST API, the Kubernetes client and the pool."""
+        if self._stopped:
+            return
+        self._begin_stop()
         await self._stops.aclose()
+        self._stopped = True
         log.info("stopped: %d agents known, all sessions closed", len(self.fleet))
 
+    def _begin_stop(self) -> None:
+        """The shutdown budget starts with whichever comes first: ending sessions, or stop."""
+        if self._stop_deadline is None:
+            budget = self.settings.process.shutdown_seconds
+            self._stop_deadline = asyncio.get_running_loop().time() + budget
+
     async def _stop_mirror(self, mirror: StatusWriter) -> None:
-        self._flushed = await mirror.stop()
+        # Last in the budget, after the history flush: CRs the writer cannot write in time
+        # are the adopting replica's (our Lease is then left to expire) or the next process's.
+        assert self._stop_deadline is not None
+        left = self._stop_deadline - asyncio.get_running_loop().time()
+        self._flushed = await mirror.stop(within_seconds=max(1.0, left))
 
     async def _release_lease(self, lease: LeaseKeeper) -> None:
         """Delete our Lease once every CR says what we ended; else let a survivor adopt us."""
@@ -355,12 +376,15 @@ async def serve(settings: Settings, demo_agents: int = 0) -> None:
         await app.stop()  # release whatever did start (pool, threads, sockets)
         raise
     demo = await _start_demo_agents(app, demo_agents) if demo_agents else None
+    kopf_ready, kopf_stop = asyncio.Event(), asyncio.Event()
+    # Created before Kopf starts, so Kopf's task sweep at its exit leaves it alone.
+    signals = asyncio.create_task(_stop_on_signal(app, kopf_ready, kopf_stop), name="signals")
     try:
         assert app.kopf_registry is not None
-        # On SIGTERM Kopf stops its root tasks (running cleanup handlers), then gives every
-        # task started after it 5 s and cancels them: the WebSocket handlers among them, so
-        # agents would see an aborted connection (connection_closed) and reconnect before
-        # `app.stop()`. Ending the sessions in a cleanup handler runs before that sweep.
+        # The path for a stop that Kopf begins (a signal before it was ready, a failure of
+        # its own): on stopping, Kopf runs cleanup handlers, then gives every task started
+        # after it 5 s and cancels it, the WebSocket handlers among them (agents would see
+        # an aborted connection, connection_closed). Ending the sessions here comes first.
         kopf.on.cleanup(registry=app.kopf_registry, id="end-opamp-sessions")(_ending_sessions(app))
         # Kopf peering: with the KopfPeering object `default` present (manifests/ ships it),
         # Kopf joins it and the lower-priority peers pause. Kopf runs no resource handlers
@@ -373,12 +397,44 @@ async def serve(settings: Settings, demo_agents: int = 0) -> None:
             clusterwide=False,
             priority=random.randint(1, 2**31 - 1),
             memo=kopf.Memo(),
+            ready_flag=kopf_ready,
+            stop_flag=kopf_stop,
         )
     finally:
+        signals.cancel()
+        await asyncio.gather(signals, return_exceptions=True)
         if demo is not None and demo.returncode is None:
             demo.terminate()
             await demo.wait()
         await app.stop()
+
+
+async def _stop_on_signal(
+    app: OperatorApp, kopf_ready: asyncio.Event, kopf_stop: asyncio.Event
+) -> None:
+    """Once Kopf is up, SIGTERM and SIGINT are ours: stop the operator in its own order and
+    budget (sessions closed with 1001, history, CRs; `OperatorApp.stop`), then let Kopf stop,
+    with nothing of ours left for its sweep to wait 5 s for and cancel."""
+    await kopf_ready.wait()
+    if threading.current_thread() is not threading.main_thread():
+        return  # no signal handlers outside the main thread (Kopf's own rule too)
+    loop = asyncio.get_running_loop()
+    received: asyncio.Future[signal.Signals] = loop.create_future()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        # Replaces the handler Kopf installed when it started.
+        loop.add_signal_handler(signum, _first_signal, received, signum)
+    signum = await received
+    budget = app.settings.process.shutdown_seconds
+    log.info("%s received: stopping within %.1f s (sessions, history, CRs)", signum.name, budget)
+    try:
+        await app.stop()
+    finally:
+        kopf_stop.set()
+
+
+def _first_signal(received: asyncio.Future[signal.Signals], signum: signal.Signals) -> None:
+    if not received.done():
+        received.set_result(signum)
 
 
 def _ending_sessions(app: OperatorApp) -> Callable[..., Awaitable[None]]:

@@ -294,6 +294,15 @@ class CollectorSettings:
 @dataclass(frozen=True)
 class ProcessSettings:
     event_loop: str = "asyncio"  # or "uvloop", when installed (eventloop.py)
+    #: SIGTERM to exit: closing sessions takes at most half of it, the history flush what it
+    #: needs (bounded by the store's own stop timeout: history first), the CR writer the
+    #: rest. What the CR writer leaves is written by the replica that adopts our Lease, or
+    #: by the next process. 8 s leaves room in a Deployment's default 30 s grace period.
+    shutdown_seconds: float = 8.0
+
+    def __post_init__(self) -> None:
+        if self.shutdown_seconds <= 0:
+            raise ConfigError("shutdown timeout must be > 0 seconds")
 
 
 @dataclass(frozen=True)

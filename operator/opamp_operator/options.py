@@ -147,6 +147,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("--event-loop", "OPAMP_EVENT_LOOP", "process", "event_loop", parse_loop,
            "asyncio, or uvloop (opt-in: pip install 'opamp-operator[uvloop]'; measured in "
            "docs/benchmarks.md)"),
+    Option("--shutdown-timeout", "OPAMP_SHUTDOWN_TIMEOUT", "process", "shutdown_seconds", float,
+           "SIGTERM to exit (seconds): sessions closed, history written, then CR writes until "
+           "the budget is spent (the rest is left to the adopting replica or the next process)"),
     Option("--gc-freeze-settle", "OPAMP_GC_FREEZE_SETTLE", "gc", "freeze_settle_seconds",
            _optional_float, "once no agent connected this long, freeze the heap out of "
            "garbage collection: no full collection walks it (seconds; off: never)"),

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any, TypeVar
+
+from kubernetes import client as k8s
 
 from tests.support.operator_process import OperatorProcess, kubectl
 from tests.support.polling import grows
@@ -38,3 +41,14 @@ async def label_applied(
     since = await passes()
     kubectl(kubeconfig, "-n", namespace, "label", "--overwrite", "opampagent", name, label)
     await grows(f"the GitOps controller to apply {label} on {name}", passes, since=since)
+
+
+async def lease_of(kube_api: k8s.ApiClient, namespace: str, name: str) -> Any:
+    """The replica Lease `name` (a V1Lease), or None when there is none."""
+    leases = k8s.CoordinationV1Api(kube_api)
+    try:
+        return await asyncio.to_thread(leases.read_namespaced_lease, name, namespace)
+    except k8s.ApiException as error:
+        if error.status == 404:
+            return None
+        raise

@@ -21,7 +21,7 @@ from kubernetes import client as k8s
 
 from opamp_operator.kube.shapes.naming import resource_name
 from tests.e2e.conftest import OperatorFactory
-from tests.e2e.helpers import get_agent_cr
+from tests.e2e.helpers import get_agent_cr, lease_of
 from tests.support.faults import fetch, history, readyz
 from tests.support.goagent import GoAgent
 from tests.support.operator_process import OperatorProcess, kubectl, metric_value
@@ -76,16 +76,6 @@ async def held_by(kubeconfig: Path, namespace: str, agent_id: str, name: str) ->
     return (
         status.get("phase") == "Online" and (status.get("connection") or {}).get("replica") == name
     )
-
-
-async def lease_of(kube_api: k8s.ApiClient, namespace: str, name: str) -> Any:
-    leases = k8s.CoordinationV1Api(kube_api)
-    try:
-        return await asyncio.to_thread(leases.read_namespaced_lease, name, namespace)
-    except k8s.ApiException as error:
-        if error.status == 404:
-            return None
-        raise
 
 
 async def events_about(kubeconfig: Path, namespace: str, name: str, reason: str) -> list[Any]:

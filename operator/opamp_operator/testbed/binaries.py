@@ -9,11 +9,14 @@ chart and rule checkers `helm` (helm.sh/helm/v4) and `promtool` (Prometheus
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -215,26 +218,43 @@ def _build(
         )
     workdir = cache_dir() / "build" / target.name
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "go.mod").write_text(go_mod)
-    (workdir / "tools.go").write_text(_TOOLS_GO.format(package=package))
-    target.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "CGO_ENABLED": "0", "GOFLAGS": "-mod=mod"}
-    started = time.monotonic()
-    _say(
-        progress, f"building {name} {version} from its Go module (first run only; several minutes)"
-    )
-    _say(progress, f"  resolving modules in {workdir}")
-    _run([go, "mod", "tidy"], workdir, env, name)
-    _say(progress, f"  compiling {package}")
-    partial = target.with_suffix(".partial")
-    _run(
-        [go, "build", "-trimpath", f"-ldflags={ldflags}", "-o", str(partial), package],
-        workdir,
-        env,
-        name,
-    )
-    partial.replace(target)
-    _say(progress, f"  {name} ready at {target} ({time.monotonic() - started:.0f}s)")
+    with _build_lock(workdir, name, progress):
+        if target.exists():  # another process built it while we waited
+            return
+        (workdir / "go.mod").write_text(go_mod)
+        (workdir / "tools.go").write_text(_TOOLS_GO.format(package=package))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "CGO_ENABLED": "0", "GOFLAGS": "-mod=mod"}
+        started = time.monotonic()
+        _say(
+            progress,
+            f"building {name} {version} from its Go module (first run only; several minutes)",
+        )
+        _say(progress, f"  resolving modules in {workdir}")
+        _run([go, "mod", "tidy"], workdir, env, name)
+        _say(progress, f"  compiling {package}")
+        partial = target.with_suffix(".partial")
+        _run(
+            [go, "build", "-trimpath", f"-ldflags={ldflags}", "-o", str(partial), package],
+            workdir,
+            env,
+            name,
+        )
+        partial.replace(target)
+        _say(progress, f"  {name} ready at {target} ({time.monotonic() - started:.0f}s)")
+
+
+@contextlib.contextmanager
+def _build_lock(workdir: Path, name: str, progress: bool) -> Iterator[None]:
+    """Hold `workdir`'s lock: two first runs at once (two test sessions, a benchmark and a
+    test) would otherwise write the same go.mod and `.partial` binary."""
+    with (workdir / ".lock").open("w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            _say(progress, f"waiting for another process that is building {name}")
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
 
 
 def _run(cmd: list[str], cwd: Path, env: dict[str, str], name: str) -> None:

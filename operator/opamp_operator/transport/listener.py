@@ -107,8 +107,11 @@ class OpAMPListener:
             "on" if self._auth.enabled else "off",
         )  # fmt: skip
 
-    async def stop(self, reason: str = Reason.OPERATOR_SHUTDOWN) -> None:
-        """Stop accepting, close every WebSocket with 1001 and `reason`, wait (bounded)."""
+    async def stop(
+        self, reason: str = Reason.OPERATOR_SHUTDOWN, within_seconds: float | None = None
+    ) -> None:
+        """Stop accepting, close every WebSocket with 1001 and `reason`, wait (bounded by
+        `stop_timeout_seconds` and `within_seconds`)."""
         server = self._ws_server
         if server is None or self._stopping:
             return
@@ -122,6 +125,8 @@ class OpAMPListener:
         tasks = [t for t in server.handler_tasks if t is not asyncio.current_task()]
         http = self._http.server
         timeout = self.settings.stop_timeout_seconds
+        if within_seconds is not None:
+            timeout = min(timeout, within_seconds)
         waits: list[asyncio.Future[object]] = []
         if http is not None:
             # As aiohttp's own runner does: pre_shutdown() wakes idle keep-alive connections

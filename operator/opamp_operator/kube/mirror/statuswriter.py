@@ -124,8 +124,9 @@ class StatusWriter:
         for number in range(self.settings.api_threads):
             self._tasks.append(asyncio.create_task(self._work(), name=f"kube-writer-{number}"))
 
-    async def stop(self) -> bool:
-        """Write what is pending (bounded by `stop_timeout_seconds`), then stop.
+    async def stop(self, within_seconds: float | None = None) -> bool:
+        """Write what is pending (bounded by `stop_timeout_seconds` and `within_seconds`),
+        then stop.
 
         False when something was left unwritten (the replica's Lease should then expire, so
         that a survivor adopts what this one could not write).
@@ -133,7 +134,10 @@ class StatusWriter:
         if self._sweeper is not None:
             self._sweeper.cancel()  # lastSeenAt refreshes are not worth the wait
         self.pending.clear_refresh()
-        flushed = await self.flush(within_seconds=self.settings.stop_timeout_seconds)
+        bound = self.settings.stop_timeout_seconds
+        if within_seconds is not None:
+            bound = min(bound, within_seconds)
+        flushed = await self.flush(within_seconds=bound)
         if not flushed:
             log.warning("kube writer stopped with %d CR updates unwritten", len(self.pending))
         for task in self._tasks:
