@@ -9,7 +9,8 @@ from typing import Any, TypeVar
 
 from kubernetes import client as k8s
 
-from tests.support.operator_process import kubectl
+from tests.support.operator_process import OperatorProcess, kubectl
+from tests.support.polling import grows
 
 T = TypeVar("T")
 
@@ -27,6 +28,19 @@ def condition(cr: dict[str, Any], kind: str) -> dict[str, Any]:
         if entry["type"] == kind:
             return dict(entry)
     return {}
+
+
+async def label_applied(
+    operator: OperatorProcess, kubeconfig: Path, namespace: str, name: str, label: str
+) -> None:
+    """Set `label` (key=value) on OpAMPAgent `name`; wait until the GitOps controller applied
+    it (its resolver woke for it). The controller applies the OpAMPAgent watch's events in
+    order and acts on annotations as it applies them, so whatever it would have done about
+    this change or any before it (a reconnect, a restart) it has done then."""
+    passes = operator.passes("gitops_resolver")
+    since = await passes()
+    kubectl(kubeconfig, "-n", namespace, "label", "--overwrite", "opampagent", name, label)
+    await grows(f"the GitOps controller to apply {label} on {name}", passes, since=since)
 
 
 async def lease_of(kube_api: k8s.ApiClient, namespace: str, name: str) -> Any:

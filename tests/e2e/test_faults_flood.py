@@ -94,7 +94,7 @@ async def test_flood_of_new_uids_is_rate_limited_capped_and_counted(
     assert refused.get("too many new agents per second", 0) >= 500 - CAP
     total_accepted, total_refused = accepted, sum(refused.values())
     for _ in range(4):  # the bucket refills: more get in, up to the cap and no further
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(1.0)  # real time on purpose: the refill is by the second
         accepted, refused = await register_many(operator, 200)
         total_accepted += accepted
         total_refused += sum(refused.values())
@@ -110,7 +110,21 @@ async def test_flood_of_new_uids_is_rate_limited_capped_and_counted(
         return count if count == CAP else None
 
     await eventually(f"{CAP} CRs", all_crs, within=30)
-    await asyncio.sleep(2.0)
+
+    # The writers are done: nothing queued for the API server or PostgreSQL, so no CR or
+    # row is still to come (a refused agent that leaked into the fleet would show here).
+    async def drained() -> dict[str, float] | None:
+        text = await operator.metrics_text()
+        seen = {
+            "creates": metric_value(
+                text, "opamp_kube_writes_total", {"kind": "create", "outcome": "ok"}
+            ),
+            "kube_queue": metric_value(text, "opamp_kube_write_queue_depth"),
+            "db_queue": metric_value(text, "opamp_db_queue_depth"),
+        }
+        return seen if seen == {"creates": CAP, "kube_queue": 0, "db_queue": 0} else None
+
+    await eventually("the CR and history writers drained", drained, within=30)
     assert len(await asyncio.to_thread(agent_crs, kubeconfig, namespace)) == CAP
     assert len(await history(operator.config.dsn)) == CAP  # one session each, no more
 
@@ -187,7 +201,7 @@ async def test_thousands_of_idle_connections_are_closed_and_leave_nothing_behind
             hung_up = await asyncio.gather(*tricklers)
             assert codes == [1008] * 100  # policy violation: no OpAMP message in time
             assert max(hung_up) < HANDSHAKE_TIMEOUT + 1.5, hung_up
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(1.0)  # let the closed sockets settle before sampling memory
             rounds.append({"took": took, "rss": rss_bytes(operator.pid),
                            "fds": open_fds(operator.pid)})  # fmt: skip
         print(f"idle rounds: baseline {baseline_rss / MiB:.1f} MiB, {baseline_fds} fds; {rounds}")

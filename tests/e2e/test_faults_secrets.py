@@ -26,7 +26,7 @@ from tests.e2e.conftest import OperatorFactory
 from tests.support.faults import PROTOBUF, hello, readyz
 from tests.support.goagent import GoAgent
 from tests.support.operator_process import REPO_ROOT, OperatorProcess
-from tests.support.polling import eventually
+from tests.support.polling import eventually, grows
 from tests.support.store import stop_postgres
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
@@ -99,10 +99,14 @@ async def test_no_secret_in_any_log_line(
         assert private_postgres.endpoint is not None
         await stop_postgres(private_postgres, private_postgres.endpoint.dsn)
         await eventually("/readyz reports the outage", lambda: _db_down(operator), within=15)
-        await asyncio.sleep(3)  # retries and pool reconnects log meanwhile
+        # The writer's retries (each a failed pool connect, logged at DEBUG) ran...
+        await grows("failed PostgreSQL attempts", operator.metric("opamp_db_errors_total"), 2)
         await asyncio.to_thread(private_postgres.start)
         await eventually("/readyz 200 again", lambda: _db_up(operator), within=20)
-        await asyncio.sleep(1.5)  # the agents with wrong tokens retry meanwhile
+        # ...and so did the agents with wrong tokens: refused again, after the outage too.
+        for transport in ("websocket", "http"):
+            refusals = operator.metric("opamp_auth_failures_total", transport=transport)
+            await grows(f"refusals of the {transport} agent's wrong token", refusals)
         assert await operator.terminate() == 0
     finally:
         for agent in agents:

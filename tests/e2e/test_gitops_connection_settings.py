@@ -220,7 +220,12 @@ async def test_own_metrics_offers_carry_the_secret_and_follow_it_and_the_agents_
         kubectl_apply(kubeconfig, namespace, changed)
         third = await capable.offer(lambda o: o.own_metrics.destination_endpoint.endswith("/v2"))
         assert third.hash not in {first.hash, second.hash}
-        await asyncio.sleep(2)  # the offers went out together: the plain agent still has none
+        # One refresh gives every agent its offers at once: an own_metrics offer to the
+        # plain agent would have been queued on its socket before the replies to its next
+        # heartbeats (two: the first may have been on its way already).
+        received = len(plain.received)
+        await eventually("two more replies to the plain agent",
+                         lambda: len(plain.received) >= received + 2, within=10)  # fmt: skip
         assert not any(o.HasField("own_metrics") for o in plain.offers())
     assert await operator.terminate() == 0
     log = operator.log_text()

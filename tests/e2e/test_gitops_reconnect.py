@@ -13,15 +13,15 @@ from kubernetes import client as k8s
 
 from opamp_operator.kube.shapes.naming import resource_name
 from tests.e2e.conftest import OperatorFactory
+from tests.e2e.helpers import label_applied
 from tests.support.gitops import get_object, install_crd
 from tests.support.goagent import GoAgent
-from tests.support.operator_process import kubectl
+from tests.support.operator_process import OperatorProcess, kubectl
 from tests.support.polling import eventually
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
 ANNOTATION = "opamp.dev/reconnect-requested-at"
-QUIET_SECONDS = 4.0  # longer than heartbeats (1 s) and the controller's reaction time
 
 
 @pytest.fixture
@@ -39,6 +39,12 @@ def annotate(kubeconfig: Path, namespace: str, name: str, value: str) -> None:
 def status_of(kubeconfig: Path, namespace: str, name: str) -> dict[str, Any]:
     cr = get_object(kubeconfig, namespace, "opampagents", name) or {}
     return dict(cr.get("status") or {})
+
+
+def requests_logged(operator: OperatorProcess, name: str) -> int:
+    """Reconnects the operator asked of `name`'s agent, by its log (the line is written as
+    it asks, in both processes of the test: they share the log file)."""
+    return operator.log_text().count(f"OpAMPAgent {name}: reconnect requested by annotation")
 
 
 def _phase_is(kubeconfig: Path, namespace: str, name: str, phase: str) -> bool:
@@ -77,10 +83,10 @@ async def test_annotation_reconnects_once_per_value_even_across_restarts(
         result = await recorded(kubeconfig, namespace, ws_name, "2026-01-01T00:00:00Z")
         assert result["result"] == "reconnect_requested" and result["replica"] == "e2e"
         await ws.wait_for_event("connected", start=ws.events_named("connected")[0].index + 1)
-        await asyncio.sleep(QUIET_SECONDS)
-        # Other changes to the CR (a label) do not repeat it.
-        kubectl(kubeconfig, "-n", namespace, "label", "opampagent", ws_name, "team=a")
-        await asyncio.sleep(QUIET_SECONDS)
+        # Other changes to the CR (its record's write, a label) do not repeat it: once the
+        # controller applied the label, it had acted on them already or never will.
+        await label_applied(operator, kubeconfig, namespace, ws_name, "team=a")
+        assert requests_logged(operator, ws_name) == 1
         assert len(ws.events_named("connected")) == 2
         # A new value: once more.
         annotate(kubeconfig, namespace, ws_name, "second")
@@ -119,13 +125,20 @@ async def test_annotation_reconnects_once_per_value_even_across_restarts(
         # (already handled) does not make it reconnect again.
         assert await operator.terminate() == 0
         connects = len(ws.events_named("connected"))
+        connected_at = status_of(kubeconfig, namespace, ws_name)["lastConnectedAt"]
         await operator.start()
         await eventually(
             "reconnected after the restart",
             lambda: len(ws.events_named("connected")) == connects + 1,
             within=30,
         )
-        await asyncio.sleep(QUIET_SECONDS)
+        await eventually(  # the new session's write: an event the controller sees too
+            "the new session in the CR",
+            lambda: status_of(kubeconfig, namespace, ws_name)["lastConnectedAt"] != connected_at,
+            within=30,
+        )
+        await label_applied(operator, kubeconfig, namespace, ws_name, "team=b")
+        assert requests_logged(operator, ws_name) == 2  # "2026-01-01T00:00:00Z" and "second"
         assert len(ws.events_named("connected")) == connects + 1
         assert (status_of(kubeconfig, namespace, ws_name).get("reconnect") or {}).get(
             "requestedAt"

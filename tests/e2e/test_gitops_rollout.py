@@ -39,7 +39,7 @@ from tests.support.gitops import (
 from tests.support.goagent import GoAgent
 from tests.support.kstatus import compute
 from tests.support.operator_process import OperatorProcess, kubectl
-from tests.support.polling import eventually
+from tests.support.polling import eventually, rounds_pass
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
@@ -245,7 +245,8 @@ async def test_a_failing_config_pauses_at_the_first_step_with_only_the_canaries_
     assert state["reason"] == "TooManyFailures" and state["failedAgents"] == 2
     canaries = set(agents.ordered[:2])
     assert {f["agent"] for f in state["failures"]} == {resource_name(i) for i in canaries}
-    await asyncio.sleep(3)  # paused: nothing more happens
+    # Paused: the decider looks again and again, and nothing more happens.
+    await rounds_pass("gitops_rollout", agents.operator.passes("gitops_rollout"), 2)
     assert agents.got(bad) == canaries
     assert all(agents.last(i)["status"] == "FAILED" for i in canaries)
     cr = config_cr(kubeconfig, namespace)
@@ -274,7 +275,10 @@ async def test_paused_by_spec_holds_the_step_and_unpausing_resumes(
     apply_config(kubeconfig, namespace, NEW, rollout_spec(steps=[1], paused=True))
     state = await wait_rollout(kubeconfig, namespace, {"configHash": new, "phase": "Paused"})
     assert state["reason"] == "PausedBySpec" and state["step"] == 1
-    await asyncio.sleep(2)
+    canary = agents.ordered[0]
+    await eventually("the canary to process it", lambda: canary in agents.got(new), within=20)
+    # Paused: the decider looks again and again, and nothing more happens.
+    await rounds_pass("gitops_rollout", agents.operator.passes("gitops_rollout"), 2)
     assert agents.got(new) == {agents.ordered[0]}
     cr = config_cr(kubeconfig, namespace)
     assert condition(cr, "Stalled")["status"] == "False"

@@ -54,7 +54,9 @@ async def test_one_watch_per_kind_as_the_api_server_counts_them(
     assert await eventually("the operator's watches open", ours, within=20) == dict.fromkeys(
         KINDS, 1.0
     )
-    await asyncio.sleep(2.0)  # Kopf's own start-up (its watchers start after login) is done
+    # Kopf's own start-up is done: its watchers start after login and its start-up handlers,
+    # on its own discovery, with nothing we can read to say they have; 2 s is ample.
+    await asyncio.sleep(2.0)
     after = await asyncio.to_thread(_served_watches, kubeconfig)
     assert {k: after[k] - before[k] for k in KINDS} == dict.fromkeys(KINDS, 1.0), (before, after)
     assert await ours() == dict.fromkeys(KINDS, 1.0)

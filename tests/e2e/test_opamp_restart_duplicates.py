@@ -26,7 +26,7 @@ from opamp_operator.kube.shapes.naming import resource_name
 from opamp_operator.opamp.frames import encode_ws_frame
 from opamp_operator.opamp.generated import opamp_pb2
 from tests.e2e.conftest import OperatorFactory
-from tests.e2e.helpers import get_agent_cr
+from tests.e2e.helpers import get_agent_cr, label_applied
 from tests.support.goagent import GoAgent
 from tests.support.operator_process import OperatorProcess, kubectl, metric_value
 from tests.support.polling import eventually
@@ -47,6 +47,13 @@ async def online(kubeconfig: Path, namespace: str, *agent_ids: str) -> None:
 
     for agent_id in agent_ids:
         await eventually(f"{agent_id} Online", functools.partial(is_online, agent_id), within=30)
+
+
+async def replies(agent: GoAgent, count: int, what: str) -> None:
+    """Wait until `agent` got `count` more server replies: the server handled as many more
+    of its messages (each a chance to act on it)."""
+    start = len(agent.events_named("message"))
+    await eventually(what, lambda: len(agent.events_named("message")) >= start + count, within=20)
 
 
 def events_about(kubeconfig: Path, namespace: str, agent_id: str) -> list[dict[str, Any]]:
@@ -175,12 +182,15 @@ async def test_restart_annotation_acts_once_per_value_and_refusals_are_visible(
         assert refused["type"] == "Warning" and "AcceptsRestartCommand" in refused["message"]
         assert plain.events_named("command") == []
 
-        # Once per value: another change to the CR does not restart the HTTP agent again.
-        kubectl(kubeconfig, "-n", namespace, "label", "opampagent", resource_name(http_id), "a=b")
-        await asyncio.sleep(3)
+        # Once per value: another change to the CR does not restart the HTTP agent again
+        # (once the controller applied the label, it had asked again or never will).
+        await label_applied(operator, kubeconfig, namespace, resource_name(http_id), "a=b")
+        text = await operator.metrics_text()
+        by_annotation = {"source": "annotation"}
+        assert metric_value(text, "opamp_restart_requests_total", by_annotation) == 2  # 1 each
+        await replies(http, 2, "two more polls of the HTTP agent")  # a queued one goes out
         assert len(http.events_named("command")) == 1
 
-        text = await operator.metrics_text()
         labels = {"source": "annotation", "result": "not_supported"}
         assert metric_value(text, "opamp_restart_requests_total", labels) == 1
         sessions = await operator.get_json(f"/api/v1/agents/{http_id}/connection-history")
@@ -211,8 +221,10 @@ async def test_websocket_clone_gets_its_own_uid_and_cr_but_a_reconnect_does_not(
         warning = await event_with_reason(kubeconfig, namespace, shared, "DuplicateInstanceUid")
         assert warning["type"] == "Warning" and assigned in warning["message"]
         assert "host.name=vm-b" in warning["message"]
-        # Both stay connected, each under its own uid (no supersede ping-pong).
-        await asyncio.sleep(3)
+        # Both stay connected, each under its own uid (no supersede ping-pong), while the
+        # server handles their heartbeats.
+        await asyncio.gather(replies(original, 3, "3 replies to the original"),
+                             replies(clone, 3, "3 replies to the clone"))  # fmt: skip
         assert len(original.events_named("connected")) == 1
         assert len(clone.events_named("connected")) == 1
         text = await operator.metrics_text()
@@ -226,7 +238,7 @@ async def test_websocket_clone_gets_its_own_uid_and_cr_but_a_reconnect_does_not(
             service_version="2.0.0",
         )  # fmt: skip
         await again.wait_for_event("connected", 15)
-        await asyncio.sleep(2)
+        await replies(again, 2, "2 replies to the reconnected agent")  # one would say so
         assert [e for e in again.events_named("message") if e.get("new_instance_uid")] == []
         text = await operator.metrics_text()
         assert metric_value(text, "opamp_duplicate_instance_uids_total") == 1
@@ -254,7 +266,9 @@ async def test_interleaved_http_clones_are_told_apart(
         told = await second.wait_for_event("message", 15, where=lambda e: e.get("new_instance_uid"))
         assigned = str(uuid.UUID(hex=told.get("new_instance_uid")))
         await online(kubeconfig, namespace, shared, assigned)
-        await asyncio.sleep(3)  # several polls of each: they stay apart
+        await asyncio.gather(
+            replies(first, 3, "3 polls of the first"), replies(second, 3, "3 polls of the second")
+        )  # they stay apart
         assert status_of(kubeconfig, namespace, shared)["agent"]["hostName"] == "h-1"
         assert status_of(kubeconfig, namespace, assigned)["agent"]["hostName"] == "h-2"
         assert [e for e in first.events_named("message") if e.get("new_instance_uid")] == []

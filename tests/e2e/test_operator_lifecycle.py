@@ -14,10 +14,16 @@ from typing import Any
 
 import asyncpg
 import pytest
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+from websockets.frames import CloseCode
 
 from opamp_operator.kube.shapes.naming import resource_name
+from opamp_operator.opamp.frames import decode_ws_frame, encode_ws_frame
+from opamp_operator.opamp.generated import opamp_pb2
 from tests.e2e.conftest import OperatorFactory
 from tests.e2e.helpers import condition, get_agent_cr
+from tests.support.fake_agents import hello
 from tests.support.goagent import GoAgent
 from tests.support.opamp_clients import PythonAgent
 from tests.support.operator_process import OperatorProcess, kubectl, metric_value
@@ -216,13 +222,35 @@ async def _ws_and_http_online(
 async def test_sigterm_ends_every_session_as_operator_shutdown(
     operator_factory: OperatorFactory, kubeconfig: Path, namespace: str, postgres_dsn: str
 ) -> None:
+    """Every session row ends operator_shutdown, and a WebSocket client sees close code 1001
+    (going away). That client is scripted from the OpAMP specification (an AgentToServer per
+    binary frame) because opamp-go's client does not expose the close code it received."""
     operator = operator_factory()
     await operator.start()
     ids = [str(uuid.uuid4()) for _ in range(2)]
+    scripted_id = str(uuid.uuid4())
     async with GoAgent() as ws_agent, GoAgent() as http_agent:
         await _ws_and_http_online(operator, (ws_agent, http_agent), ids, kubeconfig, namespace)
-        assert await operator.terminate(within=30) == 0
-    for agent_id in ids:
+        async with connect(operator.ws_url, open_timeout=10, ping_interval=None) as socket:
+            # No ReportsHeartbeat: the connection, not the 3 s heartbeat timeout, judges its
+            # liveness, so nothing but the shutdown can end this session.
+            first = hello(scripted_id, service="scripted", reports_heartbeat=False)
+            await socket.send(encode_ws_frame(first.SerializeToString()))
+            frame = await asyncio.wait_for(socket.recv(), timeout=10)
+            assert isinstance(frame, bytes)
+            reply = opamp_pb2.ServerToAgent.FromString(decode_ws_frame(frame))
+            assert reply.instance_uid == uuid.UUID(scripted_id).bytes
+            assert not reply.HasField("error_response"), reply.error_response
+            await eventually("the scripted client Online", lambda: _cr_in_phase(
+                kubeconfig, namespace, scripted_id, "Online"), within=20)  # fmt: skip
+            closing = asyncio.create_task(_close_seen(socket))
+            assert await operator.terminate(within=30) == 0
+            closed = await asyncio.wait_for(closing, timeout=10)
+    # rcvd is None when the server aborted the TCP connection instead of closing it.
+    assert closed.rcvd is not None, f"no close frame from the server: {closed!r}"
+    assert closed.rcvd.code == CloseCode.GOING_AWAY, closed.rcvd
+    assert closed.rcvd.reason == "operator_shutdown", closed.rcvd
+    for agent_id in [*ids, scripted_id]:
         rows = await history_rows(postgres_dsn, agent_id)
         assert rows and all(row["disconnected_at"] is not None for row in rows)
         # Every session of the run, not only the last: a WebSocket handler cancelled by
@@ -232,6 +260,15 @@ async def test_sigterm_ends_every_session_as_operator_shutdown(
         assert cr is not None
         assert cr["status"]["phase"] == "Offline"
         assert cr["status"]["disconnectReason"] == "operator_shutdown"
+
+
+async def _close_seen(socket: ClientConnection) -> ConnectionClosed:
+    """Read until the connection ends; the ConnectionClosed that ended it."""
+    try:
+        while True:
+            await socket.recv()
+    except ConnectionClosed as closed:
+        return closed
 
 
 async def test_sigterm_with_a_frozen_peer_ends_every_session_as_operator_shutdown(

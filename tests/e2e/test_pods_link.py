@@ -8,7 +8,6 @@ in a namespace of their own, not the operator's, as they would in a real cluster
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 import uuid
@@ -23,8 +22,8 @@ from opamp_operator.kube.shapes.naming import resource_name
 from tests.e2e.conftest import OperatorFactory
 from tests.e2e.helpers import get_agent_cr
 from tests.support.goagent import GoAgent
-from tests.support.operator_process import OperatorProcess, kubectl
-from tests.support.polling import eventually
+from tests.support.operator_process import OperatorProcess, kubectl, metric_value
+from tests.support.polling import eventually, grows
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
@@ -209,6 +208,9 @@ async def test_claims_that_do_not_hold_up_are_not_linked_and_say_why(
 ) -> None:
     pods_ns = make_namespace(kube_api)
     real_uid = make_pod(kube_api, pods_ns, "collector-0")
+    # A Pod whose agent is linked: deleted after collector-0, it shows when the linker has
+    # seen collector-0's deletion (one watch of the namespace, events in order).
+    marker_uid = make_pod(kube_api, pods_ns, "marker")
     operator = await start_operator(operator_factory)
     cases: dict[str, PodAttributes] = {
         "pod_uid_mismatch": pod_attributes(str(uuid.uuid4()), "collector-0", pods_ns),
@@ -216,11 +218,15 @@ async def test_claims_that_do_not_hold_up_are_not_linked_and_say_why(
         "incomplete_attributes": {"id_attrs": {"k8s.pod.uid": real_uid}},
     }
     ids = {reason: str(uuid.uuid4()) for reason in cases}
-    agents = [GoAgent() for _ in cases]
+    agents = [GoAgent() for _ in range(len(cases) + 1)]
+    marker_id, marker = str(uuid.uuid4()), agents[-1]
     try:
-        for agent, (reason, attributes) in zip(agents, cases.items(), strict=True):
+        for agent, (reason, attributes) in zip(agents[:-1], cases.items(), strict=True):
             await agent.start(url=operator.ws_url, instance_uid=ids[reason], heartbeat=1,
                               **attributes)  # fmt: skip
+        await marker.start(url=operator.ws_url, instance_uid=marker_id, heartbeat=1,
+                           **pod_attributes(marker_uid, "marker", pods_ns))  # fmt: skip
+        await wait_for_pod_status(kubeconfig, namespace, marker_id, "linked")
         for reason, agent_id in ids.items():
             cr = await wait_for_pod_status(kubeconfig, namespace, agent_id, reason)
             pod = cr["status"]["pod"]
@@ -233,8 +239,12 @@ async def test_claims_that_do_not_hold_up_are_not_linked_and_say_why(
         assert incomplete is not None
         assert "k8s.pod.name" in incomplete["status"]["pod"]["message"]
         # Deleting the Pod someone else runs in changes nothing for them.
+        gone = operator.metric("opamp_kube_pod_deleted_total", target="agent")
+        before = await gone()
         delete_pod(kube_api, pods_ns, "collector-0")
-        await asyncio.sleep(2)
+        delete_pod(kube_api, pods_ns, "marker")
+        await grows("the linker to see the marker Pod go", gone, since=before)
+        assert await gone() == before + 1  # the marker's agent, and nobody else
         for agent_id in ids.values():
             assert await _online(kubeconfig, namespace, agent_id) is not None
     finally:
@@ -257,7 +267,12 @@ async def test_linking_turned_off_links_nothing(
         )
         assert cr["status"]["agent"]["identifyingAttributes"]["k8s.pod.uid"] == pod_uid
         delete_pod(kube_api, pods_ns, "collector-1")
-        await asyncio.sleep(3)
+        # Nothing could act on the deletion: no Pod is watched at all (with linking on, the
+        # claim above would have started a watch of its namespace, and the linker is the
+        # only component that acts on a Pod going).
+        text = await operator.metrics_text()
+        assert metric_value(text, "opamp_kube_pod_watches") == 0
+        assert metric_value(text, "opamp_kube_watches_open", {"resource": "pods"}) == 0
         after = await _online(kubeconfig, namespace, agent_id)
         assert after is not None, "the agent must stay Online and keep its CR"
         assert "pod" not in after["status"]

@@ -180,14 +180,17 @@ class OperatorProcess:
         async with aiohttp.ClientSession() as session, session.get(f"{self.api_url}/metrics") as r:
             return await r.text()
 
-    def passes(self, loop: str) -> Callable[[], Awaitable[float]]:
-        """Reads `opamp_loop_passes_total{loop}` (for `tests.support.polling.rounds_pass`)."""
+    def metric(self, name: str, **labels: str) -> Callable[[], Awaitable[float]]:
+        """Reads the sum of `name{labels}` from /metrics (for `polling.grows`)."""
 
         async def read() -> float:
-            text = await self.metrics_text()
-            return metric_value(text, "opamp_loop_passes_total", {"loop": loop})
+            return metric_value(await self.metrics_text(), name, labels or None)
 
         return read
+
+    def passes(self, loop: str) -> Callable[[], Awaitable[float]]:
+        """Reads `opamp_loop_passes_total{loop}` (for `tests.support.polling.rounds_pass`)."""
+        return self.metric("opamp_loop_passes_total", loop=loop)
 
 
 def kubectl(kubeconfig: Path, *args: str) -> str:

@@ -102,19 +102,35 @@ def eventually_sync(
         time.sleep(every)
 
 
+async def grows(
+    what: str,
+    read: Callable[[], Awaitable[float]],
+    by: float = 1,
+    *,
+    since: float | None = None,
+    within: float = 30.0,
+) -> float:
+    """Wait until the counter `read` returns grew by `by` from `since` (default: its value
+    now; pass one read before causing what the counter counts); return it.
+
+    For "the component looked": a counter it bumps on each look (a loop's passes, a
+    failed attempt, a refusal) proves it ran, where a sleep only hopes it did."""
+    start = await read() if since is None else since
+
+    async def done() -> float | None:
+        now = await read()
+        return now if now >= start + by else None
+
+    return await eventually(f"{what} (+{by:g} from {start:g})", done, within=within)
+
+
 async def rounds_pass(
     loop: str, passes: Callable[[], Awaitable[float]], rounds: int, *, within: float = 60.0
 ) -> None:
     """Wait until the operator's periodic `loop` completed `rounds` more rounds
     (`opamp_loop_passes_total{loop}`, read by `passes`): instead of sleeping for "nothing
     happened", proof that the component looked and still did nothing."""
-    start = await passes()
-
-    async def done() -> float | None:
-        now = await passes()
-        return now if now >= start + rounds else None
-
-    await eventually(f"{rounds} more rounds of the {loop} loop", done, within=within)
+    await grows(f"rounds of the {loop} loop", passes, rounds, within=within)
 
 
 def in_process_passes(loop: str) -> Callable[[], Awaitable[float]]:

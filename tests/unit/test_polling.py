@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import itertools
 import time
+from collections.abc import Awaitable, Callable
 
 import pytest
 
-from tests.support.polling import eventually, eventually_sync
+from tests.support.polling import eventually, eventually_sync, grows
 
 
 async def test_returns_the_first_truthy_value_of_an_async_probe() -> None:
@@ -81,3 +82,22 @@ class NotYet:
 
     def __repr__(self) -> str:
         return "<" + "x" * 5000 + ">"
+
+
+async def test_grows_waits_for_the_counter_to_move_from_where_it_was() -> None:
+    readings = iter([5.0, 5.0, 6.0, 7.0])
+
+    async def counter() -> float:
+        return next(readings)
+
+    # Counted from the first reading (5), not from zero: 7 is the first that is +2.
+    assert await grows("passes", counter, 2, within=1) == 7.0
+    with pytest.raises(AssertionError, match=r"waiting for flushes \(\+1 from 3\)"):
+        await grows("flushes", _constant(3.0), within=0.05)
+
+
+def _constant(value: float) -> Callable[[], Awaitable[float]]:
+    async def read() -> float:
+        return value
+
+    return read

@@ -470,6 +470,7 @@ class GitOpsController:
         while True:
             await self._wake.wait()
             self._wake.clear()
+            metrics.loop_passes.labels("gitops_resolver").inc()  # counted on waking: events applied
             if not self.ready:
                 continue
             if self._resync:
@@ -596,6 +597,7 @@ class GitOpsController:
                 await self.decide_rollouts(everything=self._counts_dirty)
             except Exception:
                 log.exception("deciding rollouts failed; trying again")
+            metrics.loop_passes.labels("gitops_rollout").inc()
             if not self._counts_dirty:
                 continue
             self._counts_dirty = False
