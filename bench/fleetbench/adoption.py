@@ -28,7 +28,9 @@ import asyncio
 import json
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from opamp_operator.config import KubeSettings
 from opamp_operator.fleet.model import Reason
@@ -64,6 +66,7 @@ class AdoptionResult:
     lease_renew_interval: float
     writes_per_second: float
     survivor_ready_seconds: float = 0.0  # spawn to /readyz and its Lease present
+    renewed_before_kill: float | None = None  # the killed replica's last Lease renewal
     first_seconds: float | None = None  # kill to the first CR seen Offline replica_lost
     last_seconds: float | None = None  # kill to the last (None: not all within the bound)
     delays: list[float] = field(default_factory=list)  # kill to each CR seen, seconds
@@ -93,9 +96,21 @@ class AdoptionResult:
         return self.expected_first[1] + WRITES_PER_CR * self.agents / self.writes_per_second
 
 
-def lease_exists(kubeconfig: Path, namespace: str, name: str) -> bool:
+def leases(kubeconfig: Path, namespace: str) -> dict[str, dict[str, Any]]:
     found = kubectl(kubeconfig, "-n", namespace, "get", "leases", "-o", "json")
-    return any(item["metadata"]["name"] == name for item in json.loads(found)["items"])
+    return {item["metadata"]["name"]: item for item in json.loads(found)["items"]}
+
+
+def lease_exists(kubeconfig: Path, namespace: str, name: str) -> bool:
+    return name in leases(kubeconfig, namespace)
+
+
+def renewed_at(lease: dict[str, Any] | None) -> float | None:
+    """spec.renewTime (a MicroTime, "2026-12-03T15:40:01.123456Z") as Unix seconds."""
+    text = ((lease or {}).get("spec") or {}).get("renewTime")
+    if not isinstance(text, str):
+        return None
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
 async def wait_lease(
@@ -166,6 +181,12 @@ class AdoptionRun:
         if self.fleet is not None:
             await self.fleet.kill()
         deadline = time.monotonic() + self.within
+        # Read after the kill, so no renewal can follow; adoption deletes it tens of s later.
+        lost_lease = (await asyncio.to_thread(leases, self.bed.kubeconfig, self.namespace)).get(
+            self.lost_id
+        )
+        renewal = renewed_at(lost_lease)
+        r.renewed_before_kill = None if renewal is None else killed - renewal
 
         def seen() -> int:
             return sum(1 for a in self.held if self.watch.seen_with(a, "Offline", REASON, killed))

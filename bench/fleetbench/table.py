@@ -171,7 +171,11 @@ def _adoption_times(r: FleetResult) -> str:
     low, high = a.expected_first
     times = f"{_s(a.first_seconds)} / {_s(a.last_seconds)}"
     timed_out = f"; timed out: {', '.join(a.timed_out)}" if a.timed_out else ""
-    return f"{times} (first {low:g} to {high:g} s, last ≤ {a.expected_last:.1f} s){timed_out}"
+    renewed = "?" if a.renewed_before_kill is None else f"{a.renewed_before_kill:.1f} s"
+    return (
+        f"{times} (expected: first {low:g} to {high:g} s, last ≤ {a.expected_last:.1f} s; "
+        f"Lease renewed {renewed} before the kill){timed_out}"
+    )
 
 
 def _adoption_spread(r: FleetResult) -> str:
