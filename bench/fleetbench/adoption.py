@@ -67,6 +67,7 @@ class AdoptionResult:
     writes_per_second: float
     survivor_ready_seconds: float = 0.0  # spawn to /readyz and its Lease present
     renewed_before_kill: float | None = None  # the killed replica's last Lease renewal
+    look_seconds: float | None = None  # kill to the survivor's log "replica ... lost"
     first_seconds: float | None = None  # kill to the first CR seen Offline replica_lost
     last_seconds: float | None = None  # kill to the last (None: not all within the bound)
     delays: list[float] = field(default_factory=list)  # kill to each CR seen, seconds
@@ -86,9 +87,18 @@ class AdoptionResult:
     def expected_first(self) -> tuple[float, float]:
         """Kill to the adopter's look that adopts: (earliest, latest) seconds."""
         d, r = self.lease_duration, self.lease_renew_interval
-        # Renewed 0..r before the kill, lost d after that renewal, adopted r (the grace)
-        # after that as of a Lease listing (every r), at the adopter's next look (every r).
-        return d, d + 3 * r
+        # Renewed b = 0..r before the kill, lost d after that renewal, adopted r (the grace)
+        # after that as of a Lease listing (every r), at the adopter's next look (every r):
+        # d + r - b .. d + 3r - b, so d .. d + 3r when b is not known.
+        b = self.renewed_before_kill
+        return (d, d + 3 * r) if b is None else (d + r - b, d + 3 * r - b)
+
+    @property
+    def writes(self) -> float:
+        """The survivor's successful CR status patches and Events."""
+        return self.survivor_kube_writes.get("status/ok", 0.0) + self.survivor_kube_writes.get(
+            "event/ok", 0.0
+        )
 
     @property
     def expected_last(self) -> float:
@@ -122,6 +132,21 @@ async def wait_lease(
             return False
         await asyncio.sleep(0.5)
     return True
+
+
+def adopting_at(log_text: str, lost_id: str) -> float | None:
+    """When the survivor's log says it began adopting `lost_id` (Unix seconds), if it did.
+
+    The operator logs in local time with milliseconds: "2026-12-03 15:41:25,521 WARNING ..."."""
+    marker = f"replica {lost_id} lost ("
+    for line in log_text.splitlines():
+        if marker in line:
+            stamp, _, millis = line[:23].partition(",")
+            try:
+                return time.mktime(time.strptime(stamp, "%Y-%m-%d %H:%M:%S")) + int(millis) / 1e3
+            except ValueError:
+                return None
+    return None
 
 
 class AdoptionRun:
@@ -217,6 +242,8 @@ class AdoptionRun:
             self.bed.kubeconfig, self.namespace, self.lost_id, False, 10
         )
         r.rows = await adoption_rows(self.database, self.lost_id, REASON)
+        began = adopting_at(self.survivor.log_text(), self.lost_id)
+        r.look_seconds = None if began is None else began - killed
 
     def _times(
         self, killed: float, first: bool, last: bool, s_first: ProcSample, s_last: ProcSample

@@ -173,8 +173,9 @@ def _adoption_times(r: FleetResult) -> str:
     timed_out = f"; timed out: {', '.join(a.timed_out)}" if a.timed_out else ""
     renewed = "?" if a.renewed_before_kill is None else f"{a.renewed_before_kill:.1f} s"
     return (
-        f"{times} (expected: first {low:g} to {high:g} s, last ≤ {a.expected_last:.1f} s; "
-        f"Lease renewed {renewed} before the kill){timed_out}"
+        f"{times} (expected: first {low:.1f} to {high:.1f} s, last ≤ {a.expected_last:.1f} s; "
+        f"Lease renewed {renewed} before the kill; adoption began at {_s(a.look_seconds)})"
+        f"{timed_out}"
     )
 
 
@@ -182,7 +183,12 @@ def _adoption_spread(r: FleetResult) -> str:
     a = r.adoption
     if a is None or not a.delays:
         return "-"
-    return f"{_pct(a.delays, 50):.1f} / {max(a.delays):.1f} s (n={len(a.delays):,})"
+    spread = max(a.delays) - min(a.delays)
+    rate = f"{a.writes / spread:,.0f}/s" if spread > 0 else "-"
+    return (
+        f"{_pct(a.delays, 50):.1f} / {max(a.delays):.1f} s (n={len(a.delays):,}); first to "
+        f"last {spread:.1f} s: {a.writes:,.0f} writes, {rate} (pace {a.writes_per_second:g}/s)"
+    )
 
 
 def _adoption_counts(r: FleetResult) -> str:
