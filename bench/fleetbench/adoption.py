@@ -187,7 +187,11 @@ class AdoptionRun:
 
     async def _start_survivor(self) -> bool:
         started = time.monotonic()
-        await self.survivor.start(within=120)
+        try:
+            await self.survivor.start(within=120)
+        except AssertionError as error:  # not ready in time, or exited: its log tail says why
+            self.result.timed_out.append(f"survivor ready (120 s): {str(error)[:200]}")
+            return False
         if not await wait_lease(self.bed.kubeconfig, self.namespace, SURVIVOR_ID, True, 60):
             self.result.timed_out.append("survivor Lease (60 s)")
             return False
@@ -195,35 +199,16 @@ class AdoptionRun:
         return True
 
     async def _kill_and_measure(self) -> None:
-        r, pid, watch = self.result, operator_pid(self.survivor), self.watch
+        r, pid = self.result, operator_pid(self.survivor)
         self.held = {
-            a for a, v in watch.crs.items() if v.phase == "Online" and v.replica == self.lost_id
+            a
+            for a, v in self.watch.crs.items()
+            if v.phase == "Online" and v.replica == self.lost_id
         }
         r.agents = len(self.held)
         m0, s0 = await scrape(self.survivor.api_url), sample(pid)
-        killed = time.time()
-        await self.lost.kill()
-        if self.fleet is not None:
-            await self.fleet.kill()
-        deadline = time.monotonic() + self.within
-        # Read after the kill, so no renewal can follow; adoption deletes it tens of s later.
-        lost_lease = (await asyncio.to_thread(leases, self.bed.kubeconfig, self.namespace)).get(
-            self.lost_id
-        )
-        renewal = renewed_at(lost_lease)
-        r.renewed_before_kill = None if renewal is None else killed - renewal
-
-        def seen() -> int:
-            return sum(1 for a in self.held if self.watch.seen_with(a, "Offline", REASON, killed))
-
-        first = await self.watch.wait_for(lambda: seen() > 0, deadline - time.monotonic())
-        s_first = sample(pid)
-        last = await self.watch.wait_for(
-            lambda: seen() >= len(self.held), max(0.0, deadline - time.monotonic())
-        )
-        s_last = sample(pid)
-        if last is None:
-            r.timed_out.append(f"every CR Offline {REASON} ({self.within:g} s)")
+        killed = await self._kill()
+        (first, s_first), (last, s_last) = await self._wait_offline(killed, pid)
         done = await wait_metrics(
             self.survivor.api_url,
             lambda m: m.value("opamp_replica_adoptions_total") >= 1 and idle_queues(m), 60,
@@ -231,7 +216,7 @@ class AdoptionRun:
         if done is None:
             r.timed_out.append("survivor's adoption counted and queues idle (60 s)")
         m1, s1 = await scrape(self.survivor.api_url), sample(pid)
-        self._times(killed, first is not None, last is not None, s_first, s_last)
+        self._times(killed, first, last, s_first, s_last)
         r.adoptions = m1.value("opamp_replica_adoptions_total")
         r.survivor_cpu_seconds = s1.cpu_seconds - s0.cpu_seconds
         before, after = writes_by_kind(m0), writes_by_kind(m1)
@@ -244,6 +229,36 @@ class AdoptionRun:
         r.rows = await adoption_rows(self.database, self.lost_id, REASON)
         began = adopting_at(self.survivor.log_text(), self.lost_id)
         r.look_seconds = None if began is None else began - killed
+
+    async def _kill(self) -> float:
+        """SIGKILL the replica, then its agents; the wall time of the kill."""
+        killed = time.time()
+        await self.lost.kill()
+        if self.fleet is not None:
+            await self.fleet.kill()
+        # Read after the kill, so no renewal can follow; adoption deletes it tens of s later.
+        found = await asyncio.to_thread(leases, self.bed.kubeconfig, self.namespace)
+        renewal = renewed_at(found.get(self.lost_id))
+        self.result.renewed_before_kill = None if renewal is None else killed - renewal
+        return killed
+
+    async def _wait_offline(
+        self, killed: float, pid: int
+    ) -> tuple[tuple[bool, ProcSample], tuple[bool, ProcSample]]:
+        """Wait for the first and for every held CR Offline replica_lost (one bound for
+        both); whether each was seen, with the survivor's CPU sampled then."""
+        deadline = time.monotonic() + self.within
+
+        def seen() -> int:
+            return sum(1 for a in self.held if self.watch.seen_with(a, "Offline", REASON, killed))
+
+        first = await self.watch.wait_for(lambda: seen() > 0, self.within)
+        s_first = sample(pid)
+        left = max(0.0, deadline - time.monotonic())
+        last = await self.watch.wait_for(lambda: seen() >= len(self.held), left)
+        if last is None:
+            self.result.timed_out.append(f"every CR Offline {REASON} ({self.within:g} s)")
+        return (first is not None, s_first), (last is not None, sample(pid))
 
     def _times(
         self, killed: float, first: bool, last: bool, s_first: ProcSample, s_last: ProcSample
