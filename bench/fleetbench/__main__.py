@@ -5,9 +5,9 @@
 Starts etcd + kube-apiserver + PostgreSQL (the test bed), then, each in its own namespace
 and database: a saturation run (operator, then peer), and per fleet size a fleet run on
 the operator (ramp, steady window, REST latency, silent agents, reconnect storm, adoption
-of a SIGKILLed replica) and on
-the peer (memory per connection). Prints Markdown tables; every number also goes to JSON.
-Bounded: each phase has a timeout; everything listens on 127.0.0.1 only.
+of a SIGKILLed replica) and on the peer (memory per connection). Prints Markdown tables;
+every number also goes to JSON. Bounded: each phase has a timeout; everything listens on
+127.0.0.1 only.
 """
 
 from __future__ import annotations

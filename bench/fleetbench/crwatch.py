@@ -29,7 +29,7 @@ _WATCH_TIMEOUT_S = 240  # the server ends a watch after this; we resume from the
 
 @dataclass
 class CrView:
-    """What the watch last saw of one CR, and when it first saw each phase change."""
+    """What the watch last saw of one CR, and when it saw each change of phase or reason."""
 
     phase: str | None = None
     reason: str | None = None  # status.disconnectReason
