@@ -4,9 +4,10 @@
 
 Starts etcd + kube-apiserver + PostgreSQL (the test bed), then, each in its own namespace
 and database: a saturation run (operator, then peer), and per fleet size a fleet run on
-the operator (ramp, steady window, REST latency, silent agents, reconnect storm) and on
-the peer (memory per connection). Prints Markdown tables; every number also goes to JSON.
-Bounded: each phase has a timeout; everything listens on 127.0.0.1 only.
+the operator (ramp, steady window, REST latency, silent agents, reconnect storm, adoption
+of a SIGKILLed replica) and on the peer (memory per connection). Prints Markdown tables;
+every number also goes to JSON. Bounded: each phase has a timeout; everything listens on
+127.0.0.1 only.
 """
 
 from __future__ import annotations
@@ -67,6 +68,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--no-saturation", action="store_true")
     parser.add_argument("--no-peer", action="store_true")
     parser.add_argument("--no-storm", action="store_true", help="skip the reconnect storm")
+    parser.add_argument(
+        "--no-adoption",
+        action="store_true",
+        help="skip the adoption of a SIGKILLed replica (after the storm)",
+    )
     parser.add_argument(
         "--profile",
         action="store_true",
@@ -143,7 +149,7 @@ async def run(args: argparse.Namespace, bed: TestBed, workdir: Path) -> dict[str
         silent = args.silent if args.silent is not None else min(200, n // 10)
         plan = FleetPlan(
             agents=n, silent=silent, ramp=args.ramp, steady_seconds=args.steady,
-            profile=args.profile, storm=not args.no_storm,
+            profile=args.profile, storm=not args.no_storm, adoption=not args.no_adoption,
         )  # fmt: skip
         started = time.monotonic()
         fleets.append(await FleetScenario(bed, plan, workdir, options).run())

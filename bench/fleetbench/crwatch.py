@@ -29,11 +29,14 @@ _WATCH_TIMEOUT_S = 240  # the server ends a watch after this; we resume from the
 
 @dataclass
 class CrView:
-    """What the watch last saw of one CR, and when it first saw each phase change."""
+    """What the watch last saw of one CR, and when it saw each change of phase or reason."""
 
     phase: str | None = None
+    reason: str | None = None  # status.disconnectReason
+    replica: str | None = None  # status.connection.replica: who holds the session
     last_connected_at: float | None = None  # Unix seconds (the CR keeps whole seconds)
-    phases: list[tuple[float, str]] = field(default_factory=list)  # (seen wall time, phase)
+    #: (seen wall time, phase, disconnectReason), one entry per change of either
+    phases: list[tuple[float, str, str | None]] = field(default_factory=list)
 
 
 def parse_rfc3339(text: object) -> float | None:
@@ -93,10 +96,17 @@ class CrWatch:
         view = self.crs.get(agent_id)
         if view is None:
             return None
-        for seen, value in view.phases:
+        for seen, value, _ in view.phases:
             if value == phase and seen >= after_wall:
                 return seen
         return None
+
+    def seen_with(self, agent_id: str, phase: str, reason: str, after_wall: float) -> list[float]:
+        """Wall times the watch saw `agent_id` enter `phase` for `reason` after `after_wall`."""
+        view = self.crs.get(agent_id)
+        if view is None:
+            return []
+        return [s for s, p, r in view.phases if p == phase and r == reason and s >= after_wall]
 
     # -- the watch ------------------------------------------------------------------------
 
@@ -166,10 +176,11 @@ class CrWatch:
         view = self.crs.get(agent_id)
         if view is None:
             view = self.crs[agent_id] = CrView()
-        phase = status.get("phase")
-        if phase != view.phase and phase is not None:
-            view.phases.append((seen, str(phase)))
-        view.phase = phase
+        phase, reason = status.get("phase"), status.get("disconnectReason")
+        if phase is not None and (phase, reason) != (view.phase, view.reason):
+            view.phases.append((seen, str(phase), None if reason is None else str(reason)))
+        view.phase, view.reason = phase, reason
+        view.replica = (status.get("connection") or {}).get("replica")
         view.last_connected_at = parse_rfc3339(status.get("lastConnectedAt"))
 
     def _forget(self, item: dict[str, Any]) -> None:

@@ -8,6 +8,8 @@ Fleet scenario (one operator process, its own namespace and database):
   offline  K more agents connect, then go silent (socket open); the CR watch times Offline
   storm    SIGTERM the operator and start it again: every agent reconnects at once; time
            until every CR is Online with a new session, then check the history rows
+  adoption a second replica starts, the first is SIGKILLed: time until the survivor moved
+           every CR the first held to Offline replica_lost (adoption.py)
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import api_latency
 from tests.support.operator_process import OperatorProcess
 
 from . import gcwatch, profiling
+from .adoption import AdoptionResult, AdoptionRun
 from .crwatch import CrWatch
 from .pgstats import HistoryCheck, PgCounters, counters, history_check
 from .procstat import PeakRss, cpu_percent, machine_busy_percent, machine_sample, sample
@@ -58,8 +61,10 @@ class FleetPlan:
     rest_requests: int = 2000
     settle_timeout: float = 420.0
     storm_timeout: float = 420.0
+    adoption_timeout: float = 420.0
     profile: bool = False
     storm: bool = True
+    adoption: bool = True
 
 
 @dataclass
@@ -108,6 +113,7 @@ class FleetResult:
     offline_delays: list[float] = field(default_factory=list)
     offline_missed: int = 0
     storm: StormResult | None = None
+    adoption: AdoptionResult | None = None
     profiles: dict[str, Path] = field(default_factory=dict)
 
 
@@ -188,6 +194,8 @@ class FleetScenario:
             await self._offline()
             if self.plan.storm:
                 await self._storm()
+            if self.plan.adoption:
+                await self._adoption()
         finally:
             if self.main is not None:
                 await self.main.kill()
@@ -341,6 +349,20 @@ class FleetScenario:
             rejected_registrations=metrics.value("opamp_registrations_rejected_total"),
         )
         self.say(f"storm: {self.result.storm}")
+
+    async def _adoption(self) -> None:
+        self.say("adoption: starting a second replica, then SIGKILL the first")
+        run = AdoptionRun(
+            self.bed, self.namespace, self.database, self.options,
+            lost=self.op, fleet=self.main, watch=self.watch,
+            log=self.workdir / f"operator-{self.plan.agents}-survivor.log",
+            within=self.plan.adoption_timeout,
+        )  # fmt: skip
+        self.result.adoption = result = await run.run()
+        self.say(
+            f"adoption: {result.adopted} of {result.agents} CRs, first {result.first_seconds} s, "
+            f"last {result.last_seconds} s, rows {result.rows}, timed out {result.timed_out}"
+        )
 
     def _profile(self, name: str, seconds: float) -> asyncio.Task[Path | None]:
         out = self.workdir / f"profile-{self.plan.agents}-{name}.txt"

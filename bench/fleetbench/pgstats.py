@@ -112,3 +112,40 @@ async def history_check(
         int(open_rows),
         {str(r["disconnect_reason"]): int(r["n"]) for r in reasons},
     )
+
+
+@dataclass(frozen=True)
+class AdoptionRows:
+    """A lost replica's history rows and the transitions its adoption wrote."""
+
+    left_open: int  # rows of the lost replica still open (0 once it is adopted)
+    closed_lost: int  # rows of the lost replica closed with the adoption's reason
+    transitions: int  # agent_state_transitions rows with that reason (one per agent)
+    transition_agents: int  # distinct agents among them
+
+    @property
+    def duplicate_transitions(self) -> int:
+        return self.transitions - self.transition_agents
+
+
+_LOST_REPLICA_ROWS = """
+SELECT count(*) FILTER (WHERE disconnected_at IS NULL) AS open,
+       count(*) FILTER (WHERE disconnect_reason = $2) AS closed
+FROM agent_connection_history WHERE replica_id = $1
+"""
+_TRANSITIONS_FOR = """
+SELECT count(*) AS n, count(DISTINCT agent_id) AS agents
+FROM agent_state_transitions WHERE reason = $1
+"""
+
+
+async def adoption_rows(database: PostgresEndpoint, replica_id: str, reason: str) -> AdoptionRows:
+    connection = await asyncpg.connect(database.dsn)
+    try:
+        rows = await connection.fetchrow(_LOST_REPLICA_ROWS, replica_id, reason)
+        transitions = await connection.fetchrow(_TRANSITIONS_FOR, reason)
+    finally:
+        await connection.close()
+    return AdoptionRows(
+        int(rows["open"]), int(rows["closed"]), int(transitions["n"]), int(transitions["agents"])
+    )

@@ -113,8 +113,15 @@ class BenchOperatorConfig(OperatorConfig):
 
 
 def operator_process(
-    bed: TestBed, namespace: str, database: PostgresEndpoint, options: OperatorOptions, log: Path
+    bed: TestBed,
+    namespace: str,
+    database: PostgresEndpoint,
+    options: OperatorOptions,
+    log: Path,
+    *,
+    replica_id: str = "bench",
 ) -> OperatorProcess:
+    """The operator on free ports; a second replica of the same fleet differs by `replica_id`."""
     config = BenchOperatorConfig(
         bed.kubeconfig,
         namespace,
@@ -123,7 +130,7 @@ def operator_process(
         heartbeat_timeout=options.heartbeat_timeout,
         error_after_offline=300.0,
         last_seen_refresh=options.last_seen_refresh,
-        replica_id="bench",
+        replica_id=replica_id,
         extra_args=options.extra_args(),
         gc_stats_path=log.with_suffix(".gc.json") if options.gc_stats else None,
     )

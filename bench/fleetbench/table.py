@@ -127,6 +127,13 @@ def fleet_table(results: Sequence[FleetResult], peers: dict[int, PeerFleetResult
         ),
     )
     add("storm: history rows missing", _history)
+    add("adoption: SIGKILL to first / last CR Offline replica_lost (expected)", _adoption_times)
+    add("adoption: per CR p50 / max after SIGKILL", _adoption_spread)
+    add("adoption: CRs adopted of those held; seen twice; other CRs", _adoption_counts)
+    add("adoption: killed replica's rows left open / closed replica_lost; transitions",
+        _adoption_rows)  # fmt: skip
+    add("adoption: survivor CPU, SIGKILL to done / while writing; its Kubernetes writes",
+        _adoption_cost)  # fmt: skip
     if peers:
         add("peer (opamp-go): memory per connection", lambda r: _peer_memory(peers, r))
         add("peer (opamp-go): CPU, steady", lambda r: _peer_cpu(peers, r))
@@ -155,6 +162,65 @@ def _history(r: FleetResult) -> str:
         f"left open: {h.left_open_before}, no new open row: {h.without_session_after}); "
         f"old sessions ended as: {reasons}"
     )
+
+
+def _adoption_times(r: FleetResult) -> str:
+    a = r.adoption
+    if a is None:
+        return "-"
+    low, high = a.expected_first
+    times = f"{_s(a.first_seconds)} / {_s(a.last_seconds)}"
+    timed_out = f"; timed out: {', '.join(a.timed_out)}" if a.timed_out else ""
+    renewed = "?" if a.renewed_before_kill is None else f"{a.renewed_before_kill:.1f} s"
+    return (
+        f"{times} (expected: first {low:.1f} to {high:.1f} s, last ≤ {a.expected_last:.1f} s; "
+        f"Lease renewed {renewed} before the kill; adoption began at {_s(a.look_seconds)})"
+        f"{timed_out}"
+    )
+
+
+def _adoption_spread(r: FleetResult) -> str:
+    a = r.adoption
+    if a is None or not a.delays:
+        return "-"
+    spread = max(a.delays) - min(a.delays)
+    rate = f"{a.writes / spread:,.0f}/s" if spread > 0 else "-"
+    return (
+        f"{_pct(a.delays, 50):.1f} / {max(a.delays):.1f} s (n={len(a.delays):,}); first to "
+        f"last {spread:.1f} s: {a.writes:,.0f} writes, {rate} (pace {a.writes_per_second:g}/s)"
+    )
+
+
+def _adoption_counts(r: FleetResult) -> str:
+    a = r.adoption
+    if a is None:
+        return "-"
+    others = "".join(f", {k} {v:,}" for k, v in sorted(a.other_outcomes.items()))
+    lease = "deleted" if a.lost_lease_deleted else "NOT deleted"
+    return (
+        f"{a.adopted:,} of {a.agents:,}{others}; {a.duplicates}; {a.unexpected} "
+        f"(adoptions {a.adoptions:g}, killed replica's Lease {lease})"
+    )
+
+
+def _adoption_rows(r: FleetResult) -> str:
+    a = r.adoption
+    if a is None or a.rows is None:
+        return "-"
+    rows = a.rows
+    return (
+        f"{rows.left_open:,} / {rows.closed_lost:,}; {rows.transitions:,} for "
+        f"{rows.transition_agents:,} agents ({rows.duplicate_transitions} duplicates)"
+    )
+
+
+def _adoption_cost(r: FleetResult) -> str:
+    a = r.adoption
+    if a is None:
+        return "-"
+    writing = "-" if a.survivor_cpu_pct_writing is None else f"{a.survivor_cpu_pct_writing:.0f} %"
+    writes = ", ".join(f"{k} {v:,.0f}" for k, v in sorted(a.survivor_kube_writes.items()))
+    return f"{a.survivor_cpu_seconds:.1f} CPU-s / {writing} of one core; {writes}"
 
 
 def _peer_memory(peers: dict[int, PeerFleetResult], r: FleetResult) -> str:
