@@ -11,18 +11,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import tempfile
 import time
 from pathlib import Path
 
-from kubernetes import config as k8s_config
+from kubebed import control_plane, online_status
 
 from opamp_operator.config import KubeSettings
 from opamp_operator.kube.api.resources import KubeApi
-from opamp_operator.testbed.controlplane import ControlPlane
-from tests.support.gitops import install_crd
-
-CRD = Path(__file__).resolve().parents[1] / "crds" / "opampagents.opamp.dev.yaml"
 
 
 async def measure(kubeconfig: Path, count: int, concurrency: int) -> tuple[float, float]:
@@ -33,14 +28,7 @@ async def measure(kubeconfig: Path, count: int, concurrency: int) -> tuple[float
 
         async def one(i: int) -> None:
             async with sem:
-                await api.patch_agent_status(
-                    "bench-agent",
-                    {
-                        "phase": "Online",
-                        "lastSeenAt": f"2026-01-01T00:{i // 60 % 60:02d}:{i % 60:02d}Z",
-                    },
-                    None,
-                )
+                await api.patch_agent_status("bench-agent", online_status(i), None)
 
         await asyncio.gather(*(one(i) for i in range(50)))  # warm up connections
         cpu, wall = time.process_time(), time.monotonic()
@@ -55,15 +43,8 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=1000)
     parser.add_argument("--concurrency", type=int, default=4)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as workdir:
-        plane = ControlPlane(Path(workdir))
-        endpoints = plane.start()
-        try:
-            admin = k8s_config.new_client_from_config(config_file=str(endpoints.kubeconfig))
-            install_crd(admin, CRD)
-            cpu, wall = asyncio.run(measure(endpoints.kubeconfig, args.count, args.concurrency))
-        finally:
-            plane.stop()
+    with control_plane() as kubeconfig:
+        cpu, wall = asyncio.run(measure(kubeconfig, args.count, args.concurrency))
     print(f"status patch: {cpu * 1e3:.2f} ms CPU, {wall * 1e3:.2f} ms wall per request")
 
 

@@ -17,13 +17,12 @@ import asyncio
 import logging
 import multiprocessing
 import multiprocessing.connection
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import kopf
-from kubernetes import config as k8s_config
+from kubebed import control_plane, online_status
 
 from opamp_operator.config import KubeSettings
 from opamp_operator.kube.api import load_credentials
@@ -31,11 +30,8 @@ from opamp_operator.kube.api.listwatch import Informer
 from opamp_operator.kube.api.resources import KubeApi
 from opamp_operator.kube.api.session import ApiSession
 from opamp_operator.kube.shapes.naming import GROUP, PLURAL, VERSION
-from opamp_operator.kube.wiring.kopfsetup import configure_kopf
-from opamp_operator.testbed.controlplane import ControlPlane
-from tests.support.gitops import install_crd
+from opamp_operator.kube.wiring.kopfsetup import build_registry, run_kopf
 
-CRD = Path(__file__).resolve().parents[1] / "crds" / "opampagents.opamp.dev.yaml"
 NAMESPACE = "default"
 
 
@@ -62,22 +58,15 @@ async def _consume(kind: str, kubeconfig: Path, expected: int, conn: Any) -> Non
         task = asyncio.create_task(informer.run())
         await informer.synced.wait()
     else:
-        registry = kopf.OperatorRegistry()
+        # Kopf as the operator runs it, plus the `on.event` handler it no longer has.
+        registry = build_registry(credentials)
         stop, ready = asyncio.Event(), asyncio.Event()
-
-        async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
-            configure_kopf(settings)
 
         async def event(event: dict[str, Any], **_: Any) -> None:
             count.apply(str(event.get("type")), event.get("object") or {})
 
-        kopf.on.startup(registry=registry)(startup)
-        kopf.on.login(registry=registry)(lambda **_: credentials.connection_info())
         kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)(event)
-        task = asyncio.create_task(kopf.operator(
-            registry=registry, namespaces=[NAMESPACE], clusterwide=False, standalone=True,
-            stop_flag=stop, ready_flag=ready,
-        ))  # fmt: skip
+        task = asyncio.create_task(run_kopf(registry, NAMESPACE, stop_flag=stop, ready_flag=ready))
         await ready.wait()
         await asyncio.sleep(2.0)  # its watch is open and the initial listing processed
     cpu = time.process_time()
@@ -104,8 +93,7 @@ async def _patch(kubeconfig: Path, names: list[str], rounds: int, hour: int) -> 
 
     async def one(name: str, i: int) -> None:
         async with sem:
-            seen = f"2026-01-01T{hour:02d}:{i // 60 % 60:02d}:{i % 60:02d}Z"
-            await api.patch_agent_status(name, {"phase": "Online", "lastSeenAt": seen}, None)
+            await api.patch_agent_status(name, online_status(i, hour), None)
 
     try:
         for i in range(rounds):
@@ -143,17 +131,10 @@ def main() -> None:
     parser.add_argument("--objects", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=10)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as workdir:
-        plane = ControlPlane(Path(workdir))
-        endpoints = plane.start()
-        try:
-            admin = k8s_config.new_client_from_config(config_file=str(endpoints.kubeconfig))
-            install_crd(admin, CRD)
-            names = asyncio.run(_create(endpoints.kubeconfig, args.objects))
-            results = {kind: measure(kind, endpoints.kubeconfig, names, args.rounds, hour)
-                       for hour, kind in enumerate(("kopf", "ours"))}  # fmt: skip
-        finally:
-            plane.stop()
+    with control_plane() as kubeconfig:
+        names = asyncio.run(_create(kubeconfig, args.objects))
+        results = {kind: measure(kind, kubeconfig, names, args.rounds, hour)
+                   for hour, kind in enumerate(("kopf", "ours"))}  # fmt: skip
     events = args.objects * args.rounds
     print(f"| consumer ({events} watch events) | CPU per event |")
     print("|---|---:|")

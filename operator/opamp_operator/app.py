@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import signal
 import sys
 import threading
@@ -61,7 +60,7 @@ from .kube.mirror.statuswriter import StatusWriter
 from .kube.pods.linker import PodLinker
 from .kube.shapes.podref import PodLinks
 from .kube.wiring.agentwatch import AgentWatch
-from .kube.wiring.kopfsetup import build_registry
+from .kube.wiring.kopfsetup import build_registry, run_kopf
 from .kube.writes.gate import WriteGate
 from .reviews import ReviewedUser, token_review
 from .store.migrations import migrate
@@ -386,19 +385,8 @@ async def serve(settings: Settings, demo_agents: int = 0) -> None:
         # after it 5 s and cancels it, the WebSocket handlers among them (agents would see
         # an aborted connection, connection_closed). Ending the sessions here comes first.
         kopf.on.cleanup(registry=app.kopf_registry, id="end-opamp-sessions")(_ending_sessions(app))
-        # Kopf peering: with the KopfPeering object `default` present (manifests/ ships it),
-        # Kopf joins it and the lower-priority peers pause. Kopf runs no resource handlers
-        # any more (every replica watches OpAMPAgents itself, kube/wiring/agentwatch.py), so
-        # a pause stops nothing; replicas know each other by their Leases (kube/leases/).
-        # Peers of equal priority would all pause, so each process draws its own.
-        await kopf.operator(
-            registry=app.kopf_registry,
-            namespaces=[settings.kube.namespace],
-            clusterwide=False,
-            priority=random.randint(1, 2**31 - 1),
-            memo=kopf.Memo(),
-            ready_flag=kopf_ready,
-            stop_flag=kopf_stop,
+        await run_kopf(
+            app.kopf_registry, settings.kube.namespace, ready_flag=kopf_ready, stop_flag=kopf_stop
         )
     finally:
         signals.cancel()

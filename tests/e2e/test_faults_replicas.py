@@ -1,9 +1,9 @@
 """Two operator processes on one namespace and one database, as a Deployment of 2 runs them.
 
 Both serve agents; each mirrors its own agents (status.connection.replica) and writes their
-history under its replica id. Kopf peering (the CRD and the `default` object from
-manifests/kopf-peering.yaml) lets only one of them run the Kopf handlers; when that one
-leaves, the other takes over.
+history under its replica id. They run on the manifests' ServiceAccount, which may not touch
+Kopf's peering: Kopf runs standalone in each, so neither joins the KopfPeering CRD and
+object an older release left on the cluster, and neither pauses.
 """
 
 from __future__ import annotations
@@ -17,41 +17,34 @@ from typing import Any
 
 import aiohttp
 import pytest
-import yaml
 from kubernetes import client as k8s
 
 from opamp_operator.kube.shapes.naming import resource_name
 from tests.e2e.conftest import OperatorFactory
 from tests.e2e.helpers import get_agent_cr
 from tests.support.faults import fetch, history
-from tests.support.gitops import wait_established
 from tests.support.goagent import GoAgent
-from tests.support.operator_process import REPO_ROOT, OperatorProcess
+from tests.support.manifests import base_account, leave_kopf_peering
+from tests.support.operator_process import OperatorProcess
 from tests.support.polling import eventually
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
-PEERING_FILE = REPO_ROOT / "manifests" / "kopf-peering.yaml"
-PAUSING = re.compile(r"Pausing operations in favour of")
-RESUMING = re.compile(r"Resuming operations after the pause")
+# What Kopf logs when it joins a peering, pauses for a peer, or is refused a request.
+PEERING_OR_REFUSED = re.compile(
+    r"[Pp]eering|kopfpeerings|Pausing operations|Resuming operations|\b403\b|[Ff]orbidden"
+)
 
 
 @pytest.fixture
-def kopf_peering(kube_api: k8s.ApiClient, namespace: str) -> Iterator[str]:
-    """Kopf's KopfPeering CRD (installed once) and the `default` object in `namespace`."""
-    crd, peering = yaml.safe_load_all(PEERING_FILE.read_text())
-    extensions = k8s.ApiextensionsV1Api(kube_api)
-    try:
-        extensions.create_custom_resource_definition(crd)
-    except k8s.ApiException as error:
-        if error.status != 409:
-            raise
-    wait_established(kube_api, crd["metadata"]["name"])
-    peering["metadata"]["namespace"] = namespace
-    k8s.CustomObjectsApi(kube_api).create_namespaced_custom_object(
-        "kopf.dev", "v1", namespace, "kopfpeerings", peering
-    )
-    yield str(peering["metadata"]["name"])
+def account_kubeconfig(
+    kube_api: k8s.ApiClient, kubeconfig: Path, namespace: str, tmp_path: Path
+) -> Iterator[Path]:
+    """A kubeconfig holding only the manifests' ServiceAccount token, with the KopfPeering
+    CRD and `default` object an older release leaves behind present in `namespace`."""
+    leave_kopf_peering(kubeconfig, namespace)
+    with base_account(kube_api, kubeconfig, namespace, tmp_path / "account.kubeconfig") as path:
+        yield path
 
 
 def peers(kube_api: k8s.ApiClient, namespace: str) -> dict[str, Any]:
@@ -82,20 +75,20 @@ async def api_status(operator: OperatorProcess, agent_id: str) -> int:
         return response.status
 
 
-async def test_two_replicas_mirror_their_own_agents_and_one_runs_kopf(
+async def test_two_replicas_mirror_their_own_agents_and_leave_kopf_peering_alone(
     *,
     operator_factory: OperatorFactory,
-    kopf_peering: str,
+    account_kubeconfig: Path,
     kube_api: k8s.ApiClient,
     kubeconfig: Path,
     namespace: str,
     postgres_dsn: str,
 ) -> None:
     replicas = {
-        name: operator_factory(replica_id=name, env={"POD_ID": name}, error_after_offline=60.0)
-        for name in ("r-a", "r-b")
+        name: operator_factory(replica_id=name, error_after_offline=60.0) for name in ("r-a", "r-b")
     }
     for operator in replicas.values():
+        operator.config.kubeconfig = account_kubeconfig
         await operator.start()
     names = ("a_ws", "a_http", "b_ws", "b_http", "mover", "partitioned")
     ids = {name: str(uuid.uuid4()) for name in names}
@@ -144,26 +137,24 @@ async def test_two_replicas_mirror_their_own_agents_and_one_runs_kopf(
         ).get("status")
 
         await check_history(postgres_dsn, ids)
-        active, paused = await check_one_runs_kopf(replicas, kube_api, namespace)
 
-        # The active replica leaves: the other one resumes the handlers.
-        assert await replicas[active].terminate() == 0
-        await eventually(
-            f"{paused} resumes Kopf's handlers",
-            lambda: _logged(replicas[paused], RESUMING),
-            within=15,
-        )
-        assert active not in peers(kube_api, namespace)
-        # And the agents the departed replica held are Offline, as it said on its way out.
+        # r-a leaves: the agents it held are Offline, as it said on its way out.
+        assert await replicas["r-a"].terminate() == 0
         for name, agent_id in ids.items():
             cr = await cr_of(kubeconfig, namespace, agent_id)
             assert cr is not None
-            held = name.startswith("b_") or name in ("mover", "partitioned")
-            if (active == "r-b") == held:
-                assert cr["status"]["phase"] == "Offline", (name, cr["status"])
+            held_by_b = name.startswith("b_") or name in ("mover", "partitioned")
+            assert cr["status"]["phase"] == ("Online" if held_by_b else "Offline"), cr["status"]
+            if not held_by_b:
                 assert cr["status"]["disconnectReason"] == "operator_shutdown"
-            else:
-                assert cr["status"]["phase"] == "Online", (name, cr["status"])
+
+        # Kopf ran standalone in both, from start to exit (where a peer would have signed
+        # off): neither touched the peering object, nor was refused anything.
+        assert await replicas["r-b"].terminate() == 0
+        assert peers(kube_api, namespace) == {}
+        for name, operator in replicas.items():
+            touched = PEERING_OR_REFUSED.findall(operator.log_text())
+            assert not touched, (name, touched, operator.log_tail())
     finally:
         for agent in agents:
             if agent.running:
@@ -204,33 +195,6 @@ async def check_history(dsn: str, ids: dict[str, str]) -> None:
     await eventually("every agent online in the agents table", all_online, within=10)
 
 
-async def check_one_runs_kopf(
-    replicas: dict[str, OperatorProcess], kube_api: k8s.ApiClient, namespace: str
-) -> tuple[str, str]:
-    """Both are peers; the one with the lower priority paused its handlers. (active, paused)"""
-    status = await eventually(
-        "both replicas in the peering object", lambda: _both_peers(kube_api, namespace), within=20
-    )
-    priorities = {name: status[name]["priority"] for name in replicas}
-    assert len(set(priorities.values())) == 2, priorities  # equal priorities pause both
-    active = max(priorities, key=lambda name: priorities[name])
-    paused = min(priorities, key=lambda name: priorities[name])
-    await eventually(
-        f"{paused} pauses its handlers", lambda: _logged(replicas[paused], PAUSING), within=15
-    )
-    assert not PAUSING.search(replicas[active].log_text()), replicas[active].log_tail()
-    return active, paused
-
-
 async def _closed_by(dsn: str, agent_id: str, replica: str, reason: str) -> bool:
     rows = await history(dsn, [agent_id])
     return any(r["replica_id"] == replica and r["disconnect_reason"] == reason for r in rows)
-
-
-async def _both_peers(kube_api: k8s.ApiClient, namespace: str) -> dict[str, Any] | None:
-    status = await asyncio.to_thread(peers, kube_api, namespace)
-    return status if {"r-a", "r-b"} <= set(status) else None
-
-
-async def _logged(operator: OperatorProcess, pattern: re.Pattern[str]) -> bool:
-    return bool(pattern.search(operator.log_text()))

@@ -138,9 +138,7 @@ def test_copies_match_their_source() -> None:
              if not dst.exists() or src.read_bytes() != dst.read_bytes()]  # fmt: skip
     assert not stale, "copies out of date; run:\n" + "\n".join(stale)
     chart_crds = {p.name for p in (CHART / "crds").glob("*.yaml")}
-    assert chart_crds == {p.name for p in (ROOT / "crds").glob("*.yaml")} | {
-        "kopfpeerings.kopf.dev.yaml"
-    }
+    assert chart_crds == {p.name for p in (ROOT / "crds").glob("*.yaml")}
 
 
 def test_custom_values_land_where_they_should(home: Path, namespace: str) -> None:
@@ -168,9 +166,8 @@ def test_custom_values_land_where_they_should(home: Path, namespace: str) -> Non
     assert env["OPAMP_AGENT_SERVICEACCOUNT_TOKENS"] == "true"
     assert env["OPAMP_AGENT_TOKEN_AUDIENCE"] == "opamp.example"
 
-    # The Role and the peering object follow the served namespace; the pods' RBAC is gone.
+    # The Role follows the served namespace; the pods' RBAC is gone.
     assert one(objects, "Role")["metadata"]["namespace"] == namespace
-    assert one(objects, "KopfPeering")["metadata"]["namespace"] == namespace
     names = {_key(o)[::2] for o in objects}
     assert ("ClusterRole", "opamp-operator-pods") not in names
     assert ("PodDisruptionBudget", "opamp-operator") not in names

@@ -16,6 +16,7 @@ ServiceMonitor selects the operator's Service and port.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import os
@@ -30,20 +31,21 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
-import kopf
 import pytest
 import yaml
 from kubernetes import client as k8s
 
 from opamp_operator.config import ApiSettings, ListenerSettings
+from opamp_operator.kube.api import Credentials
+from opamp_operator.kube.wiring.kopfsetup import build_registry, run_kopf
 from opamp_operator.metrics import REGISTRY, FleetCollector
 from opamp_operator.options import OPTIONS
 from tests.support.manifests import (
     Obj,
     assert_restricted_admission,
     kubectl,
+    leave_kopf_peering,
     one,
     pod_from,
     render,
@@ -74,7 +76,6 @@ NAMESPACED_RULES: dict[tuple[str, str], tuple[str, ...]] = {
     ("", "secrets"): ("get",),  # connection settings headers, by name only
     ("", "events"): ("create", "patch"),
     ("events.k8s.io", "events"): ("create", "patch"),
-    ("kopf.dev", "kopfpeerings"): ("get", "list", "watch", "patch"),
     ("coordination.k8s.io", "leases"): ("get", "list", "create", "update", "delete"),
 }
 CLUSTER_RULES: dict[tuple[str, str], tuple[str, ...]] = {
@@ -132,8 +133,6 @@ def test_base_holds_the_operator_and_no_secret(base: list[Obj]) -> None:
     for expected in [
         ("Namespace", NAMESPACE),
         ("CustomResourceDefinition", "opampagents.opamp.dev"),
-        ("CustomResourceDefinition", "kopfpeerings.kopf.dev"),
-        ("KopfPeering", "default"),
         ("ServiceAccount", "opamp-operator"),
         ("Role", "opamp-operator"),
         ("RoleBinding", "opamp-operator"),
@@ -597,15 +596,11 @@ def test_operator_token_does_what_the_operator_does(
     )
     assert access["status"]["allowed"] is False
 
-    # Kopf: CRD discovery and peering; replica Leases.
+    # Kopf: CRD discovery; replica Leases.
     crds = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
     operator.expect(200, "GET", crds)
     operator.expect(200, "GET", f"{crds}/opampagents.opamp.dev")
     operator.expect(200, "GET", f"{crds}?watch=1&timeoutSeconds=1")
-    peerings = f"/apis/kopf.dev/v1/namespaces/{namespace}/kopfpeerings"
-    operator.expect(200, "GET", peerings)
-    peer = {"priority": 0, "lifetime": 60, "lastseen": _now()}
-    operator.expect(200, "PATCH", f"{peerings}/default", {"status": {"replica-a": peer}})
     leases = f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases"
     lease = operator.expect(
         201,
@@ -664,6 +659,8 @@ def test_operator_token_is_refused_everything_else(tokens: Tokens, kube_api: k8s
             None,
         ),
         ("GET", f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases?watch=1", None),
+        # Kopf runs standalone: no peering.
+        ("GET", f"/apis/kopf.dev/v1/namespaces/{namespace}/kopfpeerings", None),
         ("POST", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions?dryRun=All", crd),
         (
             "POST",
@@ -674,77 +671,50 @@ def test_operator_token_is_refused_everything_else(tokens: Tokens, kube_api: k8s
         operator.expect(403, method, path, body)
 
 
-def _kopf_posted_an_event(kube_api: k8s.ApiClient, namespace: str, name: str) -> bool:
-    # Kopf posts `kopf.info()` as an Event on the object, from a background task.
-    core = k8s.CoreV1Api(kube_api)
-
-    def posted() -> bool:
-        selector = f"involvedObject.name={name}"
-        events = core.list_namespaced_event(namespace, field_selector=selector).items
-        return any(event.source and event.source.component == "kopf" for event in events)
-
-    return eventually_sync(
-        f"an Event from Kopf on {name}", posted, within=KOPF_TIMEOUT_SECONDS, every=0.2
-    )
-
-
-def test_kopf_runs_with_nothing_but_the_operator_token(
-    tokens: Tokens, kube_api: k8s.ApiClient, caplog: pytest.LogCaptureFixture
+def test_kopf_runs_as_the_operator_runs_it_with_nothing_but_the_operator_token(
+    tokens: Tokens, kube_api: k8s.ApiClient, kubeconfig: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Kopf itself (resource discovery, CRD and CR watches, peering, finalizers, Events)
-    works under the RBAC: a timer on an OpAMPAgent fires, and nothing is refused."""
-    operator, namespace, agents = tokens.operator, tokens.namespace, tokens.agents
-    operator.expect(201, "POST", agents, tokens.agent("agent-kopf"))
-
-    ticked = threading.Event()
-    registry = kopf.OperatorRegistry()
-
-    def login(**_: Any) -> kopf.ConnectionInfo:
-        return kopf.ConnectionInfo(
-            server=operator.server,
-            ca_path=kube_api.configuration.ssl_ca_cert,
-            scheme="Bearer",
-            token=operator.token,
-            default_namespace=namespace,
-        )
-
-    def tick(body: kopf.Body, **_: Any) -> None:
-        if not ticked.is_set():
-            kopf.info(body, reason="Tick", message="the timer fired")  # posted as an Event
-        ticked.set()
-
-    kopf.on.login(registry=registry)(login)
-    kopf.timer("opamp.dev", tokens.version, "opampagents", registry=registry, interval=0.5)(tick)
-    stop = threading.Event()
-    run = kopf.operator(
-        registry=registry,
-        clusterwide=False,
-        namespaces=[namespace],
-        peering_name="default",  # the manifests' KopfPeering, moved to `namespace`
-        standalone=False,
-        stop_flag=stop,
-    )
+    """Kopf as the operator runs it (kube/wiring/kopfsetup.py) under the RBAC: it starts,
+    watches CRDs and namespaces, is refused nothing, and leaves alone the KopfPeering CRD
+    and object an older release left (left to detect peering, Kopf would join them)."""
+    namespace = tokens.namespace
+    leave_kopf_peering(kubeconfig, namespace)
+    configuration = k8s.Configuration()
+    configuration.host = tokens.operator.server
+    configuration.ssl_ca_cert = kube_api.configuration.ssl_ca_cert
+    configuration.api_key = {"authorization": f"Bearer {tokens.operator.token}"}
+    registry = build_registry(Credentials.from_configuration(configuration))
+    ready, stop = threading.Event(), threading.Event()
+    run = run_kopf(registry, namespace, stop_flag=stop, ready_flag=ready)
     # In a thread with a loop of its own: Kopf installs signal handlers on a main-thread loop.
     thread = threading.Thread(target=asyncio.run, args=(run,), daemon=True)
+
+    def watching(resource: str) -> bool:
+        started = f"Starting the watch-stream for {resource}"
+        return any(started in record.getMessage() for record in caplog.records)
+
     with caplog.at_level(logging.DEBUG, logger="kopf"):
         thread.start()
         try:
-            assert ticked.wait(KOPF_TIMEOUT_SECONDS), "Kopf's timer never fired"
-            peering = operator.expect(
-                200, "GET", f"/apis/kopf.dev/v1/namespaces/{namespace}/kopfpeerings/default"
-            )
-            assert peering.get("status"), "Kopf never announced itself in the peering object"
-            assert _kopf_posted_an_event(kube_api, namespace, "agent-kopf")
+            assert ready.wait(KOPF_TIMEOUT_SECONDS), "Kopf never became ready"
+            for resource in ("customresourcedefinitions", "namespaces"):
+                eventually_sync(
+                    f"Kopf watches {resource}",
+                    functools.partial(watching, resource),
+                    within=KOPF_TIMEOUT_SECONDS,
+                    every=0.2,
+                )
         finally:
             stop.set()
             thread.join(KOPF_TIMEOUT_SECONDS)
     assert not thread.is_alive(), "Kopf did not stop"
 
+    messages = [record.getMessage() for record in caplog.records]
     refused = [
-        r.getMessage()
-        for r in caplog.records
-        if r.levelno >= logging.ERROR or re.search(r"\b403\b|[Ff]orbidden", r.getMessage())
+        message
+        for record, message in zip(caplog.records, messages, strict=True)
+        if record.levelno >= logging.ERROR or re.search(r"\b403\b|[Ff]orbidden", message)
     ]
     assert not refused, refused
-    stored = operator.expect(200, "GET", f"{agents}/agent-kopf")
-    assert stored["metadata"].get("finalizers"), "Kopf put no finalizer on the timed object"
+    peering = [message for message in messages if re.search(r"[Pp]eering|kopfpeerings", message)]
+    assert not peering, peering

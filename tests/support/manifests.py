@@ -11,7 +11,8 @@ import json
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -114,7 +115,7 @@ def apply_base(kubeconfig: Path, namespace: str) -> list[Obj]:
 
 
 def retarget(objects: list[Obj], namespace: str) -> list[Obj]:
-    """The base's RBAC objects and peering object, moved to `namespace`.
+    """The base's RBAC objects, moved to `namespace`.
 
     Cluster-scoped names get the namespace as a suffix, so tests never share them.
     """
@@ -124,7 +125,6 @@ def retarget(objects: list[Obj], namespace: str) -> list[Obj]:
         "RoleBinding",
         "ClusterRole",
         "ClusterRoleBinding",
-        "KopfPeering",
     }
     moved = []
     for original in objects:
@@ -168,3 +168,48 @@ def token_kubeconfig(admin: k8s.ApiClient, token: str, path: Path) -> Path:
     }  # fmt: skip
     path.write_text(json.dumps(config))
     return path
+
+
+@contextmanager
+def base_account(
+    kube_api: k8s.ApiClient, kubeconfig: Path, namespace: str, path: Path
+) -> Iterator[Path]:
+    """The base applied in `namespace` (`apply_base`); yields a kubeconfig at `path` that
+    holds nothing but its ServiceAccount's token, and deletes the cluster-scoped objects after."""
+    objects = apply_base(kubeconfig, namespace)
+    try:
+        account = one(objects, "ServiceAccount")["metadata"]["name"]
+        yield token_kubeconfig(kube_api, token_for(kube_api, namespace, account), path)
+    finally:
+        for obj in objects:
+            if obj["kind"].startswith("Cluster"):
+                kubectl(kubeconfig, "delete", obj["kind"], obj["metadata"]["name"], check=False)
+
+
+# Kopf's peering CRD as earlier versions of the base shipped it (manifests/kopf-peering.yaml).
+KOPF_PEERING_CRD: Obj = {
+    "apiVersion": "apiextensions.k8s.io/v1",
+    "kind": "CustomResourceDefinition",
+    "metadata": {"name": "kopfpeerings.kopf.dev"},
+    "spec": {
+        "group": "kopf.dev",
+        "scope": "Namespaced",
+        "names": {"kind": "KopfPeering", "plural": "kopfpeerings", "singular": "kopfpeering"},
+        "versions": [{
+            "name": "v1", "served": True, "storage": True,
+            "schema": {"openAPIV3Schema": {"type": "object", "properties": {"status": {
+                "type": "object", "x-kubernetes-preserve-unknown-fields": True}}}},
+        }],
+    },
+}  # fmt: skip
+
+
+def leave_kopf_peering(kubeconfig: Path, namespace: str) -> None:
+    """What an older release leaves behind on upgrade: Kopf's KopfPeering CRD and the
+    `default` peering object, here in `namespace`. Kopf would join it unless standalone."""
+    server_apply(kubeconfig, [KOPF_PEERING_CRD], dry_run=False)
+    kubectl(kubeconfig, "wait", "--for=condition=Established", "--timeout=30s",
+            f"crd/{KOPF_PEERING_CRD['metadata']['name']}")  # fmt: skip
+    peering = {"apiVersion": "kopf.dev/v1", "kind": "KopfPeering",
+               "metadata": {"name": "default", "namespace": namespace}}  # fmt: skip
+    server_apply(kubeconfig, [peering], dry_run=False)

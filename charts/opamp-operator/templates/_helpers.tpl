@@ -1,7 +1,7 @@
 {{/*
-Every object is named "opamp-operator": the CRDs, ClusterRoles and the Kopf peering are
-cluster-wide or shared, so one release per cluster is what works, and the alert rules and
-the dashboard can name the Deployment and the job without knowing the release.
+Every object is named "opamp-operator": the CRDs and ClusterRoles are cluster-wide, so one
+release per cluster is what works, and the alert rules and the dashboard can name the
+Deployment and the job without knowing the release.
 */}}
 {{- define "opamp-operator.name" -}}
 opamp-operator

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from .errors import Conflict, NotFound
+from .errors import NotFound
 from .session import ApiSession, Json
 
 
@@ -36,10 +36,6 @@ class LeaseApi:
 
     async def delete(self, name: str, *, uid: str, resource_version: str | None) -> bool:
         """Delete if it is still this one (uid, and version if given); False when not."""
-        try:
-            await self.session.delete(
-                f"{self._path}/{name}", uid=uid, resource_version=resource_version
-            )
-        except (NotFound, Conflict):
-            return False
-        return True
+        return await self.session.delete(
+            f"{self._path}/{name}", uid=uid, resource_version=resource_version
+        )

@@ -16,7 +16,6 @@ from typing import Any
 from opamp_operator.config import KubeSettings
 from opamp_operator.kube.api import (
     ApiSession,
-    Conflict,
     Credentials,
     KubeApiError,
     NotFound,
@@ -119,13 +118,9 @@ class KubeApi:
 
         Without `resource_version`, any version of that CR (same uid) is deleted.
         """
-        try:
-            await self.session.delete(
-                f"{self._agents}/{name}", uid=uid, resource_version=resource_version
-            )
-        except (NotFound, Conflict):
-            return False
-        return True
+        return await self.session.delete(
+            f"{self._agents}/{name}", uid=uid, resource_version=resource_version
+        )
 
     # -- OpAMPAgentConfig ----------------------------------------------------------
 

@@ -19,7 +19,7 @@ import aiohttp
 from opamp_operator import metrics
 
 from .credentials import Credentials
-from .errors import Gone, KubeApiError, Unavailable, check_response, error_for
+from .errors import Conflict, Gone, KubeApiError, NotFound, Unavailable, check_response, error_for
 
 log = logging.getLogger(__name__)
 
@@ -77,15 +77,20 @@ class ApiSession:
 
     async def delete(
         self, path: str, *, uid: str | None = None, resource_version: str | None = None
-    ) -> Json:
-        """Delete, only if the object still has this uid (and resourceVersion, if given)."""
+    ) -> bool:
+        """Delete, only if the object still has this uid (and resourceVersion, if given);
+        False when it is gone or no longer that one (NotFound, Conflict)."""
         preconditions = {
             key: value
             for key, value in (("uid", uid), ("resourceVersion", resource_version))
             if value is not None
         }
         body = {"kind": "DeleteOptions", "apiVersion": "v1", "preconditions": preconditions}
-        return await self._json("DELETE", path, body=body)
+        try:
+            await self._json("DELETE", path, body=body)
+        except (NotFound, Conflict):
+            return False
+        return True
 
     # -- collections ---------------------------------------------------------------
 

@@ -79,6 +79,11 @@ def agent_labels(snapshot: AgentSnapshot) -> dict[str, str]:
         LABEL_SERVICE_VERSION: snapshot.service_version,
         LABEL_HOST_NAME: snapshot.host_name,
     }
+    return labels_of(wanted)
+
+
+def labels_of(wanted: Mapping[str, str | None]) -> dict[str, str]:
+    """`wanted` as label values (`label_value`), leaving out those absent or empty."""
     labels: dict[str, str] = {}
     for key, raw in wanted.items():
         value = label_value(raw)

@@ -22,7 +22,7 @@ from opamp_operator.kube.shapes.naming import (
     LABEL_K8S_NAMESPACE,
     LABEL_K8S_WORKLOAD,
     LABEL_K8S_WORKLOAD_KIND,
-    label_value,
+    labels_of,
 )
 
 ATTR_POD_UID: Final = "k8s.pod.uid"
@@ -212,12 +212,7 @@ def pod_labels(link: PodLink | None) -> dict[str, str]:
         LABEL_K8S_WORKLOAD: link.workload_name,
         LABEL_K8S_WORKLOAD_KIND: link.workload_kind,
     }
-    labels: dict[str, str] = {}
-    for key, raw in wanted.items():
-        value = label_value(raw)
-        if value is not None:
-            labels[key] = value
-    return labels
+    return labels_of(wanted)
 
 
 class PodLinks:

@@ -4,11 +4,13 @@ Run it in-process, in the application's event loop:
 
     registry = build_registry(credentials)
     stop = asyncio.Event()
-    kopf_task = asyncio.create_task(kopf.operator(
-        registry=registry, clusterwide=False, namespaces=[settings.kube.namespace],
-        standalone=True, stop_flag=stop))
+    kopf_task = asyncio.create_task(run_kopf(registry, settings.kube.namespace, stop_flag=stop))
     ...
     stop.set(); await kopf_task        # stop with the flag: never cancel the task
+
+Standalone, without peering: Kopf's peering only pauses resource handlers, and there are
+none; each replica's liveness is its Lease (`kube/leases/`). With peering, every replica
+patched a KopfPeering object once a minute and needed its CRD and RBAC for nothing.
 
 Kopf no longer watches OpAMPAgent resources itself: the one watch of that kind per replica
 is `kube/wiring/agentwatch.py` (our informer), which every subscriber shares. Measured
@@ -20,7 +22,9 @@ config and liveness are needed on every replica.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import threading
 from typing import Any
 
 import kopf
@@ -45,6 +49,26 @@ def build_registry(credentials: Credentials) -> kopf.OperatorRegistry:
     kopf.on.startup(registry=registry)(startup)
     kopf.on.login(registry=registry)(login)
     return registry
+
+
+async def run_kopf(
+    registry: kopf.OperatorRegistry,
+    namespace: str,
+    *,
+    stop_flag: asyncio.Event | threading.Event | None = None,
+    ready_flag: asyncio.Event | threading.Event | None = None,
+) -> None:
+    """Kopf as the operator runs it: serving one namespace, standalone (no peering)."""
+    await kopf.operator(
+        registry=registry,
+        namespaces=[namespace],
+        clusterwide=False,
+        # Forced: left to auto-detection, Kopf joins a KopfPeering CRD left on the cluster.
+        standalone=True,
+        memo=kopf.Memo(),
+        stop_flag=stop_flag,
+        ready_flag=ready_flag,
+    )
 
 
 def configure_kopf(settings: kopf.OperatorSettings) -> None:
