@@ -200,7 +200,7 @@ class KubeSettings:
     # agents inactive; their history stays in PostgreSQL for its own retention.
     gc_ttl_seconds: float | None = 14 * 86400.0
     replica_id: str = "local"
-    api_threads: int = 4  # concurrent API requests (the official client is synchronous)
+    api_threads: int = 4  # API requests at once in a batch (liveness reads, adoption writes)
     request_timeout_seconds: float = 15.0
     sweep_interval_seconds: float = 5.0  # how often stale lastSeenAt values are looked for
     liveness_check_interval_seconds: float = 5.0  # how often due CRs are re-checked

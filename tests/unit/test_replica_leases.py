@@ -3,8 +3,14 @@ and the CR judge deferring to a replica that has a Lease."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
+from opamp_operator.config import KubeSettings
+from opamp_operator.fleet.clock import FakeClock
+from opamp_operator.kube.leases.keeper import LeaseKeeper
 from opamp_operator.kube.liveness.adoption import disrupted, lost_leases
 from opamp_operator.kube.liveness.judge import Thresholds, due_at, judge
 from opamp_operator.kube.shapes.lease import (
@@ -104,3 +110,32 @@ def test_the_judge_leaves_online_crs_of_a_leased_replica_alone() -> None:
                "lastDisconnectedAt": "2026-12-02T12:00:00Z"}  # fmt: skip
     verdict = judge(offline, T0, much_later, LIMITS, known_here=False, leased_elsewhere=True)
     assert verdict is not None and verdict.reason == "offline_too_long"
+
+
+class ListingOnlyApi:
+    """Answers the keeper's listing with no Lease; `wait` holds each listing until released."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+
+    async def list(self, label_selector: str) -> list[dict[str, Any]]:
+        await self.release.wait()
+        return []
+
+
+async def test_the_adopter_looks_right_after_each_listing_not_on_its_own_timer() -> None:
+    api = ListingOnlyApi()
+    keeper = LeaseKeeper(api, KubeSettings(replica_id="me"), FakeClock())  # type: ignore[arg-type]
+    listing = asyncio.create_task(keeper._list())
+    waiting = asyncio.create_task(keeper.next_listing(within=30))
+    await asyncio.sleep(0.01)
+    assert not waiting.done()  # no listing yet
+    started = time.monotonic()
+    api.release.set()
+    await asyncio.wait_for(waiting, 1)
+    assert time.monotonic() - started < 0.5  # woken by the listing, not after `within`
+    await listing
+    # Listings failing: the adopter still looks every `within` (and adopts nobody then).
+    started = time.monotonic()
+    await keeper.next_listing(within=0.05)
+    assert 0.04 <= time.monotonic() - started < 1

@@ -12,6 +12,7 @@ monotonic clock (a renewal in flight when the server went away does not count).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
@@ -48,6 +49,7 @@ class LeaseKeeper:
         self._body: dict[str, Any] | None = None  # ours, as last written
         self._renewed_at: float | None = None  # monotonic, last successful renewal
         self._failing = False
+        self._listed = asyncio.Event()  # set by each listing; the adopter waits for it
         metrics.replica_lease_current.set_function(lambda: 1.0 if self.current else 0.0)
 
     @property
@@ -76,6 +78,12 @@ class LeaseKeeper:
     def own_body(self) -> dict[str, Any] | None:
         """Our Lease as last written (None before the first renewal)."""
         return self._body
+
+    async def next_listing(self, *, within: float) -> None:
+        """Until the next listing of the Leases, or `within` seconds (listings failing)."""
+        self._listed.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._listed.wait(), within)
 
     async def start(self) -> None:
         """Take our Lease and read the others'; failures are logged and retried by `run`."""
@@ -171,3 +179,4 @@ class LeaseKeeper:
         leases = (ReplicaLease.from_body(body) for body in bodies)
         self.peers = {lease.name: lease for lease in leases if lease is not None}
         self.peers_listed_at, self.peers_listed_wall = listed, wall
+        self._listed.set()
