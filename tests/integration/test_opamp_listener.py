@@ -6,6 +6,7 @@ import asyncio
 import ssl
 import time
 import uuid
+from collections.abc import Awaitable
 from pathlib import Path
 
 import aiohttp
@@ -17,6 +18,7 @@ from opamp_operator.fleet.model import AgentPhase, AgentSnapshot
 from opamp_operator.opamp.frames import decode_ws_frame, encode_ws_frame
 from opamp_operator.opamp.messages import AgentToServer, parse_server_to_agent
 from opamp_operator.testbed.certs import make_certs
+from tests.support import fake_agents
 from tests.support.goagent import GoAgent
 from tests.support.opamp_clients import metric, opamp_server
 
@@ -75,8 +77,12 @@ async def test_stop_is_bounded_when_a_peer_never_answers_the_close() -> None:
         assert snapshot.phase_reason == "operator_shutdown"
 
 
-async def test_keepalive_ping_timeout_drops_a_frozen_websocket() -> None:
-    uid = uuid.uuid4()
+async def test_keepalive_ping_timeout_drops_a_frozen_websocket_judged_by_its_connection() -> None:
+    """An agent without ReportsHeartbeat is judged by its WebSocket: pinged once quiet for
+    the ping interval, dropped when no pong comes. The client is scripted (from the spec:
+    header varint 0, one AgentToServer per frame) so that it can stop reading its socket,
+    pongs included, while its TCP connection stays open."""
+    agent_id = str(uuid.uuid4())
     async with (
         opamp_server(
             heartbeat=1.0,
@@ -85,13 +91,47 @@ async def test_keepalive_ping_timeout_drops_a_frozen_websocket() -> None:
             ping_timeout_seconds=0.3,
             close_timeout_seconds=0.3,
         ) as server,
-        GoAgent() as agent,
+        connect(server.ws_url, ping_interval=None) as ws,
     ):
-        await agent.start(url=server.ws_url, instance_uid=uid, heartbeat=1.0)
+        first = fake_agents.hello(agent_id, reports_heartbeat=False)
+        await ws.send(encode_ws_frame(first.SerializeToString()))
+        await ws.recv()
+        uid = uuid.UUID(agent_id)
         await server.wait_for_agent(uid, online)
-        agent.freeze()
+        ws.transport.pause_reading()  # frozen: pings go unanswered
         snapshot = await server.wait_for_agent(uid, offline, timeout=3)
         assert snapshot.phase_reason == "connection_closed"
+
+
+async def test_an_agent_judged_by_its_heartbeats_is_not_pinged() -> None:
+    """Its messages prove it alive as pongs would: no ping while it heartbeats (before, every
+    WebSocket was pinged each ping interval: at 10,000 agents more pings than heartbeats).
+    Scripted client (from the spec) heartbeating every 50 ms, faster than opamp-go allows."""
+    agent_id = str(uuid.uuid4())
+    async with (
+        opamp_server(heartbeat=1.0, heartbeat_timeout=30.0, ping_interval_seconds=0.3) as server,
+        connect(server.ws_url, ping_interval=None) as ws,
+    ):
+        await ws.send(encode_ws_frame(fake_agents.hello(agent_id).SerializeToString()))
+        await ws.recv()
+        (channel,) = server.listener.websocket_channels
+        connection = channel.connection
+        pings = 0
+        ping = connection.ping
+
+        async def counted(data: bytes | None = None) -> Awaitable[float]:
+            nonlocal pings
+            pings += 1
+            return await ping(data)
+
+        connection.ping = counted  # type: ignore[method-assign,assignment]
+        # Two seconds of heartbeats: more than six ping intervals, answered by the server.
+        for number in range(1, 41):
+            beat = AgentToServer(instance_uid=uuid.UUID(agent_id).bytes, sequence_num=number)
+            await ws.send(encode_ws_frame(beat.SerializeToString()))
+            await ws.recv()
+            await asyncio.sleep(0.05)
+        assert pings == 0
 
 
 async def test_websocket_and_https_over_tls(tmp_path: Path) -> None:

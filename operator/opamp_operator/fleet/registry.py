@@ -191,6 +191,13 @@ class Fleet:
             return self._split_duplicate(record, channel, message)
         return self._serve(record, channel, message)
 
+    def judged_by_heartbeat(self, channel: Channel) -> bool:
+        """Whether the agent `channel` carries is judged by its heartbeats (not by its
+        connection); False for a channel not (or no longer) carrying a session."""
+        agent_id = self._by_channel.get(channel)
+        record = self._agents.get(agent_id) if agent_id is not None else None
+        return record is not None and record.liveness() is Liveness.HEARTBEAT
+
     def _channel_agent(self, channel: Channel, uid: bytes) -> str | None:
         """The id of the agent whose session `channel` carries, if `uid` is its uid.
 
