@@ -58,12 +58,13 @@ class GcStats:
             self.slow.append((time.time(), generation, elapsed, int(info["collected"])))
 
     def snapshot(self) -> dict[str, Any]:
+        # Not gc.get_freeze_count(): it walks the whole frozen list (a million objects at
+        # 10,000 agents), and doing so every second was 22 % of the operator's steady CPU.
         return {
             "count": list(self.count),
             "seconds": list(self.seconds),
             "max": list(self.max),
             "slow": list(self.slow),
-            "freeze_count": gc.get_freeze_count(),
             "thresholds": gc.get_threshold(),
             "at": time.time(),
         }

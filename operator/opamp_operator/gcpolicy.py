@@ -94,8 +94,9 @@ def full_collections() -> int:
     return int(gc.get_stats()[2]["collections"])
 
 
-def apply(action: Action) -> None:
-    """Carry out one decision on the process's collector, and count it."""
+def apply(action: Action) -> int:
+    """Carry out one decision on the process's collector, count it; return how many objects
+    are frozen now (gc.get_freeze_count() walks the frozen list: called once per action)."""
     if action is Action.FREEZE:
         gc.collect(1)  # the young garbage since the full collection: freezing it would keep it
         gc.freeze()
@@ -103,9 +104,11 @@ def apply(action: Action) -> None:
         gc.unfreeze()
         gc.collect()
     else:
-        return
+        return 0
     metrics.gc_policy_actions.labels(action.value).inc()
-    metrics.gc_frozen_objects.set(gc.get_freeze_count())
+    frozen = gc.get_freeze_count()
+    metrics.gc_frozen_objects.set(frozen)
+    return frozen
 
 
 async def run_gc_policy(
@@ -123,11 +126,10 @@ async def run_gc_policy(
             action = policy.decide(clock(), sessions(), agents(), full_collections())
             if action is not Action.NONE:
                 started = time.perf_counter()
-                apply(action)
+                frozen = apply(action)
                 log.info(
                     "collector: %s at %d agents in %.0f ms (%d objects frozen)",
-                    action.value, agents(), (time.perf_counter() - started) * 1000,
-                    gc.get_freeze_count(),
+                    action.value, agents(), (time.perf_counter() - started) * 1000, frozen,
                 )  # fmt: skip
     finally:
         if policy.frozen:  # stopping (also in-process in tests): leave the heap as found

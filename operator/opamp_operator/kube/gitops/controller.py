@@ -30,7 +30,7 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -177,6 +177,10 @@ class GitOpsController:
         self.restarts = RestartRequests(fleet, settings, api, clock, gate=self.gate)
         self.decider = RolloutDecider(self.gate, settings.replica_id)
         self._settings_wake = asyncio.Event()
+        # Agents whose settings need choosing again; None: every agent (a config changed).
+        self._settings_dirty: set[str] | None = None
+        self._settings_owed = False  # woken for the agents above (or all)
+        self._secrets_in_use = False  # the last pass read Secrets: look again periodically
 
     # -- what the status writer asks ---------------------------------------------------
 
@@ -254,6 +258,8 @@ class GitOpsController:
         ):
             self._dirty.add(name)
             self._wake.set()
+            if self._settings_dirty is not None:  # None: every agent is due anyway
+                self._settings_dirty.add(name)
             self._settings_wake.set()
         if old is None or old.status != entry.status:
             self._counts_dirty = True
@@ -370,28 +376,43 @@ class GitOpsController:
         self._resync = True
         self._counts_dirty = True
         self._wake.set()
+        self._settings_dirty = None
         self._settings_wake.set()
 
     # -- connection settings -------------------------------------------------------------
 
     async def _settings_forever(self) -> None:
+        """Choose settings for the agents (or configs) that changed; every
+        `SECRET_REFRESH_SECONDS` for every agent, but only while some settings use Secrets
+        (they are read, not watched): a fleet without them costs no pass over its agents."""
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._settings_wake.wait(), SECRET_REFRESH_SECONDS)
-            self._settings_wake.clear()
-            if not self.ready:
+            if self._settings_wake.is_set():  # kept until ready: a wake is never lost
+                self._settings_wake.clear()
+                self._settings_owed = True
+            if not self.ready or not (self._settings_owed or self._secrets_in_use):
                 continue
+            names = self._settings_dirty if self._settings_owed else None
+            self._settings_owed, self._settings_dirty = False, set()
             try:
-                await self.refresh_settings()
+                await self.refresh_settings(names)
             except Exception:
+                self._settings_dirty = None  # the next pass takes everyone
                 log.exception("offering connection settings failed; trying again")
 
-    async def refresh_settings(self) -> None:
-        """Give every agent its connection settings, with the Secrets read now."""
+    async def refresh_settings(self, names: Collection[str] | None = None) -> None:
+        """Give the agents `names` (None: every agent) their connection settings, with the
+        Secrets read now."""
         fleet = [c.settings for c in self._configs.values() if c.settings is not None]
         chosen: dict[str, tuple[_Agent, SettingsSpec | None, str]] = {}
         conflicts: dict[str, SettingsSpecError] = {}
-        for entry in list(self._agents.values()):
+        entries = (
+            list(self._agents.values())
+            if names is None
+            else [e for n in names if (e := self._agents.get(n)) is not None]
+        )
+        for entry in entries:
             try:
                 spec, source = choose(entry.labels, entry.settings, fleet)
             except SettingsSpecError as error:
@@ -400,9 +421,13 @@ class GitOpsController:
             if source == "OpAMPAgent":
                 source = f"OpAMPAgent/{entry.name}"
             chosen[entry.agent_id] = (entry, spec, source)
-        names = {name for _, spec, _ in chosen.values() if spec for name in spec.secrets}
+        secret_names = {name for _, spec, _ in chosen.values() if spec for name in spec.secrets}
+        if names is None:
+            self._secrets_in_use = bool(secret_names)
+        elif secret_names:
+            self._secrets_in_use = True
         secrets: dict[str, Mapping[str, bytes] | None] = {}
-        for name in sorted(names):
+        for name in sorted(secret_names):
             try:
                 secrets[name] = await self.api.get_secret_data(name)
             except KubeApiError as error:  # not this round: keep what the agents have
@@ -510,7 +535,7 @@ class GitOpsController:
 
         Unless `everything`, only rollouts still under way (their gates depend on time).
         """
-        agents = self._selected_agents()
+        agents: dict[str, list[_Agent]] | None = None  # walks every agent: only when needed
         written = 0
         for name, config in list(self._configs.items()):
             parsed, rollout = config.parsed, config.rollout
@@ -524,6 +549,8 @@ class GitOpsController:
                 and (state.config_hash == parsed.desired.hash_hex)
             ):
                 continue
+            if agents is None:
+                agents = self._selected_agents()
             lost = self._offline_counts()
             observed = [
                 observe(e.name, e.agent_id, e.status, offline_counts=lost)
