@@ -10,6 +10,9 @@ For experiments, $FLEETBENCH_GC_THRESHOLD ("a,b,c") sets the collector's thresho
 the operator starts, and $FLEETBENCH_GC_FREEZE_AFTER (seconds) calls gc.freeze() once
 that long after start (to compare collector settings without editing the operator).
 $FLEETBENCH_EVENT_LOOP=uvloop runs it on uvloop's event loop (to measure it the same way).
+$FLEETBENCH_TRACEMALLOC=N traces allocations (N frames each) from the start; then
+`kill -USR2 <pid>` collects garbage and writes the live Python memory by component to
+STATS.mem-K.json (K = 1, 2, ...; `fleetbench.memory` diffs two of them).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import signal
 import sys
 import threading
 import time
+import tracemalloc
 import types
 from collections import Counter
 from dataclasses import dataclass
@@ -108,6 +112,61 @@ def _freezer(every: float) -> None:
         gc.freeze()
 
 
+def _component(filename: str) -> str:
+    """Our sub-package (opamp_operator/kube/api), a library (websockets), or the stdlib."""
+    parts = Path(filename).parts
+    if "opamp_operator" in parts:
+        at = len(parts) - 1 - parts[::-1].index("opamp_operator")
+        inside = parts[at + 1 : -1]
+        return "/".join(("opamp_operator", *inside)) if inside else "opamp_operator"
+    if "site-packages" in parts:
+        return parts[parts.index("site-packages") + 1].removesuffix(".py")
+    if len(parts) > 1 and parts[-2].startswith("python3"):
+        return "stdlib/" + parts[-1].removesuffix(".py")
+    return "stdlib/" + parts[-2] if len(parts) > 1 else filename
+
+
+def _memory_report(path: Path) -> None:
+    """Live Python memory by where it was allocated and by which of our modules asked."""
+    gc.collect()
+    snapshot = tracemalloc.take_snapshot()
+    where: Counter[str] = Counter()
+    ours: Counter[str] = Counter()
+    for trace in snapshot.traces:
+        frames = trace.traceback  # oldest first
+        where[_component(frames[-1].filename)] += trace.size
+        caller = next(
+            (f.filename for f in reversed(frames) if "opamp_operator" in f.filename), None
+        )
+        ours[_component(caller) if caller else "(no frame of ours)"] += trace.size
+    report = {
+        "traced_bytes": sum(where.values()),
+        "rss_bytes": _rss_bytes(),
+        "where": where.most_common(),
+        "ours": ours.most_common(),
+    }
+    path.write_text(json.dumps(report, indent=1))
+
+
+def _rss_bytes() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def _trace_memory(target: Path) -> None:
+    frames = os.environ.get("FLEETBENCH_TRACEMALLOC")
+    if not frames:
+        return
+    tracemalloc.start(int(frames))
+    reports = iter(range(1, 1000))
+    signal.signal(
+        signal.SIGUSR2,
+        lambda *_: _memory_report(target.with_suffix(f".mem-{next(reports)}.json")),
+    )
+
+
 def main() -> None:
     stats = GcStats()
     gc.callbacks.append(stats.hook)
@@ -120,6 +179,7 @@ def main() -> None:
     # kill -USR1 <pid>: a census of 5 s of cyclic garbage into STATS.census.json
     census = target.with_suffix(".census.json")
     signal.signal(signal.SIGUSR1, lambda *_: _census(census, 5.0))
+    _trace_memory(target)
     freeze_every = os.environ.get("FLEETBENCH_GC_FREEZE_EVERY")
     if freeze_every:
         threading.Thread(target=_freezer, args=(float(freeze_every),), daemon=True).start()
