@@ -116,6 +116,12 @@ class OpAMPListener:
         if server is None or self._stopping:
             return
         self._stopping = True
+        timeout = self.settings.stop_timeout_seconds
+        if within_seconds is not None:
+            timeout = min(timeout, within_seconds)
+        # From now, not from when the last close was issued: issuing 10,000 closes took the
+        # loop 2 s, and the wait after it ran over its share of the shutdown budget by that.
+        deadline = asyncio.get_running_loop().time() + timeout
         server.server.close()  # stop accepting; handshakes under way now get 503
         for front in list(self._pending):
             front.close()
@@ -124,19 +130,17 @@ class OpAMPListener:
             channel.close(CloseCode.GOING_AWAY, reason, reason)
         tasks = [t for t in server.handler_tasks if t is not asyncio.current_task()]
         http = self._http.server
-        timeout = self.settings.stop_timeout_seconds
-        if within_seconds is not None:
-            timeout = min(timeout, within_seconds)
         waits: list[asyncio.Future[object]] = []
+        left = max(0.0, deadline - asyncio.get_running_loop().time())
         if http is not None:
             # As aiohttp's own runner does: pre_shutdown() wakes idle keep-alive connections
             # so they close now; shutdown() then waits for requests in flight (bounded).
             http.pre_shutdown()
-            waits.append(asyncio.ensure_future(http.shutdown(timeout)))
+            waits.append(asyncio.ensure_future(http.shutdown(left)))
         if tasks:
             waits.append(asyncio.ensure_future(asyncio.wait(tasks)))
         if waits:
-            _, late = await asyncio.wait(waits, timeout=timeout)
+            _, late = await asyncio.wait(waits, timeout=left)
             for future in late:
                 future.cancel()
         for task in server.handler_tasks:
