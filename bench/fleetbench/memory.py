@@ -90,7 +90,7 @@ async def _measure(bed: TestBed, args: argparse.Namespace, workdir: Path) -> str
         pid = operator_pid(operator)
         before = await _report(pid, stats, 1)
         url = operator.http_url if args.transport == "http" else operator.ws_url
-        plan = SimPlan(agents=args.agents, duration=SETTLE_SECONDS + 300)
+        plan = SimPlan(agents=args.agents, duration=SETTLE_SECONDS + 300, ramp=args.ramp)
         simulator = Simulator(plan, url, workdir, "sim")
         await simulator.start()
         try:
@@ -129,6 +129,9 @@ def main() -> None:
     parser.add_argument("--agents", type=int, default=10_000)
     parser.add_argument("--transport", choices=("ws", "http"), default="ws")
     parser.add_argument("--frames", type=int, default=8, help="tracemalloc frames per trace")
+    # Tracing makes the operator several times slower: at the default admission rate
+    # (200/s) new connections time out before their first message is read.
+    parser.add_argument("--ramp", type=float, default=50.0, help="agents connecting per second")
     parser.add_argument("--out", type=Path, help="also write the tables here (Markdown)")
     args = parser.parse_args()
     os.environ["FLEETBENCH_TRACEMALLOC"] = str(args.frames)  # read by the operator's gcwatch
