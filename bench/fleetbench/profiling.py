@@ -97,7 +97,7 @@ _CATEGORIES: tuple[tuple[str, str], ...] = (
     ("kopf/", "Kopf (login, start-up; before issue 14 its OpAMPAgent watch and handlers)"),
     # Before issue 14 the kubernetes client ran requests in threads; now only the bench's
     # own gcwatch writer and asyncio's to_thread calls run in threads.
-    ("fleetbench/gcwatch", "the benchmark's gcwatch thread"),
+    ("_writer (fleetbench/gcwatch", "the benchmark's gcwatch thread"),
     ("Thread._bootstrap", "threads (to_thread calls; before issue 14 the kubernetes client)"),
     ("Informer", "OpAMPAgent and OpAMPAgentConfig watches (informers)"),
     ("kube/liveness/", "liveness (CR reads of due CRs)"),
