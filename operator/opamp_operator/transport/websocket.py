@@ -97,20 +97,30 @@ class OpAMPConnection(ServerConnection):
                 if waited < quiet:
                     await asyncio.sleep(quiet - waited)
                     continue
-                pong = await self.ping()
-                if self.ping_timeout is not None:
-                    try:
-                        async with asyncio.timeout(self.ping_timeout):
-                            await pong
-                    except TimeoutError:
-                        async with self.send_context():
-                            self.protocol.fail(CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
-                        return  # send_context waits for connection_lost, which cancels us
+                try:
+                    # The ping's write is inside the timeout too: a peer that stopped reading
+                    # (its receive window full) stalls it, and such a peer is pinged only
+                    # once quiet, when our buffer may already be full.
+                    async with asyncio.timeout(self.ping_timeout):
+                        await (await self.ping())
+                except TimeoutError:
+                    await self._fail_keepalive()
+                    return
                 self.heard_at = self.loop.time()
         except ConnectionClosed:
             pass
         except Exception:
             self.logger.error("keepalive ping failed", exc_info=True)
+
+    async def _fail_keepalive(self) -> None:
+        """Close with 1011 as websockets does; drop the TCP connection if even the close
+        frame cannot be written within the close timeout (a peer that reads nothing)."""
+        try:
+            async with asyncio.timeout(self.close_timeout or 1.0), self.send_context():
+                self.protocol.fail(CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
+        except (TimeoutError, ConnectionClosed):
+            pass
+        self.transport.abort()
 
 
 class WebSocketChannel:
