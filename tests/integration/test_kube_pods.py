@@ -22,8 +22,9 @@ from opamp_operator.fleet.registry import Fleet
 from opamp_operator.kube.api import ApiSession, Credentials, load_credentials
 from opamp_operator.kube.api.credentials import load_configuration
 from opamp_operator.kube.api.errors import KubeApiError
-from opamp_operator.kube.api.pods import ACCEPT_LIST, PodApi
+from opamp_operator.kube.api.pods import ACCEPT_LIST, PodApi, pods_path
 from opamp_operator.kube.pods.linker import PodLinker
+from opamp_operator.kube.pods.podcache import NamespaceWatch
 from opamp_operator.kube.shapes.podref import LinkReason, PodLinks
 from opamp_operator.opamp.generated import anyvalue_pb2, opamp_pb2
 from tests.support.manifests import token_for
@@ -65,33 +66,32 @@ async def admin_pods(kubeconfig: Path) -> AsyncIterator[PodApi]:
         await api.close()
 
 
-async def test_pod_api_reads_metadata_only_and_watches_deletions(
+async def test_pod_watch_reads_metadata_only_and_sees_deletions(
     admin_pods: PodApi, kube_api: k8s.ApiClient, namespace: str
 ) -> None:
+    """The Pod watch is the operator's one Informer over Pods' metadata (podcache.py)."""
     uid = make_pod(kube_api, namespace, "p1")
-    pods, version = await admin_pods.list(namespace)
-    assert list(pods) == [uid] and version
     found = await admin_pods.get(namespace, "p1")
     assert found is not None and (found.uid, found.name, found.namespace) == (uid, "p1", namespace)
     assert await admin_pods.get(namespace, "missing") is None
 
-    seen: list[tuple[str, str | None]] = []
-
-    async def watch() -> None:
-        async for event in admin_pods.watch(namespace, version):
-            seen.append((event.type, event.pod.uid if event.pod else None))
-            if event.type == "DELETED":
-                return
-
-    task = asyncio.create_task(watch())
-    await asyncio.sleep(0.3)
-    k8s.CoreV1Api(kube_api).delete_namespaced_pod("p1", namespace)
-    await asyncio.wait_for(task, 10)
-    assert ("DELETED", uid) in seen
+    gone: list[str] = []
+    watch = NamespaceWatch(
+        admin_pods, namespace, on_gone=lambda pod: gone.append(pod.uid), on_listed=lambda _: None
+    )
+    watch.start()
+    try:
+        await asyncio.wait_for(watch.listed.wait(), 10)
+        assert watch.synced and list(watch.pods) == [uid]
+        k8s.CoreV1Api(kube_api).delete_namespaced_pod("p1", namespace)
+        await eventually("the DELETED event", lambda: gone == [uid], within=10)
+        assert watch.recently_gone(uid) and not watch.pods
+    finally:
+        await watch.stop()
 
     # What the API server sends carries no spec (env values can be secrets).
     make_pod(kube_api, namespace, "p2")
-    raw = await admin_pods.session.get(f"/api/v1/namespaces/{namespace}/pods", accept=ACCEPT_LIST)
+    raw = await admin_pods.session.get(pods_path(namespace), accept=ACCEPT_LIST)
     assert raw["kind"] == "PartialObjectMetadataList"
     assert "spec" not in raw["items"][0] and "hunter2" not in str(raw)
 
@@ -141,7 +141,7 @@ async def test_least_privilege_links_where_allowed_and_says_why_elsewhere(
     await api.start()
     await eventually(
         f"listing Pods in {allowed} allowed",
-        lambda: api.list(allowed),
+        lambda: api.session.list(pods_path(allowed), accept=ACCEPT_LIST),
         within=RBAC_PROPAGATION_SECONDS,
         every=0.2,
         ignoring=(KubeApiError,),

@@ -20,7 +20,7 @@ from opamp_operator.fleet.clock import FakeClock
 from opamp_operator.fleet.events import EventBus
 from opamp_operator.fleet.model import AgentPhase
 from opamp_operator.fleet.registry import Fleet
-from opamp_operator.kube.api.pods import PodEvent, WatchExpired
+from opamp_operator.kube.api import Gone
 from opamp_operator.kube.api.resources import KubeApiError
 from opamp_operator.kube.pods.linker import PodLinker
 from opamp_operator.kube.shapes.podref import LinkReason, PodLinks, PodMeta
@@ -31,16 +31,27 @@ from tests.unit.test_fleet import FakeChannel
 NS = "observability"
 
 
+def metadata(pod: PodMeta, version: str = "2") -> dict[str, Any]:
+    owners = [{"kind": pod.owner_kind, "name": pod.owner_name, "controller": True}]
+    return {"uid": pod.uid, "name": pod.name, "namespace": pod.namespace,
+            "ownerReferences": owners, "resourceVersion": version}  # fmt: skip
+
+
 class FakePodApi:
-    """Pods per namespace; watches fed by `emit`; `expire` ends a watch with 410."""
+    """Pods per namespace, served as the API server's list and watch streams (the linker
+    watches them through the operator's one Informer); watches fed by `emit`; `emit(ns,
+    None)` ends a watch with 410 Gone."""
+
+    watch_timeout_seconds = 300
 
     def __init__(self) -> None:
+        self.session = self  # the Informer lists and watches through `api.session`
         self.pods: dict[str, dict[str, PodMeta]] = {}
         self.list_errors: dict[str, KubeApiError] = {}
         self.lists: dict[str, int] = {}
         self.gets = 0
         self.get_hook: Callable[[], None] | None = None
-        self._streams: dict[str, asyncio.Queue[PodEvent | None]] = {}
+        self._streams: dict[str, asyncio.Queue[tuple[str, PodMeta] | None]] = {}
 
     async def start(self) -> None:
         pass
@@ -61,27 +72,38 @@ class FakePodApi:
             await asyncio.sleep(0.02)  # the watch sees the DELETED before the answer arrives
         return found
 
-    async def list(self, namespace: str) -> tuple[dict[str, PodMeta], str]:
+    async def list(
+        self, path: str, *, accept: str | None = None, label_selector: str | None = None
+    ) -> tuple[list[dict[str, Any]], str]:
+        namespace = _namespace(path)
         self.lists[namespace] = self.lists.get(namespace, 0) + 1
         if namespace in self.list_errors:
             raise self.list_errors[namespace]
-        return dict(self.pods.get(namespace, {})), "1"
+        return [{"metadata": metadata(p, "1")} for p in self.pods.get(namespace, {}).values()], "1"
 
-    async def watch(self, namespace: str, resource_version: str) -> AsyncIterator[PodEvent]:
-        stream = self._streams.setdefault(namespace, asyncio.Queue())
+    async def watch(
+        self, path: str, resource_version: str, *, timeout_seconds: int, accept: str | None = None
+    ) -> AsyncIterator[dict[str, Any]]:
+        stream = self._streams.setdefault(_namespace(path), asyncio.Queue())
         while True:
             event = await stream.get()
             if event is None:
-                raise WatchExpired(410, "too old")
-            yield event
+                raise Gone(410, "too old")
+            kind, pod = event
+            yield {"type": kind, "object": {"metadata": metadata(pod)}}
 
-    def emit(self, namespace: str, event: PodEvent | None) -> None:
+    def emit(self, namespace: str, event: tuple[str, PodMeta] | None) -> None:
         self._streams.setdefault(namespace, asyncio.Queue()).put_nowait(event)
 
     def delete(self, pod: PodMeta, *, tell_watch: bool = True) -> None:
         del self.pods[pod.namespace][pod.uid]
         if tell_watch:
-            self.emit(pod.namespace, PodEvent("DELETED", pod, "2"))
+            self.emit(pod.namespace, ("DELETED", pod))
+
+
+def _namespace(path: str) -> str:
+    assert path.startswith("/api/v1/namespaces/") and path.endswith("/pods"), path
+    return path.split("/")[4]
 
 
 @dataclass

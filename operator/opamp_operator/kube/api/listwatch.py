@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from opamp_operator import metrics
@@ -63,7 +63,15 @@ class Fanout:
 
 
 class Informer:
-    """List and watch `plural` in `namespace`; `run()` until cancelled."""
+    """List and watch one kind in `namespace`; `run()` until cancelled.
+
+    The one list+watch loop of the operator: OpAMPAgents and OpAMPAgentConfigs (our group,
+    `plural`), and Pods' metadata per namespace (`kube/pods/podcache.py`, with `path` and
+    `accept`). Errors: a refused list (403/404) of a custom resource means there is nothing
+    to see, so the handler gets an empty listing (`refused_clears`); for Pods, where an empty
+    listing would read as every Pod deleted, it is a failure like any other. Failures are
+    retried with `backoff` and told to `on_failure` (with the count of failures in a row).
+    """
 
     def __init__(
         self,
@@ -72,6 +80,11 @@ class Informer:
         plural: str,
         handler: InformerHandler,
         *,
+        path: str | None = None,
+        accept: tuple[str, str] | None = None,  # (list, watch) Accept headers
+        refused_clears: bool = True,
+        on_failure: Callable[[KubeApiError, int], None] | None = None,
+        backoff: Backoff | None = None,
         watch_seconds: int = 300,
         retry_max_seconds: float = 30.0,
     ) -> None:
@@ -80,8 +93,12 @@ class Informer:
         self.handler = handler
         self.watch_seconds = watch_seconds
         self.retry_max_seconds = retry_max_seconds
-        self._backoff = Backoff.up_to(retry_max_seconds)  # 0.5 s doubling, no jitter
-        self.path = f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{plural}"
+        self._backoff = backoff or Backoff.up_to(retry_max_seconds)  # 0.5 s doubling
+        self.path = path or f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{plural}"
+        self._accept_list: str | None = accept[0] if accept else None
+        self._accept_watch: str | None = accept[1] if accept else None
+        self._refused_clears = refused_clears
+        self._on_failure = on_failure
         self.synced = asyncio.Event()  # set after the first complete list
         self.lists = 0
 
@@ -97,6 +114,10 @@ class Informer:
                 log.info("watch of %s expired; listing again", self.plural)
                 version = None
             except (Forbidden, NotFound) as error:
+                if not self._refused_clears:
+                    failures += 1
+                    await self._failed(error, failures)
+                    continue
                 # Nothing of this kind we can see: say so once, look again later.
                 metrics.kube_informer_errors.labels(self.plural).inc()
                 if not self.synced.is_set():
@@ -107,13 +128,24 @@ class Informer:
                 await asyncio.sleep(self.retry_max_seconds)
             except KubeApiError as error:
                 failures += 1
-                delay = self._backoff.delay(failures)
-                metrics.kube_informer_errors.labels(self.plural).inc()
-                log.warning("watch of %s failed (again in %.1fs): %s", self.plural, delay, error)
-                await asyncio.sleep(delay)
+                await self._failed(error, failures)
+            except Exception as error:  # a bug (ours, in a handler) must not end the watch
+                failures += 1
+                version = None
+                log.exception("watch of %s failed", self.plural)
+                await self._failed(KubeApiError(0, repr(error)), failures)
+
+    async def _failed(self, error: KubeApiError, failures: int) -> None:
+        delay = self._backoff.delay(failures)
+        metrics.kube_informer_errors.labels(self.plural).inc()
+        if self._on_failure is not None:
+            self._on_failure(error, failures)  # it logs (and counts) as it sees fit
+        else:
+            log.warning("watch of %s failed (again in %.1fs): %s", self.plural, delay, error)
+        await asyncio.sleep(delay)
 
     async def _list(self) -> str:
-        items, version = await self.session.list(self.path)
+        items, version = await self.session.list(self.path, accept=self._accept_list)
         self.lists += 1
         self.handler.replace(items)
         self.synced.set()
@@ -122,7 +154,7 @@ class Informer:
     async def _watch(self, version: str) -> str:
         """Watch from `version` until the server ends the watch; return the last version."""
         async for event in self.session.watch(
-            self.path, version, timeout_seconds=self.watch_seconds
+            self.path, version, timeout_seconds=self.watch_seconds, accept=self._accept_watch
         ):
             version = self._dispatch(event, version)
         return version

@@ -15,10 +15,12 @@ import asyncio
 import logging
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import Any
 
 from opamp_operator import metrics
 from opamp_operator.backoff import UP_TO_A_FIFTH_LATER, Backoff
-from opamp_operator.kube.api.pods import PodApi, WatchExpired
+from opamp_operator.kube.api.listwatch import Informer
+from opamp_operator.kube.api.pods import ACCEPT_LIST, ACCEPT_ONE, PodApi, pods_path
 from opamp_operator.kube.api.resources import KubeApiError
 from opamp_operator.kube.shapes.podref import PodMeta
 
@@ -28,7 +30,10 @@ RECENTLY_GONE = 4096  # deleted uids remembered, for checks that raced the DELET
 
 
 class NamespaceWatch:
-    """`start()` once; `listed` is set after the first listing, whether it worked or not."""
+    """`start()` once; `listed` is set after the first listing, whether it worked or not.
+
+    The list+watch itself is the operator's one `Informer` (over Pods' metadata); this is
+    its handler, keeping uid -> PodMeta and telling which Pods went."""
 
     def __init__(
         self,
@@ -39,18 +44,24 @@ class NamespaceWatch:
         on_listed: Callable[[NamespaceWatch], None],
         retry_max_seconds: float = 30.0,
     ) -> None:
-        self.api = api
         self.namespace = namespace
         self.pods: dict[str, PodMeta] = {}
         self.error: KubeApiError | None = None  # the latest listing failed with this
         self.listed = asyncio.Event()
         self._on_gone = on_gone
         self._on_listed = on_listed
-        # After a failure: 1 s, doubling up to the cap, up to a fifth later (watches of many
-        # namespaces that failed together do not retry in step).
-        self._backoff = Backoff.up_to(retry_max_seconds, initial=1.0, jitter=UP_TO_A_FIFTH_LATER)
         self._gone: OrderedDict[str, None] = OrderedDict()
         self._task: asyncio.Task[None] | None = None
+        self._informer = Informer(
+            api.session, namespace, "pods", self,
+            path=pods_path(namespace), accept=(ACCEPT_LIST, ACCEPT_ONE),
+            # An empty listing would read as every Pod deleted: a refusal is a failure.
+            refused_clears=False, on_failure=self._failed,
+            # After a failure: 1 s, doubling up to the cap, up to a fifth later (watches of
+            # many namespaces that failed together do not retry in step).
+            backoff=Backoff.up_to(retry_max_seconds, initial=1.0, jitter=UP_TO_A_FIFTH_LATER),
+            watch_seconds=api.watch_timeout_seconds, retry_max_seconds=retry_max_seconds,
+        )  # fmt: skip
 
     @property
     def synced(self) -> bool:
@@ -60,7 +71,7 @@ class NamespaceWatch:
         return uid in self._gone
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name=f"pod-watch-{self.namespace}")
+        self._task = asyncio.create_task(self._informer.run(), name=f"pod-watch-{self.namespace}")
 
     def cancel(self) -> None:
         """Stop soon, without waiting (the task ends at its next await)."""
@@ -74,32 +85,15 @@ class NamespaceWatch:
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
 
-    async def _run(self) -> None:
-        failures = 0
-        version: str | None = None
-        while True:
-            try:
-                if version is None:
-                    version = await self._list()
-                version = await self._watch(version)
-                failures = 0
-            except WatchExpired:
-                version = None  # list again: what we missed shows as Pods no longer there
-            except KubeApiError as error:
-                failures += 1
-                version = None
-                self._failed(error, failures)
-                await asyncio.sleep(self._backoff.delay(failures))
-            except Exception as error:  # a bug must not end the watch for good
-                failures += 1
-                version = None
-                log.exception("pod watch in %s failed", self.namespace)
-                metrics.kube_pod_watch_errors.labels("bug").inc()
-                self._failed(KubeApiError(0, repr(error)), failures)
-                await asyncio.sleep(self._backoff.delay(failures))
+    # -- the informer's handler ---------------------------------------------------------
 
-    async def _list(self) -> str:
-        pods, version = await self.api.list(self.namespace)
+    def replace(self, items: list[dict[str, Any]]) -> None:
+        """A (re)listing: what we missed while not watching shows as Pods no longer there."""
+        pods = {}
+        for item in items:
+            meta = PodMeta.from_metadata(item.get("metadata") or {})
+            if meta is not None:
+                pods[meta.uid] = meta
         previous, self.pods = self.pods, pods
         recovered = self.error is not None
         self.error = None
@@ -110,20 +104,16 @@ class NamespaceWatch:
             if uid not in pods:
                 self._forget(pod)
         self._on_listed(self)
-        return version
 
-    async def _watch(self, version: str) -> str:
-        async for event in self.api.watch(self.namespace, version):
-            version = event.resource_version or version
-            pod = event.pod
-            if pod is None:
-                continue
-            if event.type == "DELETED":
-                self.pods.pop(pod.uid, None)
-                self._forget(pod)
-            elif event.type in ("ADDED", "MODIFIED"):
-                self.pods[pod.uid] = pod
-        return version
+    def apply(self, event_type: str, obj: dict[str, Any]) -> None:
+        pod = PodMeta.from_metadata(obj.get("metadata") or {})
+        if pod is None:
+            return
+        if event_type == "DELETED":
+            self.pods.pop(pod.uid, None)
+            self._forget(pod)
+        else:
+            self.pods[pod.uid] = pod
 
     def _forget(self, pod: PodMeta) -> None:
         self._gone[pod.uid] = None
