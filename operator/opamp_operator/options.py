@@ -58,8 +58,8 @@ OPTIONS: tuple[Option, ...] = (
            "handshake_timeout_seconds", float,
            "seconds a new connection may take to send its first message"),
     Option("--ping-interval", "OPAMP_PING_INTERVAL", "listener", "ping_interval_seconds", float,
-           "ping a WebSocket quiet this long (agents judged by their connection; agents "
-           "claiming ReportsHeartbeat only once quiet for the heartbeat timeout) (seconds)"),
+           "WebSocket ping interval for agents judged by their connection (seconds); agents "
+           "claiming ReportsHeartbeat are pinged only once quiet for the heartbeat timeout"),
     Option("--ping-timeout", "OPAMP_PING_TIMEOUT", "listener", "ping_timeout_seconds", float,
            "WebSocket pong deadline; a silent peer is dropped after it (seconds)"),
     Option("--tls-cert-file", "OPAMP_TLS_CERT_FILE", "listener", "tls_cert_file", Path,

@@ -79,34 +79,38 @@ class OpAMPConnection(ServerConnection):
     header_uid: bytes | None  # what its OpAMP-Instance-UID request header named
     pending_token: str | None = None  # a ServiceAccount token to review before the upgrade
     binding: PodBinding | None = None  # the Pod its ServiceAccount token is bound to
-    heard_at: float = 0.0  # loop time of the last OpAMP message (or pong)
-    quiet_seconds: float | None = None  # ping after this much quiet (None: ping_interval)
+    heard_at: float = 0.0  # loop time of the last OpAMP message
+    # Judged by its heartbeats: ping only after this much quiet (None: every ping_interval).
+    quiet_seconds: float | None = None
 
     async def keepalive(self) -> None:
-        """websockets' keepalive, but a ping goes out only after `quiet_seconds` without a
-        message: a message proves the peer alive as a pong does. An agent judged by its
-        heartbeats is pinged only once quiet for the heartbeat timeout (the endpoint sets
-        that), so heartbeating fleets send no pings at all: at 10,000 agents the pings
-        every 20 s were 500 a second, more than the heartbeats, and 15 % of the operator's
-        steady CPU. Agents judged by their connection are pinged as websockets does."""
+        """websockets' keepalive, except for agents judged by their heartbeats: those are
+        pinged only once quiet for the heartbeat timeout (`quiet_seconds`, set by the
+        endpoint), since their messages prove them alive as pongs do; so heartbeating fleets
+        send no pings (at 10,000 agents the pings every 20 s were 500 a second, more than the
+        heartbeats, and 15 % of the operator's steady CPU). Agents judged by their connection
+        are pinged every `ping_interval` whatever they send, as websockets does: a peer that
+        floods and then stops reading must get a ping while its pong can still be seen
+        missing (pinged only once quiet, our buffer to it is already full)."""
         assert self.ping_interval is not None
+        pinged_at = self.heard_at
         try:
             while True:
-                quiet = self.quiet_seconds or self.ping_interval
-                waited = self.loop.time() - self.heard_at
-                if waited < quiet:
-                    await asyncio.sleep(quiet - waited)
+                quiet = self.quiet_seconds
+                since = pinged_at if quiet is None else max(pinged_at, self.heard_at)
+                due = since + (quiet or self.ping_interval) - self.loop.time()
+                if due > 0:
+                    await asyncio.sleep(due)
                     continue
                 try:
-                    # The ping's write is inside the timeout too: a peer that stopped reading
-                    # (its receive window full) stalls it, and such a peer is pinged only
-                    # once quiet, when our buffer may already be full.
+                    # The ping's write is inside the timeout too: a peer that stopped
+                    # reading (its receive window full) stalls it.
                     async with asyncio.timeout(self.ping_timeout):
                         await (await self.ping())
                 except TimeoutError:
                     await self._fail_keepalive()
                     return
-                self.heard_at = self.loop.time()
+                pinged_at = self.loop.time()
         except ConnectionClosed:
             pass
         except Exception:
