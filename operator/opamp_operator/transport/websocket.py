@@ -72,14 +72,15 @@ _FAILURE_REASONS: Final[Mapping[int, str]] = {
 
 
 class OpAMPConnection(ServerConnection):
-    """A websockets connection that knows when its TCP connection was accepted, and pings
-    only when its peer has been quiet (`keepalive`)."""
+    """A websockets connection that knows when its TCP connection was accepted, and spares
+    agents judged by their heartbeats the pings while they heartbeat (`keepalive`)."""
 
     accepted_at: float  # loop time
     header_uid: bytes | None  # what its OpAMP-Instance-UID request header named
     pending_token: str | None = None  # a ServiceAccount token to review before the upgrade
     binding: PodBinding | None = None  # the Pod its ServiceAccount token is bound to
     heard_at: float = 0.0  # loop time of the last OpAMP message
+    capabilities: int = 0  # as last stated by the agent (0: not yet)
     # Judged by its heartbeats: ping only after this much quiet (None: every ping_interval).
     quiet_seconds: float | None = None
 
@@ -373,8 +374,11 @@ class WebSocketEndpoint:
         _MESSAGES.received(message_kind(message))
         connection = channel.connection
         connection.heard_at = connection.loop.time()
-        if self._fleet.sessions_opened != opened or message.capabilities:
-            # A new session, or capabilities (re)stated: how this agent is judged may differ.
+        stated = message.capabilities
+        if self._fleet.sessions_opened != opened or (stated and stated != connection.capabilities):
+            # A new session, or other capabilities: how this agent is judged may differ (many
+            # agents state them in every message: not a fleet look-up per heartbeat).
+            connection.capabilities = stated or connection.capabilities
             by_heartbeat = self._fleet.judged_by_heartbeat(channel)
             connection.quiet_seconds = self._heartbeat_timeout if by_heartbeat else None
         if self._fleet.sessions_opened != opened:

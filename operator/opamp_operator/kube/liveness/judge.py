@@ -27,7 +27,7 @@ from typing import Any, Protocol
 from opamp_operator import metrics
 from opamp_operator.config import KubeSettings
 from opamp_operator.fleet.clock import Clock
-from opamp_operator.fleet.model import DEPARTURES, AgentPhase, Reason
+from opamp_operator.fleet.model import DEPARTURES, AgentPhase, AgentSnapshot, Reason
 from opamp_operator.fleet.registry import Fleet
 from opamp_operator.kube.api.resources import KubeApi, KubeApiError, ObjectRef
 from opamp_operator.kube.shapes.agentstatus import (
@@ -173,7 +173,7 @@ class LivenessChecker:
         if not agent_id:
             return None
         snapshot = self.fleet.get(agent_id)
-        if snapshot is not None and snapshot.connected:
+        if _connected(snapshot):
             return None  # held right here: the status writer keeps the CR fresh
         if metadata.get("deletionTimestamp"):
             return None
@@ -210,11 +210,10 @@ class LivenessChecker:
         judges it, and the session's end is written to the CR, whose watch event asks
         again. Without this, CRs are written on change only, so an Online CR's lastSeenAt
         falls behind and every CR held here fell due and was read again every few seconds
-        (2,000 GETs a second at 10,000 agents, a fifth of the operator's steady CPU).
+        (10,000 CRs every 5 s at 10,000 agents, a fifth of the operator's steady CPU).
         """
         agent_id = _agent_id(body)
-        snapshot = self.fleet.get(agent_id) if agent_id else None
-        if snapshot is not None and snapshot.connected:
+        if agent_id and _connected(self.fleet.get(agent_id)):
             return None
         status = body.get("status") or {}
         created = parse_time((body.get("metadata") or {}).get("creationTimestamp"))
@@ -284,3 +283,8 @@ def _agent_id(body: Mapping[str, Any]) -> str | None:
     name = str((body.get("metadata") or {}).get("name", ""))
     found = agent_id_from_name(name) or (body.get("status") or {}).get("instanceUid")
     return str(found) if found else None
+
+
+def _connected(snapshot: AgentSnapshot | None) -> bool:
+    """A session in this process holds the agent."""
+    return snapshot is not None and snapshot.connected
