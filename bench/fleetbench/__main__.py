@@ -1,6 +1,6 @@
 """Fleet benchmark: the real stack on loopback, the operator and the opamp-go peer side by side.
 
-    bench/run [--agents 1000 10000] [--profile] [--json results.json]
+    bench/run [--agents 1000 10000] [--fleet-transport ws http] [--profile] [--json results.json]
 
 Starts etcd + kube-apiserver + PostgreSQL (the test bed), then, each in its own namespace
 and database: a saturation run (operator, then peer), and per fleet size a fleet run on
@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
+import itertools
 import platform
 import resource
 import shutil
@@ -64,6 +65,13 @@ def parse_args() -> argparse.Namespace:
         choices=["ws", "http"],
         default=["ws"],
         help="saturation over WebSocket, plain HTTP (the simulator polls), or both in turn",
+    )
+    parser.add_argument(
+        "--fleet-transport",
+        nargs="+",
+        choices=["ws", "http"],
+        default=["ws"],
+        help="fleets over WebSocket, plain HTTP (every agent polls every heartbeat), or both",
     )
     parser.add_argument("--no-saturation", action="store_true")
     parser.add_argument("--no-peer", action="store_true")
@@ -144,22 +152,24 @@ async def run(args: argparse.Namespace, bed: TestBed, workdir: Path) -> dict[str
             theirs = await peer_saturation(sat_plan, workdir)
         saturations[transport] = (ours, theirs)
     fleets: list[FleetResult] = []
-    peers: dict[int, PeerFleetResult] = {}
-    for n in args.agents:
+    peers: dict[str, PeerFleetResult] = {}  # by FleetPlan.label
+    for transport, n in itertools.product(args.fleet_transport, args.agents):
         silent = args.silent if args.silent is not None else min(200, n // 10)
         plan = FleetPlan(
             agents=n, silent=silent, ramp=args.ramp, steady_seconds=args.steady,
             profile=args.profile, storm=not args.no_storm, adoption=not args.no_adoption,
+            transport=transport,
         )  # fmt: skip
         started = time.monotonic()
         fleets.append(await FleetScenario(bed, plan, workdir, options).run())
-        print(f"[fleet {n}] operator scenario took {time.monotonic() - started:.0f} s", flush=True)
+        took = time.monotonic() - started
+        print(f"[fleet {plan.label}] operator scenario took {took:.0f} s", flush=True)
         if not args.no_peer:
-            print(f"[fleet {n}] peer", flush=True)
-            peers[n] = await peer_fleet(n, args.ramp, 30.0, workdir)
+            print(f"[fleet {plan.label}] peer", flush=True)
+            peers[plan.label] = await peer_fleet(n, args.ramp, 30.0, workdir, transport)
     results["saturation"] = {t: {"operator": o, "peer": p} for t, (o, p) in saturations.items()}
     results.update(fleets=fleets, peers=peers)
-    results["offline"] = {r.plan.agents: offline_summary(r.offline_delays) for r in fleets}
+    results["offline"] = {r.plan.label: offline_summary(r.offline_delays) for r in fleets}
     print_report(results, saturations, fleets, peers)
     return results
 
@@ -168,7 +178,7 @@ def print_report(
     results: dict[str, Any],
     saturations: dict[str, tuple[SaturationResult, SaturationResult | None]],
     fleets: list[FleetResult],
-    peers: dict[int, PeerFleetResult],
+    peers: dict[str, PeerFleetResult],
 ) -> None:
     m = results["machine"]
     print(f"\nMachine: nproc {m['nproc']}, {m['model']}, {m['memory']}")

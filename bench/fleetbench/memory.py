@@ -36,6 +36,7 @@ from fleetbench.stack import (
     TestBed,
     gc_stats_path,
     idle_queues,
+    opamp_url,
     operator_pid,
     operator_process,
     wait_metrics,
@@ -89,7 +90,7 @@ async def _measure(bed: TestBed, args: argparse.Namespace, workdir: Path) -> str
     try:
         pid = operator_pid(operator)
         before = await _report(pid, stats, 1)
-        url = operator.http_url if args.transport == "http" else operator.ws_url
+        url = opamp_url(operator, args.transport)
         plan = SimPlan(agents=args.agents, duration=SETTLE_SECONDS + 300, ramp=args.ramp)
         simulator = Simulator(plan, url, workdir, "sim")
         await simulator.start()

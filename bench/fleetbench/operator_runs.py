@@ -1,13 +1,16 @@
 """The operator under simulated load: the fleet scenario (saturation: see saturation.py).
 
-Fleet scenario (one operator process, its own namespace and database):
+Fleet scenario (one operator process, its own namespace and database), over WebSocket or
+plain HTTP (every agent polls at its heartbeat interval; "connected" means Online there):
   ramp     N - K agents connect (30 s heartbeats, the server's offer); wait until every CR
            is Online and the write queues are empty
   steady   a window with nothing but heartbeats: CPU, RSS, Kubernetes writes, statements
   rest     sequential GET /api/v1/agents/{id}/status on loopback
-  offline  K more agents connect, then go silent (socket open); the CR watch times Offline
-  storm    SIGTERM the operator and start it again: every agent reconnects at once; time
-           until every CR is Online with a new session, then check the history rows
+  offline  K more agents connect, then go silent (a WebSocket left open; an HTTP agent stops
+           polling); the CR watch times Offline
+  storm    SIGTERM the operator and start it again: every agent reconnects at once (over
+           HTTP: with its next poll); time until every CR is Online with a new session,
+           then check the history rows
   adoption a second replica starts, the first is SIGKILLed: time until the survivor moved
            every CR the first held to Offline replica_lost (adoption.py)
 """
@@ -32,13 +35,16 @@ from .crwatch import CrWatch
 from .pgstats import HistoryCheck, PgCounters, counters, history_check
 from .procstat import PeakRss, cpu_percent, machine_busy_percent, machine_sample, sample
 from .stack import (
+    Metrics,
     OperatorOptions,
     SimPlan,
     Simulator,
     TestBed,
-    connections,
+    agents_held,
+    fleet_label,
     gc_stats_path,
     idle_queues,
+    opamp_url,
     operator_pid,
     operator_process,
     scrape,
@@ -65,6 +71,11 @@ class FleetPlan:
     profile: bool = False
     storm: bool = True
     adoption: bool = True
+    transport: str = "ws"  # or "http": every agent polls (a POST per heartbeat)
+
+    @property
+    def label(self) -> str:
+        return fleet_label(self.agents, self.transport)
 
 
 @dataclass
@@ -170,9 +181,9 @@ class FleetScenario:
         self.workdir = workdir
         self.options = options
         self.result = FleetResult(plan)
-        self.namespace, self.database = bed.new_target(str(plan.agents))
+        self.namespace, self.database = bed.new_target(plan.label)
         self.op = operator_process(
-            bed, self.namespace, self.database, options, workdir / f"operator-{plan.agents}.log"
+            bed, self.namespace, self.database, options, workdir / f"operator-{plan.label}.log"
         )
         assert bed.endpoints is not None
         self.watch = CrWatch(bed.endpoints, self.namespace)
@@ -180,7 +191,7 @@ class FleetScenario:
         self._all_connected = 0.0  # monotonic
 
     def say(self, text: str) -> None:
-        print(f"[fleet {self.plan.agents}] {text}", flush=True)
+        print(f"[fleet {self.plan.label}] {text}", flush=True)
 
     async def run(self) -> FleetResult:
         try:
@@ -207,17 +218,24 @@ class FleetScenario:
     def main_agents(self) -> int:
         return self.plan.agents - self.plan.silent
 
+    @property
+    def url(self) -> str:
+        return opamp_url(self.op, self.plan.transport)
+
+    def held(self, metrics: Metrics) -> float:
+        return agents_held(metrics, self.plan.transport)
+
     async def _ramp(self) -> None:
         n = self.main_agents
         plan = SimPlan(agents=n, duration=MAIN_RUN_LIMIT_S, ramp=self.plan.ramp)
-        self.main = Simulator(plan, self.op.ws_url, self.workdir, f"sim-{self.plan.agents}-main")
+        self.main = Simulator(plan, self.url, self.workdir, f"sim-{self.plan.label}-main")
         rss = PeakRss(operator_pid(self.op))
         rss.start()
         started = time.monotonic()
         await self.main.start()
         self.say(f"ramping {n} agents at {self.plan.ramp:g}/s")
         connected = await wait_metrics(
-            self.op.api_url, lambda m: connections(m) >= n, n / self.plan.ramp + 120
+            self.op.api_url, lambda m: self.held(m) >= n, n / self.plan.ramp + 120
         )
         self.result.connected_seconds = None if connected is None else connected - started
         self._all_connected = connected or time.monotonic()
@@ -229,7 +247,7 @@ class FleetScenario:
         await wait_metrics(self.op.api_url, idle_queues, 120)
         metrics = await scrape(self.op.api_url)
         self.result.ramp_kube_writes = writes_by_kind(metrics)
-        self.result.peak_connections = connections(metrics)
+        self.result.peak_connections = self.held(metrics)
         self.result.ramp_peak_rss = await rss.stop()
         self.say(
             f"connected after {self.result.connected_seconds}, CRs Online after "
@@ -276,11 +294,11 @@ class FleetScenario:
             agents=k, duration=duration, ramp=k / SILENT_RAMP_S, silent=k,
             silent_after=SILENT_AFTER_S, name_prefix="silent", seed=2,
         )  # fmt: skip
-        sim = Simulator(plan, self.op.ws_url, self.workdir, f"sim-{self.plan.agents}-silent")
+        sim = Simulator(plan, self.url, self.workdir, f"sim-{self.plan.label}-silent")
         self.say(f"{k} agents connect over {SILENT_RAMP_S:g} s, then go silent")
         await sim.start()
         await asyncio.sleep(SILENT_AFTER_S - 2)  # all connected, none silent yet
-        held = connections(await scrape(self.op.api_url))
+        held = self.held(await scrape(self.op.api_url))
         self.result.peak_connections = max(self.result.peak_connections, held)
         report = await sim.wait()
         await asyncio.sleep(2)
@@ -326,7 +344,7 @@ class FleetScenario:
             )
 
         connected_task = asyncio.create_task(
-            wait_metrics(self.op.api_url, lambda m: connections(m) >= n, self.plan.storm_timeout)
+            wait_metrics(self.op.api_url, lambda m: self.held(m) >= n, self.plan.storm_timeout)
         )
         online = await self.watch.wait_for(reconnected, self.plan.storm_timeout)
         connected = await connected_task
@@ -355,7 +373,7 @@ class FleetScenario:
         run = AdoptionRun(
             self.bed, self.namespace, self.database, self.options,
             lost=self.op, fleet=self.main, watch=self.watch,
-            log=self.workdir / f"operator-{self.plan.agents}-survivor.log",
+            log=self.workdir / f"operator-{self.plan.label}-survivor.log",
             within=self.plan.adoption_timeout,
         )  # fmt: skip
         self.result.adoption = result = await run.run()
@@ -365,6 +383,6 @@ class FleetScenario:
         )
 
     def _profile(self, name: str, seconds: float) -> asyncio.Task[Path | None]:
-        out = self.workdir / f"profile-{self.plan.agents}-{name}.txt"
+        out = self.workdir / f"profile-{self.plan.label}-{name}.txt"
         self.result.profiles[name] = out
         return asyncio.create_task(profiling.record(operator_pid(self.op), seconds, out))

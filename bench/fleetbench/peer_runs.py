@@ -1,6 +1,7 @@
 """The reference peer (opamp-go's server package, bench/peer) under the same simulator load.
 
-N agents with 30 s heartbeats: memory per connection and CPU (saturation: saturation.py).
+N agents with 30 s heartbeats (WebSocket, or polling over plain HTTP): memory per agent and
+CPU (saturation: saturation.py).
 The peer keeps agents in a map and answers each message; it writes nothing anywhere, so it
 is the floor of what serving OpAMP costs.
 """
@@ -16,13 +17,14 @@ from typing import Any
 from tests.support.goagent import PeerServer
 
 from .procstat import cpu_percent, sample
-from .stack import SimPlan, Simulator
+from .stack import SimPlan, Simulator, fleet_label, opamp_url
 
 
 @dataclass
 class PeerFleetResult:
     agents: int
-    connected: int
+    transport: str
+    connected: int  # WebSockets open; over HTTP agents heard from
     connected_seconds: float | None
     baseline_rss: int
     rss: int
@@ -40,40 +42,40 @@ def connected_count(agents: list[dict[str, Any]]) -> int:
     return sum(1 for agent in agents if agent.get("connected"))
 
 
+def held_count(agents: list[dict[str, Any]], transport: str) -> int:
+    """Agents the peer holds: open WebSockets, or over plain HTTP (never "connected") every
+    agent heard from."""
+    return len(agents) if transport == "http" else connected_count(agents)
+
+
 def message_count(agents: list[dict[str, Any]]) -> float:
     return float(sum(int(agent.get("messages", 0)) for agent in agents))
 
 
-async def wait_connected(peer: PeerServer, n: int, within: float) -> float | None:
+async def wait_held(peer: PeerServer, n: int, within: float, transport: str) -> float | None:
+    """Until the peer holds `n` agents (`held_count`); the monotonic time, or None."""
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
-        if connected_count(await peer.agents()) >= n:
+        if held_count(await peer.agents(), transport) >= n:
             return time.monotonic()
         await asyncio.sleep(1)
     return None
 
 
-async def wait_known(peer: PeerServer, n: int, within: float) -> float | None:
-    """Until the peer has heard from `n` agents (HTTP agents are never "connected")."""
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if len(await peer.agents()) >= n:
-            return time.monotonic()
-        await asyncio.sleep(1)
-    return None
-
-
-async def peer_fleet(agents: int, ramp: float, window: float, workdir: Path) -> PeerFleetResult:
+async def peer_fleet(
+    agents: int, ramp: float, window: float, workdir: Path, transport: str = "ws"
+) -> PeerFleetResult:
     plan = SimPlan(agents=agents, duration=agents / ramp + 45 + window, ramp=ramp)
+    label = fleet_label(agents, transport)
     async with PeerServer() as peer:
         await peer.start()
         await asyncio.sleep(1)
         baseline = sample(peer.pid).rss_bytes
-        sim = Simulator(plan, peer.ws_url, workdir, f"sim-{agents}-peer")
+        sim = Simulator(plan, opamp_url(peer, transport), workdir, f"sim-{label}-peer")
         started = time.monotonic()
         await sim.start()
         try:
-            connected_at = await wait_connected(peer, agents, agents / ramp + 40)
+            connected_at = await wait_held(peer, agents, agents / ramp + 40, transport)
             a0, s0, q0 = await peer.agents(), sample(peer.pid), sample(sim.pid)
             await asyncio.sleep(window)
             a1, s1, q1 = await peer.agents(), sample(peer.pid), sample(sim.pid)
@@ -83,7 +85,8 @@ async def peer_fleet(agents: int, ramp: float, window: float, workdir: Path) -> 
             await peer.stop()
     return PeerFleetResult(
         agents=agents,
-        connected=connected_count(a1),
+        transport=transport,
+        connected=held_count(a1, transport),
         connected_seconds=None if connected_at is None else connected_at - started,
         baseline_rss=baseline,
         rss=s1.rss_bytes,

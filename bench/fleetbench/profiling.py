@@ -106,6 +106,9 @@ _CATEGORIES: tuple[tuple[str, str], ...] = (
     ("handle_message", "fleet: handle_message"),
     ("opamp_operator/store/", "store writer (asyncpg)"),
     ("opamp_operator/api/", "REST API and /metrics"),
+    # Plain HTTP (after the API, which runs on aiohttp too; the kube client is caught above).
+    ("opamp_operator/transport/http", "plain HTTP: our endpoint (checks, body, gzip)"),
+    ("aiohttp/", "plain HTTP: aiohttp's request parsing and responses"),
     ("websocket", "WebSocket framing and sessions"),
     ("selector_events", "asyncio socket transport"),
 )

@@ -11,18 +11,20 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from tests.support.goagent import PeerServer
 
 from . import profiling
-from .peer_runs import message_count, wait_connected, wait_known
+from .peer_runs import message_count, wait_held
 from .procstat import cpu_percent, machine_busy_percent, machine_sample, sample
 from .stack import (
+    Metrics,
     OperatorOptions,
     SimPlan,
     Simulator,
     TestBed,
+    agents_held,
+    opamp_url,
     operator_pid,
     operator_process,
     scrape,
@@ -77,16 +79,14 @@ async def operator_saturation(
     sim: Simulator | None = None
     try:
         await op.start(within=120)
-        url = op.http_url if plan.transport == "http" else op.ws_url
+        url = opamp_url(op, plan.transport)
         sim = Simulator(saturation_sim(plan), url, workdir, f"sim-sat-operator-{plan.transport}")
         await sim.start()
         pid = operator_pid(op)
-        # An HTTP agent holds no connection: count it Online instead.
-        held = "opamp_agents_online_total" if plan.transport == "http" else "opamp_connections_open"
 
-        def settled_check(m: Any) -> bool:
+        def settled_check(m: Metrics) -> bool:
             return bool(
-                m.value(held) >= plan.agents
+                agents_held(m, plan.transport) >= plan.agents
                 and m.value("opamp_kube_write_queue_depth") == 0
                 and m.value("opamp_kube_writes_total", kind="event") >= plan.agents
             )
@@ -116,15 +116,11 @@ async def operator_saturation(
 async def peer_saturation(plan: SaturationPlan, workdir: Path) -> SaturationResult:
     async with PeerServer() as peer:
         await peer.start()
-        url = peer.http_url if plan.transport == "http" else peer.ws_url
+        url = opamp_url(peer, plan.transport)
         sim = Simulator(saturation_sim(plan), url, workdir, f"sim-sat-peer-{plan.transport}")
         await sim.start()
         try:
-            within = plan.settle_seconds - 1
-            if plan.transport == "http":  # never "connected": every agent heard from
-                settled = await wait_known(peer, plan.agents, within)
-            else:
-                settled = await wait_connected(peer, plan.agents, within)
+            settled = await wait_held(peer, plan.agents, plan.settle_seconds - 1, plan.transport)
             a0, s0, q0 = await peer.agents(), sample(peer.pid), sample(sim.pid)
             c0 = machine_sample()
             await asyncio.sleep(plan.window_seconds)

@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 import asyncpg
@@ -198,6 +198,34 @@ def idle_queues(metrics: Metrics) -> bool:
 
 def connections(metrics: Metrics) -> float:
     return metrics.value("opamp_connections_open")
+
+
+def agents_held(metrics: Metrics, transport: str) -> float:
+    """Agents the operator holds: open WebSockets, or over plain HTTP (no connection lasts
+    beyond one poll: the gauge counts requests in flight) agents Online."""
+    if transport == "http":
+        return metrics.value("opamp_agents_online_total")
+    return connections(metrics)
+
+
+class OpampServer(Protocol):
+    """The operator's process or the opamp-go peer: one OpAMP endpoint per transport."""
+
+    @property
+    def ws_url(self) -> str: ...
+
+    @property
+    def http_url(self) -> str: ...
+
+
+def fleet_label(agents: int, transport: str) -> str:
+    """Names a fleet's namespace, logs and results: "10000" over WebSocket, "10000-http"."""
+    return str(agents) if transport == "ws" else f"{agents}-{transport}"
+
+
+def opamp_url(server: OpampServer, transport: str) -> str:
+    """Where the simulator dials `server` over `transport` ("ws" or "http")."""
+    return server.http_url if transport == "http" else server.ws_url
 
 
 def writes_by_kind(metrics: Metrics) -> dict[str, float]:

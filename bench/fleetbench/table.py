@@ -31,14 +31,27 @@ def _row(name: str, cells: Sequence[str]) -> str:
     return f"| {name} | " + " | ".join(cells) + " |"
 
 
-def fleet_table(results: Sequence[FleetResult], peers: dict[int, PeerFleetResult]) -> str:
-    head = [f"{r.plan.agents:,} agents" for r in results]
+def fleet_head(r: FleetResult) -> str:
+    """The column's title: "10,000 agents" (WebSocket), "10,000 HTTP agents"."""
+    over = " HTTP" if r.plan.transport == "http" else ""
+    return f"{r.plan.agents:,}{over} agents"
+
+
+def held_cell(r: FleetResult) -> str:
+    """Agents held at once; an HTTP agent holds no connection, so there it is agents Online."""
+    if r.plan.transport == "http":
+        return f"{r.peak_connections:,.0f} Online (no connection between polls)"
+    return f"{r.peak_connections:,.0f}"
+
+
+def fleet_table(results: Sequence[FleetResult], peers: dict[str, PeerFleetResult]) -> str:
+    head = [fleet_head(r) for r in results]
     lines = [_row("", head), "|---|" + "---:|" * len(results)]
 
     def add(name: str, cell: Any) -> None:
         lines.append(_row(name, [cell(r) for r in results]))
 
-    add("agents held connected at once", lambda r: f"{r.peak_connections:,.0f}")
+    add("agents held connected at once", held_cell)
     add(
         "all connected after (ramp)",
         lambda r: f"{_s(r.connected_seconds)} ({r.plan.ramp:g}/s)",
@@ -135,7 +148,8 @@ def fleet_table(results: Sequence[FleetResult], peers: dict[int, PeerFleetResult
     add("adoption: survivor CPU, SIGKILL to done / while writing; its Kubernetes writes",
         _adoption_cost)  # fmt: skip
     if peers:
-        add("peer (opamp-go): memory per connection", lambda r: _peer_memory(peers, r))
+        add("peer (opamp-go): memory per connection (HTTP: per agent)",
+            lambda r: _peer_memory(peers, r))  # fmt: skip
         add("peer (opamp-go): CPU, steady", lambda r: _peer_cpu(peers, r))
         add("operator / peer: memory per connection", lambda r: _memory_ratio(peers, r))
     return "\n".join(lines)
@@ -223,18 +237,19 @@ def _adoption_cost(r: FleetResult) -> str:
     return f"{a.survivor_cpu_seconds:.1f} CPU-s / {writing} of one core; {writes}"
 
 
-def _peer_memory(peers: dict[int, PeerFleetResult], r: FleetResult) -> str:
-    p = peers.get(r.plan.agents)
-    return "-" if p is None else f"{p.per_agent_bytes / 1024:.1f} KiB ({p.connected:,} connected)"
+def _peer_memory(peers: dict[str, PeerFleetResult], r: FleetResult) -> str:
+    p = peers.get(r.plan.label)
+    held = "heard from" if p is not None and p.transport == "http" else "connected"
+    return "-" if p is None else f"{p.per_agent_bytes / 1024:.1f} KiB ({p.connected:,} {held})"
 
 
-def _peer_cpu(peers: dict[int, PeerFleetResult], r: FleetResult) -> str:
-    p = peers.get(r.plan.agents)
+def _peer_cpu(peers: dict[str, PeerFleetResult], r: FleetResult) -> str:
+    p = peers.get(r.plan.label)
     return "-" if p is None else f"{p.cpu_pct:.1f} % ({p.messages / p.window_seconds:,.0f} msg/s)"
 
 
-def _memory_ratio(peers: dict[int, PeerFleetResult], r: FleetResult) -> str:
-    p = peers.get(r.plan.agents)
+def _memory_ratio(peers: dict[str, PeerFleetResult], r: FleetResult) -> str:
+    p = peers.get(r.plan.label)
     if p is None or not p.per_agent_bytes or r.steady is None:
         return "-"
     ours = (r.steady.operator_rss - r.baseline_rss) / r.steady.agents

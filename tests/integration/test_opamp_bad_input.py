@@ -18,6 +18,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from opamp_operator.fleet.model import AgentPhase
+from opamp_operator.fleet.remoteconfig import ACCEPTS_REMOTE_CONFIG, ConfigFile, DesiredConfig
 from opamp_operator.opamp.frames import decode_ws_frame, encode_ws_frame
 from opamp_operator.opamp.generated import opamp_pb2
 from opamp_operator.opamp.messages import AgentToServer, parse_server_to_agent
@@ -28,6 +29,10 @@ pytestmark = pytest.mark.integration
 
 PROTOBUF = {"Content-Type": "application/x-protobuf"}
 MAX_MESSAGE = 64 * 1024
+# 4 KiB of YAML: its reply is long enough to be gzipped (short ones go out as they are).
+LARGE_CONFIG = DesiredConfig.of(
+    {"collector.yaml": ConfigFile(b"receivers: {}\n" + b"# padding\n" * 400, "text/yaml")}
+)
 
 
 def hello(uid: uuid.UUID | None = None, name: str = "raw") -> AgentToServer:
@@ -278,19 +283,35 @@ async def post(
 
 async def test_gzip_in_and_out(server: OpAMPServer) -> None:
     uid = uuid.uuid4()
-    body = gzip.compress(hello(uid, "zipped").SerializeToString())
+    zipped = hello(uid, "zipped")
+    zipped.capabilities = ACCEPTS_REMOTE_CONFIG
+    server.fleet.set_desired_config(str(uid), LARGE_CONFIG)  # a reply worth compressing
+    body = gzip.compress(zipped.SerializeToString())
     status, headers, raw = await post(
         server, body, {"Content-Encoding": "gzip", "Accept-Encoding": "gzip"}
     )
     assert status == 200
     assert headers["Content-Encoding"] == "gzip"
-    assert parse_server_to_agent(gzip.decompress(raw)).instance_uid == uid.bytes
+    reply = parse_server_to_agent(gzip.decompress(raw))
+    assert reply.instance_uid == uid.bytes
+    assert reply.remote_config.config_hash == LARGE_CONFIG.hash
     snapshot = server.agent(uid)
     assert snapshot is not None
     assert snapshot.service_name == "zipped"
     status, headers, raw = await post(server, hello(uid).SerializeToString(), {})
     assert status == 200
     assert "Content-Encoding" not in headers  # not asked for: not compressed
+    assert parse_server_to_agent(raw).instance_uid == uid.bytes
+
+
+async def test_short_replies_go_out_uncompressed_even_when_gzip_is_accepted(
+    server: OpAMPServer,
+) -> None:
+    uid = uuid.uuid4()
+    headers = {"Accept-Encoding": "gzip, deflate"}  # as aiohttp's client sends it
+    status, answered, raw = await post(server, hello(uid).SerializeToString(), headers)
+    assert status == 200
+    assert "Content-Encoding" not in answered  # gzip would only make it longer
     assert parse_server_to_agent(raw).instance_uid == uid.bytes
 
 
