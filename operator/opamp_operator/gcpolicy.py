@@ -89,6 +89,18 @@ class GcPolicy:
         return Action.FREEZE
 
 
+def pause_collector() -> Callable[[], None]:
+    """Turn automatic collection off; return what turns it back on as it was (the operator
+    also runs in-process in tests, whose collector must be left as found)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    return gc.enable if enabled else _leave_disabled
+
+
+def _leave_disabled() -> None:
+    pass
+
+
 def full_collections() -> int:
     """Full (generation 2) collections in this process so far."""
     return int(gc.get_stats()[2]["collections"])

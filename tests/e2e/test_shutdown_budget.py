@@ -89,6 +89,11 @@ async def test_sigterm_exits_within_the_budget_with_history_written_and_crs_left
     log = operator.log_text()
     assert "CR updates unwritten" in log, operator.log_tail()
     assert "left to expire" in log
+    # Where the budget went, in one line: here the CR writer took it (forty closes are quick).
+    stopped = next(line for line in log.splitlines() if "stopped in" in line)
+    assert "CR writer" in stopped, stopped
+    # websockets' per-connection lines are DEBUG only: 80 of them here, 20,000 at 10,000.
+    assert "connection open" not in log and "connection closed" not in log
     # History comes first: every session's row is closed as operator_shutdown.
     assert await _reasons(postgres_dsn) == ["operator_shutdown"] * AGENTS
     # The CRs it could not write are a survivor's to adopt: the Lease stays until it expires.

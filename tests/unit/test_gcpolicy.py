@@ -14,6 +14,7 @@ from opamp_operator.gcpolicy import (
     GcPolicy,
     full_collections,
     install_pause_metrics,
+    pause_collector,
     remove_pause_metrics,
     run_gc_policy,
 )
@@ -95,6 +96,22 @@ async def test_runner_freezes_the_heap_and_leaves_it_unfrozen_when_cancelled() -
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
     assert gc.get_freeze_count() == 0
+
+
+def test_the_stop_pauses_automatic_collection_and_leaves_the_collector_as_found() -> None:
+    assert gc.isenabled()
+    resume = pause_collector()
+    try:
+        assert not gc.isenabled()
+    finally:
+        resume()
+    assert gc.isenabled()
+    gc.disable()  # a process that had it off keeps it off
+    try:
+        pause_collector()()
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
 
 
 def test_pause_metrics_observe_every_collection_by_generation() -> None:
