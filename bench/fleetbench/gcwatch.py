@@ -12,7 +12,8 @@ that long after start (to compare collector settings without editing the operato
 $FLEETBENCH_EVENT_LOOP=uvloop runs it on uvloop's event loop (to measure it the same way).
 $FLEETBENCH_TRACEMALLOC=N traces allocations (N frames each) from the start; then
 `kill -USR2 <pid>` collects garbage and writes the live Python memory by component to
-STATS.mem-K.json (K = 1, 2, ...; `fleetbench.memory` diffs two of them).
+STATS.mem-K.json (K = 1, 2, ...; `fleetbench.memory` diffs two of them). N = 0: no tracing,
+the reports hold RSS only.
 """
 
 from __future__ import annotations
@@ -127,14 +128,17 @@ def _component(filename: str) -> str:
 
 
 def _memory_report(path: Path) -> None:
-    """Live Python memory by where it was allocated and by which of our modules asked."""
+    """Live Python memory by where it was allocated and by which of our modules asked
+    (RSS alone when not tracing)."""
     gc.collect()
-    snapshot = tracemalloc.take_snapshot()
+    traces = tracemalloc.take_snapshot().traces if tracemalloc.is_tracing() else []
     where: Counter[str] = Counter()
     ours: Counter[str] = Counter()
-    for trace in snapshot.traces:
+    lines: Counter[str] = Counter()
+    for trace in traces:
         frames = trace.traceback  # oldest first
         where[_component(frames[-1].filename)] += trace.size
+        lines[f"{_component(frames[-1].filename)}:{frames[-1].lineno}"] += trace.size
         caller = next(
             (f.filename for f in reversed(frames) if "opamp_operator" in f.filename), None
         )
@@ -144,6 +148,7 @@ def _memory_report(path: Path) -> None:
         "rss_bytes": _rss_bytes(),
         "where": where.most_common(),
         "ours": ours.most_common(),
+        "lines": lines.most_common(),
     }
     path.write_text(json.dumps(report, indent=1))
 
@@ -159,7 +164,8 @@ def _trace_memory(target: Path) -> None:
     frames = os.environ.get("FLEETBENCH_TRACEMALLOC")
     if not frames:
         return
-    tracemalloc.start(int(frames))
+    if int(frames) > 0:  # 0: reports of RSS only, for the same run untraced
+        tracemalloc.start(int(frames))
     reports = iter(range(1, 1000))
     signal.signal(
         signal.SIGUSR2,
