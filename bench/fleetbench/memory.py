@@ -48,12 +48,11 @@ ROWS = 18
 async def _report(pid: int, stats: Path, number: int) -> dict[str, Any]:
     path = stats.with_suffix(f".mem-{number}.json")
     os.kill(pid, signal.SIGUSR2)  # the operator's gcwatch writes `path`
-    deadline = time.monotonic() + 300
-    while not path.exists():  # the report is written in one go, after the snapshot
+    deadline = time.monotonic() + 900  # a snapshot of a traced heap takes minutes
+    while not path.exists():  # renamed into place once written
         if time.monotonic() > deadline:
             raise RuntimeError(f"no memory report at {path}")
         await asyncio.sleep(1)
-    await asyncio.sleep(1)
     report: dict[str, Any] = json.loads(path.read_text())
     return report
 
@@ -131,11 +130,13 @@ def _summary(before: dict[str, Any], after: dict[str, Any], args: argparse.Names
     )
     where = _table("allocated in", _per_agent(before["where"], after["where"], agents))
     ours = _table("asked for by", _per_agent(before["ours"], after["ours"], agents))
-    if "lines" not in after:
+    if "ours_at" not in after:
         return f"{head}\n\n{where}\n\n{ours}\n"
     sites = _per_agent(before["lines"], after["lines"], agents)
     lines = _table("allocated at (innermost frame)", sites, shown=40)
-    return f"{head}\n\n{where}\n\n{ours}\n\n{lines}\n"
+    asked = _per_agent(before["ours_at"], after["ours_at"], agents)
+    asked_at = _table("asked for at (innermost frame of ours)", asked, shown=40)
+    return f"{head}\n\n{where}\n\n{ours}\n\n{lines}\n\n{asked_at}\n"
 
 
 def main() -> None:
