@@ -12,9 +12,7 @@ Relies on these websockets 17 internals (checked against 17.4; re-check on upgra
   our override also cancels the timer between pings).
 - `Connection.close(code, reason)` waits for the closing handshake, at most close_timeout,
   then drops the TCP connection; it never raises ConnectionClosed.
-- Nothing reads a connection's `request` headers or its `response` once it is OPEN (the
-  protocol's parser keeps the request for the connection's life); `drain_waiters` is only
-  appended to, removed from and iterated (see `_slim`).
+- What `slim` (transport/slim.py) drops or makes lazy once a connection is OPEN.
 """
 
 from __future__ import annotations
@@ -44,6 +42,7 @@ from opamp_operator.opamp.messages import AgentToServer, ServerToAgent, parse_ag
 from .auth import AgentAuth, PodBinding, Refused, note_refusal
 from .describe import message_kind, remote_addr
 from .instanceuid import MISMATCH, describe, mismatch_detail
+from .slim import slim
 
 log = logging.getLogger(__name__)
 # websockets' own per-connection logs ("connection open" at INFO...), kept apart so that a
@@ -271,21 +270,6 @@ class WebSocketChannel:
         await asyncio.wait({self._closing})  # bounded by the connection's close_timeout
 
 
-def _slim(connection: OpAMPConnection) -> None:
-    """Drop what an open connection keeps but never uses again (measured: ~3 KiB per agent,
-    docs/benchmarks.md, "Memory per agent, by component").
-
-    The handshake's headers, read by then (the upgrade's review, the instance uid header):
-    the request's are emptied in place, since websockets' parser holds the request until
-    the connection ends; the response goes. The queue of writers waiting for the socket to
-    drain: a list, empty unless a peer stops reading (an empty deque holds a 64-slot block).
-    """
-    if connection.request is not None:
-        connection.request.headers.clear()
-    connection.response = None
-    connection.drain_waiters = []  # type: ignore[assignment]  # the operations it gets
-
-
 def _log_close_failure(task: asyncio.Task[None]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.warning("closing a WebSocket failed: %r", task.exception())
@@ -351,7 +335,7 @@ class WebSocketEndpoint:
                 self._count_refused_handshake(connection)
                 connection.transport.abort()  # refused (response already sent) or gone
                 return
-            _slim(connection)
+            slim(connection)
             server.all_connections.add(connection)
             try:
                 await self._run(connection, deadline)
