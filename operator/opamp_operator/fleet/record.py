@@ -210,18 +210,16 @@ def apply_report(record: AgentRecord, message: AgentToServer) -> frozenset[str]:
 
 
 def _kept_view(view: AgentDescriptionView) -> AgentDescriptionView:
-    """The view with its names and text values interned: every agent of a fleet repeats
-    the same names (service.name, os.type, ...) and most values (a service, a version), so
-    the records share one copy of each instead of holding their own (interned strings
-    are freed once no record holds them)."""
+    """The view with its attribute names interned: every agent of a fleet repeats the same
+    names (service.name, os.type, ...), so the records share one copy of each. Not the
+    values: many are unique per agent (host names, instance ids), and each interned string
+    is an entry of Python's intern table (measured at 3,000 agents: values too cost 360 bytes
+    per agent more than they saved)."""
     return AgentDescriptionView(_interned(view.identifying), _interned(view.non_identifying))
 
 
 def _interned(attributes: Mapping[str, object]) -> dict[str, object]:
-    return {
-        sys.intern(key): sys.intern(value) if type(value) is str else value
-        for key, value in attributes.items()
-    }
+    return {sys.intern(key): value for key, value in attributes.items()}
 
 
 def apply_components(record: AgentRecord, report: Any) -> tuple[bool, Refused | None]:
