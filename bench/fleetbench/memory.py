@@ -48,13 +48,12 @@ ROWS = 18
 
 async def _report(pid: int, stats: Path, number: int) -> dict[str, Any]:
     path = stats.with_suffix(f".mem-{number}.json")
-    os.kill(pid, signal.SIGUSR2)
-    deadline = time.monotonic() + 300
-    while not path.exists():  # the report is written in one go, after the snapshot
+    os.kill(pid, signal.SIGUSR2)  # the operator's gcwatch writes `path`
+    deadline = time.monotonic() + 900  # a snapshot of a traced heap takes minutes
+    while not path.exists():  # renamed into place once written
         if time.monotonic() > deadline:
             raise RuntimeError(f"no memory report at {path}")
         await asyncio.sleep(1)
-    await asyncio.sleep(1)
     report: dict[str, Any] = json.loads(path.read_text())
     return report
 
@@ -68,20 +67,22 @@ def _per_agent(
     return sorted(((name, size / agents) for name, size in grown.items()), key=lambda r: -r[1])
 
 
-def _table(title: str, rows: list[tuple[str, float]]) -> str:
+def _table(title: str, rows: list[tuple[str, float]], shown: int = ROWS) -> str:
     total = sum(size for _, size in rows)
     lines = [f"| {title} | bytes per agent | share |", "|---|---:|---:|"]
-    shown = rows[:ROWS]
-    for name, size in shown:
+    for name, size in rows[:shown]:
         lines.append(f"| `{name}` | {size:,.0f} | {size / total:.1%} |")
-    rest = sum(size for _, size in rows[ROWS:])
-    if rows[ROWS:]:
-        lines.append(f"| {len(rows) - ROWS} others | {rest:,.0f} | {rest / total:.1%} |")
+    rest = sum(size for _, size in rows[shown:])
+    if rows[shown:]:
+        lines.append(f"| {len(rows) - shown} others | {rest:,.0f} | {rest / total:.1%} |")
     lines.append(f"| **total traced** | **{total:,.0f}** | |")
     return "\n".join(lines)
 
 
-async def _measure(bed: TestBed, args: argparse.Namespace, workdir: Path) -> str:
+async def _measure(
+    bed: TestBed, args: argparse.Namespace, workdir: Path
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The operator's reports before any agent connected and once all are settled."""
     namespace, database = bed.new_target("mem")
     operator = operator_process(bed, namespace, database, OperatorOptions(), workdir / "op.log")
     stats = gc_stats_path(operator)
@@ -106,14 +107,22 @@ async def _measure(bed: TestBed, args: argparse.Namespace, workdir: Path) -> str
         finally:
             await simulator.kill()
     finally:
-        await operator.terminate(within=60)
-    return _summary(before, after, args)
+        # Measured already: a traced operator's shutdown can take minutes (10,000 sessions
+        # end under tracing), and nothing after the reports is measured.
+        await operator.kill()
+    return before, after
 
 
 def _summary(before: dict[str, Any], after: dict[str, Any], args: argparse.Namespace) -> str:
     agents = args.agents
     traced = (after["traced_bytes"] - before["traced_bytes"]) / agents
     rss = (after["rss_bytes"] - before["rss_bytes"]) / agents
+    if not args.frames:
+        return (
+            f"{agents:,} agents over {args.transport}, tracemalloc off: RSS {rss:,.0f} bytes "
+            f"per agent (RSS {before['rss_bytes'] / 2**20:.0f} -> "
+            f"{after['rss_bytes'] / 2**20:.0f} MiB)\n"
+        )
     head = (
         f"{agents:,} agents over {args.transport}, tracemalloc {args.frames} frames: "
         f"traced {traced:,.0f} bytes per agent, RSS {rss:,.0f} bytes per agent "
@@ -122,18 +131,31 @@ def _summary(before: dict[str, Any], after: dict[str, Any], args: argparse.Names
     )
     where = _table("allocated in", _per_agent(before["where"], after["where"], agents))
     ours = _table("asked for by", _per_agent(before["ours"], after["ours"], agents))
-    return f"{head}\n\n{where}\n\n{ours}\n"
+    if "ours_at" not in after:
+        return f"{head}\n\n{where}\n\n{ours}\n"
+    sites = _per_agent(before["lines"], after["lines"], agents)
+    lines = _table("allocated at (innermost frame)", sites, shown=40)
+    asked = _per_agent(before["ours_at"], after["ours_at"], agents)
+    asked_at = _table("asked for at (innermost frame of ours)", asked, shown=40)
+    return f"{head}\n\n{where}\n\n{ours}\n\n{lines}\n\n{asked_at}\n"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--agents", type=int, default=10_000)
     parser.add_argument("--transport", choices=("ws", "http"), default="ws")
-    parser.add_argument("--frames", type=int, default=8, help="tracemalloc frames per trace")
+    parser.add_argument(
+        "--frames",
+        type=int,
+        default=8,
+        help="tracemalloc frames per trace (0: no tracing, RSS only)",
+    )
     # Tracing makes the operator several times slower: at the default admission rate
     # (200/s) new connections time out before their first message is read.
     parser.add_argument("--ramp", type=float, default=50.0, help="agents connecting per second")
-    parser.add_argument("--out", type=Path, help="also write the tables here (Markdown)")
+    parser.add_argument(
+        "--out", type=Path, help="also write the tables here (Markdown), the reports beside (.json)"
+    )
     args = parser.parse_args()
     os.environ["FLEETBENCH_TRACEMALLOC"] = str(args.frames)  # read by the operator's gcwatch
     with tempfile.TemporaryDirectory(prefix="fleetbench-mem-") as temporary:
@@ -141,12 +163,15 @@ def main() -> None:
         bed = TestBed(workdir)
         bed.start()
         try:
-            text = asyncio.run(_measure(bed, args, workdir))
+            before, after = asyncio.run(_measure(bed, args, workdir))
         finally:
             bed.stop()
+    text = _summary(before, after, args)
     print(text)
     if args.out:
         args.out.write_text(text)
+        # Both reports whole, to look further without running again.
+        args.out.with_suffix(".json").write_text(json.dumps({"before": before, "after": after}))
     sys.stdout.flush()
 
 

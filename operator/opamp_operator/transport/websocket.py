@@ -8,8 +8,11 @@ Relies on these websockets 17 internals (checked against 17.4; re-check on upgra
 - `handle_connection` below mirrors `serve()`'s inner `protocol_handler`: handshake under a
   timeout, abort unless OPEN, `start_keepalive()`, close the connection at the end, and
   discard the task from `server.handler_tasks`.
+- `Connection.connection_lost` cancels `keepalive_task` (ours runs only while a ping is out;
+  our override also cancels the timer between pings).
 - `Connection.close(code, reason)` waits for the closing handshake, at most close_timeout,
   then drops the TCP connection; it never raises ConnectionClosed.
+- What `slim` (transport/slim.py) drops or makes lazy once a connection is OPEN.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Mapping
-from typing import Final
+from typing import Any, Final
 
 from websockets.asyncio.server import Server, ServerConnection
 from websockets.exceptions import ConnectionClosed
@@ -39,6 +42,7 @@ from opamp_operator.opamp.messages import AgentToServer, ServerToAgent, parse_ag
 from .auth import AgentAuth, PodBinding, Refused, note_refusal
 from .describe import message_kind, remote_addr
 from .instanceuid import MISMATCH, describe, mismatch_detail
+from .slim import slim
 
 log = logging.getLogger(__name__)
 # websockets' own per-connection logs ("connection open" at INFO...), kept apart so that a
@@ -63,6 +67,7 @@ protocol_log.addFilter(_RedactCredentials())
 _MESSAGES: Final = metrics.MessageMetrics(Transport.WEBSOCKET.value)
 _MAX_QUEUE: Final = 4  # unread messages buffered per connection before reading pauses
 _CLOSE_REASON_BYTES: Final = 123  # the most a close frame's reason may hold
+_TIMER_SLACK: Final = 0.001  # a timer may fire this early: the ping is due then
 # Close codes websockets sends itself when a peer breaks the protocol, as metric reasons.
 _FAILURE_REASONS: Final[Mapping[int, str]] = {
     CloseCode.PROTOCOL_ERROR: "websocket_protocol_error",
@@ -75,16 +80,49 @@ class OpAMPConnection(ServerConnection):
     """A websockets connection that knows when its TCP connection was accepted, and spares
     agents judged by their heartbeats the pings while they heartbeat (`keepalive`)."""
 
+    # Slots, not instance attributes: Python shares one key table among the instances of a
+    # class only up to 29 attributes; websockets sets 27, so with ours in the instance dict
+    # every connection had a dict of its own (measured: 1.6 KiB instead of 0.4 KiB).
+    __slots__ = (
+        "_ping_timer",
+        "accepted_at",
+        "binding",
+        "capabilities",
+        "header_uid",
+        "heard_at",
+        "pending_token",
+        "pinged_at",
+        "quiet_seconds",
+    )
     accepted_at: float  # loop time
     header_uid: bytes | None  # what its OpAMP-Instance-UID request header named
-    pending_token: str | None = None  # a ServiceAccount token to review before the upgrade
-    binding: PodBinding | None = None  # the Pod its ServiceAccount token is bound to
-    heard_at: float = 0.0  # loop time of the last OpAMP message
-    capabilities: int = 0  # as last stated by the agent (0: not yet)
+    pending_token: str | None  # a ServiceAccount token to review before the upgrade
+    binding: PodBinding | None  # the Pod its ServiceAccount token is bound to
+    heard_at: float  # loop time of the last OpAMP message
+    capabilities: int  # as last stated by the agent (0: not yet)
     # Judged by its heartbeats: ping only after this much quiet (None: every ping_interval).
-    quiet_seconds: float | None = None
+    quiet_seconds: float | None
+    pinged_at: float  # loop time of the last pong (at first: of the accept)
+    _ping_timer: asyncio.TimerHandle | None  # when to look again (between pings)
 
-    async def keepalive(self) -> None:
+    def __init__(
+        self,
+        protocol: ServerProtocol,
+        server: Server,
+        accepted_at: float,
+        header_uid: bytes | None,
+        **options: Any,
+    ) -> None:
+        super().__init__(protocol, server, **options)
+        self.accepted_at = self.heard_at = self.pinged_at = accepted_at
+        self.header_uid = header_uid
+        self.pending_token = None
+        self.binding = None
+        self.capabilities = 0
+        self.quiet_seconds = None
+        self._ping_timer = None
+
+    def start_keepalive(self) -> None:
         """websockets' keepalive, except for agents judged by their heartbeats: those are
         pinged only once quiet for the heartbeat timeout (`quiet_seconds`, set by the
         endpoint), since their messages prove them alive as pongs do; so heartbeating fleets
@@ -92,30 +130,56 @@ class OpAMPConnection(ServerConnection):
         heartbeats, and 15 % of the operator's steady CPU). Agents judged by their connection
         are pinged every `ping_interval` whatever they send, as websockets does: a peer that
         floods and then stops reading must get a ping while its pong can still be seen
-        missing (pinged only once quiet, our buffer to it is already full)."""
+        missing (pinged only once quiet, our buffer to it is already full).
+
+        Between pings a timer waits, not a task: a task asleep in every connection (its
+        coroutine, the sleep's future) cost ~1 KiB per agent; one runs only for a ping."""
+        if self.ping_interval is not None:
+            self.pinged_at = self.heard_at
+            self._arm_keepalive()
+
+    def _ping_due(self) -> float:
         assert self.ping_interval is not None
-        pinged_at = self.heard_at
+        quiet = self.quiet_seconds
+        since = self.pinged_at if quiet is None else max(self.pinged_at, self.heard_at)
+        return since + (quiet or self.ping_interval)
+
+    def _arm_keepalive(self) -> None:
+        self._ping_timer = self.loop.call_at(self._ping_due(), self._keepalive_due)
+
+    def _keepalive_due(self) -> None:
+        self._ping_timer = None
+        if self._ping_due() > self.loop.time() + _TIMER_SLACK:
+            self._arm_keepalive()  # heard from since the timer was set: not quiet yet
+            return
+        self.keepalive_task = self.loop.create_task(self.keepalive())
+
+    async def keepalive(self) -> None:
+        """One ping, then the timer again (`start_keepalive`); cancelled by websockets'
+        connection_lost while the ping is out."""
         try:
-            while True:
-                quiet = self.quiet_seconds
-                since = pinged_at if quiet is None else max(pinged_at, self.heard_at)
-                due = since + (quiet or self.ping_interval) - self.loop.time()
-                if due > 0:
-                    await asyncio.sleep(due)
-                    continue
-                try:
-                    # The ping's write is inside the timeout too: a peer that stopped
-                    # reading (its receive window full) stalls it.
-                    async with asyncio.timeout(self.ping_timeout):
-                        await (await self.ping())
-                except TimeoutError:
-                    await self._fail_keepalive()
-                    return
-                pinged_at = self.loop.time()
+            try:
+                # The ping's write is inside the timeout too: a peer that stopped
+                # reading (its receive window full) stalls it.
+                async with asyncio.timeout(self.ping_timeout):
+                    await (await self.ping())
+            except TimeoutError:
+                await self._fail_keepalive()
+                return
         except ConnectionClosed:
-            pass
+            return
         except Exception:
             self.logger.error("keepalive ping failed", exc_info=True)
+            return
+        self.pinged_at = self.loop.time()
+        self.keepalive_task = None
+        self._arm_keepalive()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._ping_timer is not None:
+            self._ping_timer.cancel()
+            self._ping_timer = None
+        super().connection_lost(exc)
 
     async def _fail_keepalive(self) -> None:
         """Close with 1011 as websockets does; drop the TCP connection if even the close
@@ -136,7 +200,9 @@ class WebSocketChannel:
         self._remote_addr = remote_addr(connection.transport.get_extra_info("peername"))
         self.close_reason: str = Reason.CONNECTION_CLOSED
         self._closing: asyncio.Task[None] | None = None
-        self._pushes: set[asyncio.Task[None]] = set()  # one per server-initiated message
+        # One per server-initiated message in flight; made at the first (an empty set is
+        # 216 bytes, and most connections never get one).
+        self._pushes: set[asyncio.Task[None]] | None = None
         # The uids its messages may carry when the upgrade named one (OpAMP-Instance-UID):
         # that one, and any the server assigned it since (a duplicate switching uid).
         header = connection.header_uid
@@ -167,6 +233,8 @@ class WebSocketChannel:
         if self._closing is not None:
             return False
         task = asyncio.get_running_loop().create_task(self._push(message))
+        if self._pushes is None:
+            self._pushes = set()
         self._pushes.add(task)
         task.add_done_callback(self._pushes.discard)
         return True
@@ -241,13 +309,13 @@ class WebSocketEndpoint:
         connection = OpAMPConnection(
             protocol,
             server,
+            accepted_at,
+            header_uid,
             ping_interval=settings.ping_interval_seconds,
             ping_timeout=settings.ping_timeout_seconds,
             close_timeout=settings.close_timeout_seconds,
             max_queue=_MAX_QUEUE,
         )
-        connection.accepted_at = connection.heard_at = accepted_at
-        connection.header_uid = header_uid
         return connection
 
     async def handle_connection(self, connection: ServerConnection) -> None:
@@ -267,6 +335,7 @@ class WebSocketEndpoint:
                 self._count_refused_handshake(connection)
                 connection.transport.abort()  # refused (response already sent) or gone
                 return
+            slim(connection)
             server.all_connections.add(connection)
             try:
                 await self._run(connection, deadline)
@@ -327,6 +396,7 @@ class WebSocketEndpoint:
                 self._reject(channel, "first_message_timeout", CloseCode.POLICY_VIOLATION, detail)
                 return
             while await self._on_message(channel, data):
+                data = b""  # not kept while waiting for the next one (quiet for 30 s)
                 # recv() returns at once while messages are queued, so without this a
                 # client sending as fast as it can would hold the event loop for every
                 # other agent (measured: 1.1 s replies to others behind one such client).

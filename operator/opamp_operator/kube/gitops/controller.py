@@ -84,7 +84,16 @@ from opamp_operator.kube.writes.gate import WriteGate
 log = logging.getLogger(__name__)
 
 _YIELD_EVERY = 500  # agents resolved between two yields to the event loop
-_STATUS_KEYS = ("phase", "desiredConfig", "reconnect", "connection", "disconnectReason")
+# The status fields kept per OpAMPAgent, and of the maps among them the keys read: the rest
+# of each map (the connection's address, transport, liveness...) was ~0.5 KB per agent.
+_STATUS_KEYS: Mapping[str, tuple[str, ...] | None] = {
+    "phase": None,
+    "desiredConfig": ("hash", "source"),
+    "reconnect": ("requestedAt",),
+    "connection": ("replica",),
+    "disconnectReason": None,
+}
+_CONDITION_KEYS = ("type", "status", "reason", "message")
 # Throttled / unavailable config status writes are tried again this many times (with the
 # gate's backoff) before the status waits for its next interval.
 _WRITE_RETRIES = RECORD_RETRIES
@@ -289,10 +298,12 @@ class GitOpsController:
                 settings = parse_settings((obj.get("spec") or {}).get("connectionSettings"))
             except SettingsSpecError as error:
                 settings_error = str(error)
-        kept = {key: status[key] for key in _STATUS_KEYS if key in status}
+        kept = {
+            key: _narrow(status[key], keys) for key, keys in _STATUS_KEYS.items() if key in status
+        }
         applied = condition(status, REMOTE_CONFIG_APPLIED)
         if applied is not None:
-            kept["conditions"] = [applied]
+            kept["conditions"] = [_narrow(applied, _CONDITION_KEYS)]
         kept["healthy"] = (status.get("health") or {}).get("healthy")  # for rollout gates
         return _Agent(
             name=name,
@@ -725,6 +736,13 @@ class GitOpsController:
             self.gate, self.api, name, seen, annotation=RECONNECT_ANNOTATION, key="reconnect",
             record=record, acted=lambda r: r.get("result") == "reconnect_requested",
         )  # fmt: skip
+
+
+def _narrow(value: Any, keys: tuple[str, ...] | None) -> Any:
+    """`value` with only `keys`, when it is a map and keys are named; else as it is."""
+    if keys is None or not isinstance(value, Mapping):
+        return value
+    return {key: value[key] for key in keys if key in value}
 
 
 def _name(obj: Mapping[str, Any]) -> str:
