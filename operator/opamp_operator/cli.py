@@ -54,13 +54,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
-        # websockets' "connection open" / "connection closed", a pair per session at INFO:
-        # 70,000 lines in a 10,000-agent benchmark run, 9,800 inside the shutdown budget.
-        # The connection history has every session; --log-level DEBUG shows them again.
-        from .transport.websocket import protocol_log
-
-        protocol_log.setLevel(logging.WARNING)
     if args.command == "config-reference":
         print(reference_markdown())
         return 0
