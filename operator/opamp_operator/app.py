@@ -44,9 +44,10 @@ from .fleet_metrics import (
 )
 from .gcpolicy import (
     GcPolicy,
-    full_collections,
+    Reading,
     install_pause_metrics,
     pause_collector,
+    read_blocks,
     remove_pause_metrics,
     run_gc_policy,
 )
@@ -159,11 +160,14 @@ class OperatorApp:
     def _start_gc_policy(self) -> None:
         """Collector pauses as a metric, and the freeze/thaw policy (gcpolicy.py)."""
         self._stops.callback(remove_pause_metrics, install_pause_metrics())
-        settings, fleet = self.settings.gc, self.fleet
-        policy = GcPolicy(settings, time.monotonic(), fleet.sessions_opened, full_collections())
-        sessions, agents = (lambda: fleet.sessions_opened), fleet.__len__
-        interval = settings.check_interval_seconds
-        self._spawn(run_gc_policy(policy, sessions, agents, interval=interval), "gc-policy")
+        fleet = self.fleet
+
+        def read() -> Reading:
+            return Reading(time.monotonic(), fleet.sessions_opened, len(fleet), read_blocks())
+
+        policy = GcPolicy(self.settings.gc, read())
+        interval = self.settings.gc.check_interval_seconds
+        self._spawn(run_gc_policy(policy, read, interval=interval), "gc-policy")
 
     async def end_sessions(self) -> None:
         """Stop accepting and end every session as operator_shutdown (idempotent); the

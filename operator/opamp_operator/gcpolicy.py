@@ -6,15 +6,29 @@ it. Almost all of those objects live as long as their agent: records, sessions, 
 websockets protocol state. `gc.freeze()` moves everything alive into a generation the
 collector never walks, so later collections see only what was allocated since.
 
-The price: cyclic garbage among frozen objects is not freed until an unfreeze. Objects
-without cycles still go at once (reference counting ignores the freeze); what leaks are the
-cycles of agents that leave (a closed connection's protocol, tasks and futures). So after a
-bounded amount of churn (sessions opened since the freeze, a fraction of the fleet frozen
-with) the policy unfreezes and collects once, and freezes again when the fleet is quiet.
-The first freeze at 10,000 agents, done with its own `gc.collect()`, took 3.8 s on a busy
-machine, and a heap frozen before the CRs were all written kept growing into full
-collections of 1.8 s (docs/benchmarks.md): hence freezing right after the collector's own
-full collections, again after each one.
+How (each step measured, docs/benchmarks.md, "collector policy"):
+- freeze once the fleet has settled (fewer sessions opened in the last settle window than
+  would thaw a freeze: a ramp or reconnect storm is over, trickle churn does not hold it
+  off), with a young collection first (`gc.collect(1)`: milliseconds), not a full one (its
+  own full collection took 3.8 s at 10,000 agents);
+- then freeze again every check (a young collection and a list splice), so what survives
+  the young generations joins the frozen heap within seconds: no full collection ever walks
+  more than a few seconds of growth. Freezing only after the collector's own full
+  collections (the previous policy) left the first one after the settle at full cost: a
+  498 ms pause during REST requests at 10,000 agents;
+- thaw (unfreeze, one full collection) after bounded churn: the cycles of agents that left
+  (a closed connection's protocol, tasks, futures) are garbage the frozen heap keeps, and
+  so is any cyclic garbage that outlived the young generations before a freeze. Bounded by
+  sessions opened since the freeze (`thaw_churn` of the fleet, at least
+  `min_thaw_sessions`) and by the memory in use growing by a quarter since it (CPython's
+  own trigger for a full collection is the long-lived heap growing by a quarter). The
+  thaw's full collection is the one long pause left, once per that much churn.
+
+Memory in use is pymalloc's count of allocated blocks (`sys.getallocatedblocks()`: it walks
+the pools, ~5 ms at 10,000 agents), not RSS: RSS seldom shrinks after a collection, so a
+baseline taken from it would ratchet up by a quarter each cycle. `gc.get_freeze_count()`
+walks the frozen list (35 ms for a million objects here): read at the first freeze and at
+the thaw only, never per check.
 
 `GcPolicy` is the decision, pure and clock-driven (tested without a collector);
 `run_gc_policy` applies it every few seconds and `install_pause_metrics` times collections.
@@ -26,8 +40,10 @@ import asyncio
 import enum
 import gc
 import logging
+import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from . import metrics
@@ -36,57 +52,74 @@ from .config import CollectorSettings
 log = logging.getLogger(__name__)
 
 
+THAW_GROWTH = 0.25  # memory in use grown by this much since the freeze: thaw
+
+
 class Action(enum.Enum):
     NONE = "none"
-    FREEZE = "freeze"  # collect, then freeze what survived
+    FREEZE = "freeze"  # the first after a settle: young collection, freeze, count the frozen
+    REFREEZE = "refreeze"  # frozen already: young collection, freeze the survivors
     THAW = "thaw"  # unfreeze and collect everything
 
 
-class GcPolicy:
-    """When to freeze and when to thaw, from the fleet's session counter, the count of full
-    collections so far, and a clock.
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """What the policy looks at, read every check."""
 
-    Freezing rides on the collector's own full collections, so the policy adds no pause of
-    its own but the thaw: right after a full collection nothing long-lived is garbage, and
-    freezing then (after a young collection) takes the survivors out of every later one.
-    - thawed: once no session opened for `freeze_settle_seconds` (a ramp or a reconnect
-      storm is over), FREEZE after the next full collection;
-    - frozen: FREEZE again after each full collection (what the fleet grew since, e.g. its
-      CRs' bodies, joins the frozen heap, so no full collection walks more than the growth
-      since the last one); THAW after `max(thaw_churn * agents at the first freeze,
-      min_thaw_sessions)` sessions opened since it.
-    Invariant: `frozen` is true exactly from a FREEZE answer until the next THAW answer.
+    now: float
+    sessions: int  # opened since start
+    agents: int  # known now
+    blocks: int = 0  # memory blocks in use now (sys.getallocatedblocks); 0: no memory bound
+
+
+class GcPolicy:
+    """When to freeze, refreeze and thaw, from readings of the fleet, the memory and a clock.
+
+    - thawed: when fewer sessions opened over the last `freeze_settle_seconds` than the thaw
+      budget (below), and there are agents, FREEZE;
+    - frozen: THAW once the sessions opened since the freeze reach the budget,
+      `max(thaw_churn * agents at the freeze, min_thaw_sessions)`, or the blocks in use
+      grew by THAW_GROWTH since the freeze; else REFREEZE.
+    A thaw starts a new settle window: under steady churn the heap is frozen again one window
+    after each thaw. Invariant: `frozen` is true exactly from a FREEZE answer until the next
+    THAW answer.
     """
 
-    def __init__(
-        self, settings: CollectorSettings, now: float, sessions: int, full_collections: int = 0
-    ) -> None:
+    def __init__(self, settings: CollectorSettings, first: Reading) -> None:
         self.settings = settings
         self.frozen = False
-        self._quiet_since = now
-        self._sessions = sessions  # the counter when it last moved (thawed) or at the freeze
-        self._full = full_collections
-        self._thaw_after = 0
+        self.reason = ""  # why the last THAW
+        self._window = first  # thawed: where the settle window began; frozen: the freeze
+        self._budget = 0
 
-    def decide(self, now: float, sessions: int, agents: int, full_collections: int) -> Action:
-        """`sessions`: opened since start; `agents`: known now; `full_collections`: so far."""
-        collected, self._full = full_collections != self._full, full_collections
+    def decide(self, reading: Reading) -> Action:
         if self.frozen:
-            if sessions - self._sessions >= self._thaw_after:
-                self.frozen = False
-                self._sessions, self._quiet_since = sessions, now
-                return Action.THAW
-            return Action.FREEZE if collected else Action.NONE
-        if sessions != self._sessions:
-            self._sessions, self._quiet_since = sessions, now
-            return Action.NONE
+            return self._frozen(reading)
         settle = self.settings.freeze_settle_seconds
-        if settle is None or now - self._quiet_since < settle or agents == 0 or not collected:
+        if settle is None or reading.now - self._window.now < settle:
             return Action.NONE
-        self.frozen = True
-        minimum = self.settings.min_thaw_sessions
-        self._thaw_after = max(round(self.settings.thaw_churn * agents), minimum)
+        opened = reading.sessions - self._window.sessions
+        budget = self._thaw_budget(reading.agents)
+        if opened >= budget or reading.agents == 0:
+            self._window = reading  # still ramping (or nothing to freeze): a new window
+            return Action.NONE
+        self.frozen, self._window, self._budget = True, reading, budget
         return Action.FREEZE
+
+    def _frozen(self, reading: Reading) -> Action:
+        at_freeze = self._window
+        if reading.sessions - at_freeze.sessions >= self._budget:
+            self.reason = f"{reading.sessions - at_freeze.sessions} sessions since the freeze"
+        elif at_freeze.blocks and reading.blocks > at_freeze.blocks * (1 + THAW_GROWTH):
+            grown = reading.blocks / at_freeze.blocks - 1
+            self.reason = f"memory in use {grown:+.0%} since the freeze"
+        else:
+            return Action.REFREEZE
+        self.frozen, self._window = False, reading
+        return Action.THAW
+
+    def _thaw_budget(self, agents: int) -> int:
+        return max(round(self.settings.thaw_churn * agents), self.settings.min_thaw_sessions)
 
 
 def pause_collector() -> Callable[[], None]:
@@ -101,47 +134,52 @@ def _leave_disabled() -> None:
     pass
 
 
-def full_collections() -> int:
-    """Full (generation 2) collections in this process so far."""
-    return int(gc.get_stats()[2]["collections"])
-
-
-def apply(action: Action) -> int:
-    """Carry out one decision on the process's collector, count it; return how many objects
-    are frozen now (gc.get_freeze_count() walks the frozen list: called once per action)."""
-    if action is Action.FREEZE:
-        gc.collect(1)  # the young garbage since the full collection: freezing it would keep it
+def apply(action: Action) -> tuple[int, int]:
+    """Carry out one decision on the process's collector and count it. Returns the objects
+    the collection found unreachable, and the frozen count after a FREEZE or THAW (-1 when
+    not read: `gc.get_freeze_count()` walks the whole frozen list)."""
+    frozen = -1
+    if action in (Action.FREEZE, Action.REFREEZE):
+        collected = gc.collect(1)  # the young garbage: freezing it would keep it
         gc.freeze()
     elif action is Action.THAW:
         gc.unfreeze()
-        gc.collect()
+        collected = gc.collect()
     else:
-        return 0
+        return 0, frozen
     metrics.gc_policy_actions.labels(action.value).inc()
-    frozen = gc.get_freeze_count()
-    metrics.gc_frozen_objects.set(frozen)
-    return frozen
+    if action is not Action.REFREEZE:
+        frozen = gc.get_freeze_count()
+        metrics.gc_frozen_objects.set(frozen)
+    return collected, frozen
+
+
+def read_blocks() -> int:
+    """Memory blocks pymalloc has allocated now (every live small object and buffer)."""
+    return sys.getallocatedblocks()
 
 
 async def run_gc_policy(
     policy: GcPolicy,
-    sessions: Callable[[], int],
-    agents: Callable[[], int],
+    read: Callable[[], Reading],
     *,
     interval: float = 5.0,
-    clock: Callable[[], float] = time.monotonic,
 ) -> None:
     """Ask `policy` every `interval` seconds and apply its answer; runs until cancelled."""
     try:
         while True:
             await asyncio.sleep(interval)
-            action = policy.decide(clock(), sessions(), agents(), full_collections())
-            if action is not Action.NONE:
-                started = time.perf_counter()
-                frozen = apply(action)
+            reading = read()
+            action = policy.decide(reading)
+            if action is Action.NONE:
+                continue
+            started = time.perf_counter()
+            collected, frozen = apply(action)
+            if action is not Action.REFREEZE:
                 log.info(
-                    "collector: %s at %d agents in %.0f ms (%d objects frozen)",
-                    action.value, agents(), (time.perf_counter() - started) * 1000, frozen,
+                    "collector: %s at %d agents in %.0f ms (%d objects frozen, %d collected)%s",
+                    action.value, reading.agents, (time.perf_counter() - started) * 1000,
+                    frozen, collected, f": {policy.reason}" if action is Action.THAW else "",
                 )  # fmt: skip
     finally:
         if policy.frozen:  # stopping (also in-process in tests): leave the heap as found

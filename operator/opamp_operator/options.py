@@ -152,11 +152,13 @@ OPTIONS: tuple[Option, ...] = (
            "SIGTERM to exit (seconds): sessions closed, history written, then CR writes until "
            "the budget is spent (the rest is left to the adopting replica or the next process)"),
     Option("--gc-freeze-settle", "OPAMP_GC_FREEZE_SETTLE", "gc", "freeze_settle_seconds",
-           _optional_float, "once no agent connected this long, freeze the heap out of "
-           "garbage collection: no full collection walks it (seconds; off: never)"),
+           _optional_float, "once the fleet settled (fewer new sessions over this long than "
+           "would thaw), freeze the heap out of garbage collection, then what survives young "
+           "collections every few seconds: no full collection walks it (seconds; off: never)"),
     Option("--gc-thaw-churn", "OPAMP_GC_THAW_CHURN", "gc", "thaw_churn", float,
            "after this many new sessions since the freeze, as a fraction of the agents then "
-           "(at least 1,000), unfreeze and collect once: frees departed agents' cycles"),
+           "(at least 1,000), or memory in use grown by a quarter, unfreeze and collect once: "
+           "frees departed agents' cycles"),
 )  # fmt: skip
 
 
