@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -26,8 +26,9 @@ from kubernetes import client as k8s
 from .api.auth import KubeAuthorizer
 from .api.history import StoreHistoryReader
 from .api.server import ApiServer
-from .config import Settings, StoreSettings
+from .config import ListenerSettings, Settings, StoreSettings
 from .eventloop import loop_factory
+from .fdlimit import connection_capacity, raise_open_files_limit
 from .fleet.clock import Clock, SystemClock
 from .fleet.events import EventBus
 from .fleet.identity import DuplicateUid
@@ -147,7 +148,7 @@ class OperatorApp:
         # New sessions' rows are committed before their first replies.
         ledger: SessionLedger = self.running.store or NO_LEDGER
         review = await self._agent_token_review()
-        listener = OpAMPListener(self.settings.listener, self.fleet, ledger, review)
+        listener = OpAMPListener(self._listener_settings(), self.fleet, ledger, review)
         await listener.start()
         self.running.listener = listener
         self._on_stop("listener", self.end_sessions)
@@ -156,6 +157,22 @@ class OperatorApp:
             self.settings.listener.host, listener.port, self.settings.listener.path,
             self.settings.api.host, self.running.api.port if self.running.api else "-",
         )  # fmt: skip
+
+    def _listener_settings(self) -> ListenerSettings:
+        """The listener's settings, its connection cap from the open-files limit unless set."""
+        settings = self.settings.listener
+        if settings.max_connections is not None:
+            return settings
+        limit = raise_open_files_limit()
+        capacity = connection_capacity(limit)
+        agents = self.settings.fleet.max_agents
+        if capacity is not None and capacity < agents:
+            log.warning(
+                "open-files limit %d: at most %d agent connections at once (--max-agents is "
+                "%d); raise the container's limit (RLIMIT_NOFILE) for more",
+                limit, capacity, agents,
+            )  # fmt: skip
+        return replace(settings, max_connections=capacity)
 
     def _start_gc_policy(self) -> None:
         """Collector pauses as a metric, and the freeze/thaw policy (gcpolicy.py)."""

@@ -82,6 +82,10 @@ class ListenerSettings:
     close_timeout_seconds: float = 5.0
     #: Idle HTTP keep-alive connections are closed after this long.
     http_keepalive_seconds: float = 75.0
+    #: Agent connections at once (WebSocket sessions, HTTP connections, heads being read);
+    #: past it new ones get 503 and Retry-After. None: from the open-files limit at start
+    #: (fdlimit.py), which the operator raises to its hard limit.
+    max_connections: int | None = None
     #: `OpAMPListener.stop` waits at most this long for connections to close.
     stop_timeout_seconds: float = 10.0
     tls_cert_file: Path | None = None
@@ -102,6 +106,8 @@ class ListenerSettings:
             raise ConfigError(f"listener path must start with '/': {self.path!r}")
         if self.max_message_bytes < 1 or self.max_head_bytes < 1024:
             raise ConfigError("max message bytes must be >= 1 and max head bytes >= 1024")
+        if self.max_connections is not None and self.max_connections < 1:
+            raise ConfigError(f"max connections must be >= 1, got {self.max_connections}")
         timeouts = (
             self.handshake_timeout_seconds,
             self.ping_interval_seconds,

@@ -134,7 +134,8 @@ phase_transitions = Counter(
 )
 registrations_rejected = Counter(
     "opamp_registrations_rejected_total",
-    "New agents refused by the agent cap or the registration rate limit.",
+    "New agents refused by the agent cap (agent_limit), the registration rate limit "
+    "(rate_limit) or the connection cap from the open-files limit (connection_limit).",
     ["reason"],
     registry=REGISTRY,
 )

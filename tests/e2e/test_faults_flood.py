@@ -24,7 +24,7 @@ from typing import Any
 import aiohttp
 import pytest
 from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from opamp_operator.opamp.frames import encode_ws_frame
 from opamp_operator.opamp.generated import opamp_pb2
@@ -227,6 +227,73 @@ async def _online(operator: OperatorProcess, agent_id: str) -> bool:
     url = f"{operator.api_url}/api/v1/agents/{agent_id}/status"
     async with aiohttp.ClientSession() as session, session.get(url) as response:
         return response.status == 200 and (await response.json())["phase"] == "Online"
+
+
+# -- the open-files limit ---------------------------------------------------------------------
+
+OPEN_FILES_HARD = 256  # the operator raises its soft limit of 128 to this: 192 agent sockets
+
+
+def soft_open_files(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+        if line.startswith("Max open files"):
+            return int(line.split()[3])
+    raise AssertionError("no open-files line")
+
+
+async def test_at_the_open_files_limit_agents_get_503_and_the_operator_keeps_working(
+    operator_factory: OperatorFactory,
+) -> None:
+    """Under a low open-files limit the operator raises its soft limit, caps agent
+    connections below it (fdlimit.py) and refuses the rest with 503 and Retry-After instead
+    of failing accept() with EMFILE: its database, Kubernetes and REST connections still
+    open. Real WebSocket clients fill the cap; an opamp-go agent, refused, gets in once
+    there is room."""
+    operator = operator_factory(launcher=("prlimit", f"--nofile=128:{OPEN_FILES_HARD}", "--"))
+    await operator.start()
+    assert soft_open_files(operator.pid) == OPEN_FILES_HARD
+    cap = OPEN_FILES_HARD - OPEN_FILES_HARD // 4
+    assert f"open-files limit {OPEN_FILES_HARD}: at most {cap} agent connections" in (
+        operator.log_text()
+    )
+    sockets = []
+    try:
+        for _ in range(cap):
+            ws = await connect(operator.ws_url)
+            sockets.append(ws)
+            await ws.send(encode_ws_frame(hello(uuid.uuid4()).SerializeToString()))
+            await ws.recv()
+        with pytest.raises(InvalidStatus) as refused:
+            await connect(operator.ws_url)
+        assert refused.value.response.status_code == 503
+        assert 20 <= int(refused.value.response.headers["Retry-After"]) <= 40
+        assert await metric(operator, "opamp_registrations_rejected_total",
+                            reason="connection_limit") >= 1  # fmt: skip
+        # the reserve at work: REST, readiness (database, Kubernetes) and CR writes go on
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"{operator.api_url}/readyz") as response,
+        ):
+            assert response.status == 200, await response.text()
+        config = operator.config
+        await eventually(
+            "a CR for every connected agent",
+            lambda: len(agent_crs(config.kubeconfig, config.namespace)) >= cap,
+            within=60,
+        )
+        async with GoAgent() as agent:
+            agent_id = str(uuid.uuid4())
+            await agent.start(url=operator.ws_url, instance_uid=agent_id, heartbeat=1)
+            await agent.wait_for_event("connect_failed", 20)  # the 503; it retries later
+            for ws in sockets[:10]:
+                await ws.close()
+            del sockets[:10]
+            await eventually("the late agent got in", lambda: _online(operator, agent_id),
+                             within=90, every=1.0)  # fmt: skip
+    finally:
+        for ws in sockets:
+            await ws.close()
+    assert "Traceback" not in operator.log_text()
 
 
 # -- a slow reader ----------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from opamp_operator.fleet.model import AgentPhase, AgentSnapshot
 from opamp_operator.opamp.frames import decode_ws_frame, encode_ws_frame
@@ -192,3 +192,44 @@ async def test_refused_websocket_handshake_is_counted() -> None:
             writer.close()
     after = metric("opamp_bad_input_total", transport="websocket", reason="bad_handshake")
     assert after == before + 1
+
+
+async def test_past_the_connection_cap_new_connections_get_503_with_retry_after() -> None:
+    """Two WebSockets fill a cap of three with one HTTP keep-alive connection; the next
+    WebSocket and the next new HTTP connection are refused, the open ones keep working, and
+    a closed session makes room (the cap stands in for the open-files limit, fdlimit.py)."""
+    before = metric("opamp_registrations_rejected_total", reason="connection_limit")
+    async with opamp_server(max_connections=3) as server, aiohttp.ClientSession() as http:
+        headers = {"Content-Type": "application/x-protobuf"}
+        first, second = await connect(server.ws_url), await connect(server.ws_url)
+        async with first, second:
+            for ws in (first, second):
+                await ws.send(encode_ws_frame(hello(uuid.uuid4())))
+                await ws.recv()
+            kept = await http.post(server.http_url, data=hello(uuid.uuid4()), headers=headers)
+            assert kept.status == 200  # its connection stays open: the third
+            with pytest.raises(InvalidStatus) as refused:
+                await connect(server.ws_url)
+            assert refused.value.response.status_code == 503
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.listener.port)
+            try:
+                writer.write(b"POST /v1/opamp HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+                async with asyncio.timeout(5):
+                    answer = await reader.read()
+            finally:
+                writer.close()
+            assert answer.startswith(b"HTTP/1.1 503")
+            retry = int(answer.split(b"Retry-After: ")[1].split(b"\r\n")[0])
+            assert 20 <= retry <= 40
+            again = await http.post(server.http_url, data=hello(uuid.uuid4()), headers=headers)
+            assert again.status == 200  # the kept connection is not refused
+            await second.close()
+        for _ in range(100):
+            if len(server.listener.websocket_channels) < 2:
+                break
+            await asyncio.sleep(0.02)
+        async with connect(server.ws_url) as room:
+            await room.send(encode_ws_frame(hello(uuid.uuid4())))
+            await room.recv()
+    after = metric("opamp_registrations_rejected_total", reason="connection_limit")
+    assert after == before + 2

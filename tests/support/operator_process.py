@@ -38,9 +38,12 @@ class OperatorConfig:
     log_level: str = "INFO"
     #: Extra environment variables (e.g. POD_ID for Kopf's peering identity).
     env: Mapping[str, str] = field(default_factory=dict)
+    #: A command the operator runs under (e.g. prlimit and its arguments, ending in "--").
+    launcher: Sequence[str] = ()
 
     def argv(self) -> list[str]:
         return [
+            *self.launcher,
             sys.executable, "-m", "opamp_operator", "--log-level", self.log_level, "run",
             "--kubeconfig", str(self.kubeconfig), "--namespace", self.namespace,
             "--listen-host", "127.0.0.1", "--listen-port", str(self.listen_port),

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import ssl
+import time
 from http import HTTPStatus
 
 from websockets.asyncio.server import Server
@@ -57,6 +59,7 @@ class OpAMPListener:
         self._websockets = WebSocketEndpoint(settings, fleet, ledger, self._auth)
         self._http = HttpEndpoint(settings, fleet, self._auth, ledger)
         self._pending: set[FrontProtocol] = set()  # connections whose head is not read yet
+        self._full = CapacityRefusals(settings.max_connections)
         self._ws_server: Server | None = None
         self._stopping = False
         self.port: int | None = None
@@ -151,6 +154,15 @@ class OpAMPListener:
 
     # -- routing ---------------------------------------------------------------------------
 
+    def _at_capacity(self) -> bool:
+        """As many connections open as the cap allows (this one, routed now, not counted)."""
+        cap = self.settings.max_connections
+        if cap is None:
+            return False
+        http = self._http.server
+        open_now = len(self._websockets.channels) + len(self._pending)
+        return open_now + (len(http.connections) if http is not None else 0) >= cap
+
     def _new_front(self) -> FrontProtocol:
         return FrontProtocol(
             self._route,
@@ -164,6 +176,8 @@ class OpAMPListener:
     ) -> asyncio.Protocol | Refusal:
         server = self._ws_server
         assert server is not None
+        if self._at_capacity():
+            return self._full.refuse(peer)
         if not head.wants_websocket:
             return self._http.new_connection()  # aiohttp; it checks path, method and token
         transport = Transport.WEBSOCKET.value
@@ -207,3 +221,30 @@ def _agent_auth(
     return AgentAuth(
         settings.agent_tokens, review, audience=settings.agent_token_audience, pool=pool
     )
+
+
+class CapacityRefusals:
+    """Connections refused at the cap: 503 with a jittered Retry-After (agents that all
+    retry at once would meet a full replica again), counted; one log line a minute."""
+
+    LOG_EVERY_SECONDS = 60.0
+
+    def __init__(self, cap: int | None) -> None:
+        self._cap = cap
+        self._unlogged = 0
+        self._logged_at: float | None = None
+
+    def refuse(self, peer: str) -> Refusal:
+        metrics.registrations_rejected.labels(reason="connection_limit").inc()
+        self._unlogged += 1
+        now = time.monotonic()
+        if self._logged_at is None or now - self._logged_at >= self.LOG_EVERY_SECONDS:
+            log.warning(
+                "refused %d connection(s) (latest from %s): %s agent connections open, the "
+                "cap from the open-files limit (ListenerSettings.max_connections)",
+                self._unlogged, peer, self._cap,
+            )  # fmt: skip
+            self._unlogged, self._logged_at = 0, now
+        retry = round(random.uniform(20.0, 40.0))
+        detail = f"this replica holds its maximum of {self._cap} agent connections; retry later"
+        return Refusal(HTTPStatus.SERVICE_UNAVAILABLE, detail, (("Retry-After", str(retry)),))
