@@ -330,14 +330,14 @@ gc_pause_seconds = Histogram(
 )
 gc_policy_actions = Counter(
     "opamp_gc_policy_actions_total",
-    "Collector policy actions: freeze (the settled heap leaves collections), thaw (after "
-    "churn: unfreeze and collect it once).",
+    "Collector policy actions: freeze (the settled heap leaves collections), refreeze (what "
+    "outlived the young collections since joins it), thaw (after churn: unfreeze, collect).",
     ["action"],
     registry=REGISTRY,
 )
-gc_frozen_objects = Gauge(
-    "opamp_gc_frozen_objects",
-    "Objects frozen out of garbage collection by the collector policy (gc.get_freeze_count).",
+gc_heap_frozen = Gauge(
+    "opamp_gc_heap_frozen",
+    "1 while the collector policy holds the heap frozen out of garbage collection.",
     registry=REGISTRY,
 )
 

@@ -120,7 +120,7 @@ async def test_runner_freezes_then_refreezes_survivors_without_a_full_collection
     try:
         await next_refreeze()
         assert policy.frozen and action_count("freeze") >= 1
-        assert (metrics.REGISTRY.get_sample_value("opamp_gc_frozen_objects") or 0) > 0
+        assert metrics.REGISTRY.get_sample_value("opamp_gc_heap_frozen") == 1
         frozen, full = gc.get_freeze_count(), gc.get_stats()[2]["collections"]
         survivors = [[n] for n in range(1000)]  # young, alive: the next refreeze takes them
         await next_refreeze()
@@ -131,6 +131,7 @@ async def test_runner_freezes_then_refreezes_survivors_without_a_full_collection
         await asyncio.gather(task, return_exceptions=True)
         resume()
     assert gc.get_freeze_count() == 0
+    assert metrics.REGISTRY.get_sample_value("opamp_gc_heap_frozen") == 0
 
 
 def test_the_stop_pauses_automatic_collection_and_leaves_the_collector_as_found() -> None:
