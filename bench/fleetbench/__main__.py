@@ -249,6 +249,7 @@ async def run(args: argparse.Namespace, bed: TestBed, workdir: Path) -> dict[str
     results["saturation"] = {t: {"operator": o, "peer": p} for t, (o, p) in saturations.items()}
     results.update(fleets=fleets, peers=peers)
     results["offline"] = {r.plan.label: offline_summary(r.offline_delays) for r in fleets}
+    results["churn"] = {r.plan.label: r.churn.summary() for r in fleets if r.churn}
     print_report(results, saturations, fleets, peers)
     return results
 

@@ -34,7 +34,7 @@ from .stack import (
 
 MAX_WINDOW_S = 3600.0
 WARMUP_MAX_S = 300.0
-CONNECT_MARGIN_S = 30.0  # beyond K / ramp, for the churn agents to connect
+CONNECT_MARGIN_S = 10.0  # beyond 1.5 x K / ramp, for the churn agents to connect
 SEED = 3  # the main fleet's simulators use 1 + 100 i, the silent run 2
 MIB = 1024 * 1024
 
@@ -73,7 +73,9 @@ def away_allowance(plan: ChurnPlan) -> int:
 
 def churn_sim_plan(plan: ChurnPlan, ramp: float) -> SimPlan:
     """The churn simulator's run: connect, then churn until the window has passed."""
-    connect = plan.agents / ramp + CONNECT_MARGIN_S
+    # The window runs from "all connected" to the simulator's planned end (no idle tail),
+    # so it is the asked-for window plus what connecting did not use of this.
+    connect = 1.5 * plan.agents / ramp + CONNECT_MARGIN_S
     return SimPlan(
         agents=plan.agents, duration=connect + plan.window, ramp=ramp,
         churn=plan.rate, churn_delay=plan.delay, name_prefix="churn", seed=SEED,
@@ -114,6 +116,27 @@ class ChurnResult:
     @property
     def rss_slope_mib(self) -> float | None:
         return slope_per_10min([(s.seconds, s.rss / MIB) for s in self.settled])
+
+    def summary(self) -> dict[str, float | None]:
+        """The table's figures, for the JSON beside the series (RSS in MiB)."""
+        rss = [s.rss / MIB for s in self.settled]
+        gc = self.gc
+        return {
+            "window_seconds": self.window_seconds,
+            "warmup_seconds": self.warmup,
+            "rss_start_mib": rss[0] if rss else None,
+            "rss_end_mib": rss[-1] if rss else None,
+            "rss_min_mib": min(rss, default=None),
+            "rss_max_mib": max(rss, default=None),
+            "rss_slope_mib_per_10min": self.rss_slope_mib,
+            "sessions_opened": self.delta("sessions_opened"),
+            "sessions_ended": self.delta("sessions_ended"),
+            "freezes": self.delta("freezes"),
+            "thaws": self.delta("thaws"),
+            "longest_pause_seconds": None if gc is None else gc.longest,
+            "pauses_50ms": None if gc is None else gc.long,
+            "gc_seconds": None if gc is None else gc.seconds,
+        }
 
     def delta(self, name: str) -> float:
         """Growth of a counter over the whole window."""

@@ -55,6 +55,9 @@ def test_result_leaves_the_warm_up_out_of_the_slope_and_counts_over_the_whole_wi
     assert result.settled[0].seconds == 20
     assert result.rss_slope_mib == pytest.approx(0.0)
     assert result.delta("sessions_opened") == 1000
+    summary = result.summary()
+    assert (summary["rss_start_mib"], summary["rss_max_mib"]) == (200, 200)
+    assert summary["pauses_50ms"] is None  # no gcwatch window recorded
 
 
 def test_connected_allows_for_the_agents_away_at_a_time() -> None:
