@@ -4,10 +4,12 @@
 
 Starts etcd + kube-apiserver + PostgreSQL (the test bed), then, each in its own namespace
 and database: a saturation run (operator, then peer), and per fleet size a fleet run on
-the operator (ramp, steady window, REST latency, silent agents, reconnect storm, adoption
-of a SIGKILLed replica) and on the peer (memory per connection). Prints Markdown tables;
-every number also goes to JSON. Bounded: each phase has a timeout; everything listens on
-127.0.0.1 only.
+the operator (ramp, steady window, REST latency, opt-in churn window, silent agents,
+reconnect storm, adoption of a SIGKILLed replica) and on the peer (memory per connection).
+Prints Markdown tables; every number also goes to JSON. Bounded: each phase has a timeout;
+everything listens on 127.0.0.1 only. Up to 50,000 agents: the fleet is split over
+simulator processes, and the machine must allow the operator one descriptor and one
+loopback port per WebSocket agent (checked before anything starts).
 """
 
 from __future__ import annotations
