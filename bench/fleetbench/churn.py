@@ -155,9 +155,12 @@ class ChurnRun:
         plan: ChurnPlan,
         sim: Simulator,
         held: Callable[[Metrics], float],
+        *,
         main_agents: int,
+        idle_timeout: float,
     ) -> None:
         self.op, self.plan, self.sim, self.held = op, plan, sim, held
+        self.idle_timeout = idle_timeout
         self.result = ChurnResult(plan, main_agents)
 
     async def run(self) -> ChurnResult:
@@ -180,7 +183,7 @@ class ChurnRun:
         await self._sample_until(end)
         report = await self.sim.wait()
         r.disconnects = int(report.get("churn_disconnects", 0))
-        await wait_metrics(self.op.api_url, idle_queues, 120)
+        await wait_metrics(self.op.api_url, idle_queues, self.idle_timeout)
         return r
 
     async def _sample_until(self, end: float) -> None:

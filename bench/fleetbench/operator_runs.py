@@ -273,7 +273,10 @@ class FleetScenario:
             f"churn: {plan.agents} agents beside {self.main_agents} for {plan.window:g} s, "
             f"{plan.rate:g} disconnects/s, back after {plan.delay:g} s"
         )
-        run = ChurnRun(self.op, plan, sim, self.held, self.main_agents)
+        run = ChurnRun(
+            self.op, plan, sim, self.held,
+            main_agents=self.main_agents, idle_timeout=self.plan.idle_timeout,
+        )  # fmt: skip
         self.result.churn = churn = await run.run()
         self.say(
             f"churn: RSS slope {churn.rss_slope_mib} MiB/10 min over {len(churn.settled)} "
