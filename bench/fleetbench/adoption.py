@@ -40,9 +40,9 @@ from tests.support.operator_process import OperatorProcess, kubectl
 from .crwatch import CrWatch
 from .pgstats import AdoptionRows, adoption_rows
 from .procstat import ProcSample, cpu_percent, sample
+from .simfleet import SimulatorGroup
 from .stack import (
     OperatorOptions,
-    Simulator,
     TestBed,
     idle_queues,
     operator_pid,
@@ -160,7 +160,7 @@ class AdoptionRun:
         options: OperatorOptions,
         *,
         lost: OperatorProcess,
-        fleet: Simulator | None,
+        fleet: SimulatorGroup | None,
         watch: CrWatch,
         log: Path,
         within: float,

@@ -30,13 +30,14 @@ import threading
 import time
 import tracemalloc
 import types
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 _SLOW_S = 0.010  # collections at least this long are kept one by one
-_SLOW_KEPT = 2000
+_SLOW_KEPT = 2000  # the newest; a long run counts its long pauses in `long` as well
+LONG_S = 0.050  # pauses at least this long are counted (the churn window reports them)
 
 
 class GcStats:
@@ -45,7 +46,9 @@ class GcStats:
         self.count = [0, 0, 0]
         self.seconds = [0.0, 0.0, 0.0]
         self.max = [0.0, 0.0, 0.0]
-        self.slow: list[tuple[float, int, float, int]] = []  # (wall, gen, seconds, collected)
+        self.long = 0  # pauses of LONG_S or more, since start
+        # (wall, gen, seconds, collected); the newest kept, so a late window still finds its own
+        self.slow: deque[tuple[float, int, float, int]] = deque(maxlen=_SLOW_KEPT)
 
     def hook(self, phase: str, info: dict[str, Any]) -> None:
         if phase == "start":
@@ -56,7 +59,9 @@ class GcStats:
         self.count[generation] += 1
         self.seconds[generation] += elapsed
         self.max[generation] = max(self.max[generation], elapsed)
-        if elapsed >= _SLOW_S and len(self.slow) < _SLOW_KEPT:
+        if elapsed >= LONG_S:
+            self.long += 1
+        if elapsed >= _SLOW_S:
             self.slow.append((time.time(), generation, elapsed, int(info["collected"])))
 
     def snapshot(self) -> dict[str, Any]:
@@ -67,6 +72,7 @@ class GcStats:
             "seconds": list(self.seconds),
             "max": list(self.max),
             "slow": list(self.slow),
+            "long": self.long,
             "thresholds": gc.get_threshold(),
             "at": time.time(),
         }
@@ -254,6 +260,7 @@ class GcWindow:
     full: int
     seconds: float
     longest: float | None  # None: no pause reached the 10 ms recording threshold
+    long: int = 0  # pauses of LONG_S (50 ms) or more
 
     def describe(self) -> str:
         longest = "< 10 ms" if self.longest is None else f"{self.longest * 1000:.0f} ms"
@@ -270,4 +277,5 @@ def between(before: dict[str, Any] | None, after: dict[str, Any] | None) -> GcWi
         full=after["count"][2] - before["count"][2],
         seconds=sum(after["seconds"]) - sum(before["seconds"]),
         longest=max(pauses) if pauses else None,
+        long=int(after.get("long", 0)) - int(before.get("long", 0)),
     )

@@ -1,12 +1,18 @@
 """The operator under simulated load: the fleet scenario (saturation: see saturation.py).
 
+Above `agents_per_simulator` the main fleet runs in several simulator processes (simfleet.py).
+Timeouts grow with the fleet: at 50,000 agents the CRs alone take ~15 minutes to write.
+
 Fleet scenario (one operator process, its own namespace and database), over WebSocket or
 plain HTTP (every agent polls at its heartbeat interval; "connected" means Online there):
-  ramp     N - K agents connect (30 s heartbeats, the server's offer); wait until every CR
+  ramp     N - S agents connect (30 s heartbeats, the server's offer); wait until every CR
            is Online and the write queues are empty
   steady   a window with nothing but heartbeats: CPU, RSS, Kubernetes writes, statements
   rest     sequential GET /api/v1/agents/{id}/status on loopback
-  offline  K more agents connect, then go silent (a WebSocket left open; an HTTP agent stops
+  churn    (opt-in) K agents beside the main fleet keep leaving and coming back for a
+           window: the operator's RSS every 10 s should stay flat (churn.py); the main
+           fleet is K smaller, so the fleet is still N agents
+  offline  S more agents connect, then go silent (a WebSocket left open; an HTTP agent stops
            polling); the CR watch times Offline
   storm    SIGTERM the operator and start it again: every agent reconnects at once (over
            HTTP: with its next poll); time until every CR is Online with a new session,
@@ -27,13 +33,13 @@ from typing import Any
 
 import api_latency
 
-from tests.support.operator_process import OperatorProcess
-
 from . import gcwatch, profiling
 from .adoption import AdoptionResult, AdoptionRun
+from .churn import ChurnPlan, ChurnResult, ChurnRun, churn_sim_plan
 from .crwatch import CrWatch
-from .pgstats import HistoryCheck, PgCounters, counters, history_check
-from .procstat import PeakRss, cpu_percent, machine_busy_percent, machine_sample, sample
+from .pgstats import HistoryCheck, history_check
+from .procstat import PeakRss, machine_busy_percent, machine_sample, sample
+from .simfleet import DEFAULT_PER_SIMULATOR, SimulatorGroup
 from .stack import (
     Metrics,
     OperatorOptions,
@@ -42,7 +48,7 @@ from .stack import (
     TestBed,
     agents_held,
     fleet_label,
-    gc_stats_path,
+    gc_totals,
     idle_queues,
     opamp_url,
     operator_pid,
@@ -51,8 +57,11 @@ from .stack import (
     wait_metrics,
     writes_by_kind,
 )
+from .window import Window, measure_window
 
-MAIN_RUN_LIMIT_S = 1800.0  # the main fleet is killed when the scenario ends, long before this
+FLEET_TIMEOUT_S = 420.0  # settle, storm, adoption: this plus a second per 50 agents
+IDLE_TIMEOUT_S = 120.0  # queues empty: this plus a second per 100 agents
+RUN_MARGIN_S = 600.0  # the main fleet is killed when the scenario ends, long before its end
 SILENT_RAMP_S = 30.0  # silent agents connect over this long, so their deadlines spread out
 SILENT_AFTER_S = 35.0
 SILENT_MARGIN_S = 25.0  # after the last deadline, before the silent run ends
@@ -65,34 +74,40 @@ class FleetPlan:
     ramp: float = 200.0
     steady_seconds: float = 60.0
     rest_requests: int = 2000
-    settle_timeout: float = 420.0
-    storm_timeout: float = 420.0
-    adoption_timeout: float = 420.0
     profile: bool = False
     storm: bool = True
     adoption: bool = True
     transport: str = "ws"  # or "http": every agent polls (a POST per heartbeat)
+    churn: ChurnPlan | None = None
+    agents_per_simulator: int = DEFAULT_PER_SIMULATOR
 
     @property
     def label(self) -> str:
         return fleet_label(self.agents, self.transport)
 
+    @property
+    def main_agents(self) -> int:
+        """The fleet less the silent and the churning agents (those come and go later)."""
+        return self.agents - self.silent - (self.churn.agents if self.churn else 0)
 
-@dataclass
-class Window:
-    seconds: float
-    agents: int
-    operator_cpu_pct: float
-    operator_rss: int
-    sim_cpu_pct: float
-    sim_rss: int
-    machine_busy_pct: float  # all cores, every process on the machine
-    messages: float
-    kube_writes: float
-    transitions: float
-    db_rows: float
-    pg: PgCounters
-    gc: gcwatch.GcWindow | None = None
+    @property
+    def fleet_timeout(self) -> float:
+        """Every CR Online (after the ramp, after the storm), every CR adopted."""
+        return FLEET_TIMEOUT_S + self.agents / 50
+
+    @property
+    def idle_timeout(self) -> float:
+        return IDLE_TIMEOUT_S + self.agents / 100
+
+    @property
+    def main_run_limit(self) -> float:
+        """How long the main fleet's simulators may run: every phase at its bound."""
+        ramp = self.main_agents / self.ramp + 120
+        churn = 0.0
+        if self.churn is not None:
+            churn = churn_sim_plan(self.churn, self.ramp).duration + self.idle_timeout
+        phases = 3 * (self.fleet_timeout + self.idle_timeout) + self.steady_seconds + churn
+        return ramp + phases + RUN_MARGIN_S
 
 
 @dataclass
@@ -121,55 +136,13 @@ class FleetResult:
     rest: Any = None  # api_latency.Result
     rest_machine_busy_pct: float = 0.0
     rest_gc: gcwatch.GcWindow | None = None
+    churn: ChurnResult | None = None
+    simulators: int = 1  # processes of the main fleet
     offline_delays: list[float] = field(default_factory=list)
     offline_missed: int = 0
     storm: StormResult | None = None
     adoption: AdoptionResult | None = None
     profiles: dict[str, Path] = field(default_factory=dict)
-
-
-async def measure_window(
-    op: OperatorProcess, bed: TestBed, database: str, *, sim_pid: int, seconds: float, agents: int
-) -> Window:
-    pid = operator_pid(op)
-    assert bed.pg is not None
-    gc0 = _gc(op)
-    m0, p0 = await scrape(op.api_url), await counters(bed.pg, database)
-    s0, q0, c0 = sample(pid), sample(sim_pid), machine_sample()
-    await asyncio.sleep(seconds)
-    m1, p1 = await scrape(op.api_url), await counters(bed.pg, database)
-    s1, q1, c1 = sample(pid), sample(sim_pid), machine_sample()
-    await asyncio.sleep(1.1)  # the gc stats file is rewritten every second
-    gc1 = _gc(op)
-
-    def delta(name: str) -> float:
-        return m1.value(name) - m0.value(name)
-
-    return Window(
-        seconds=s1.at - s0.at,
-        agents=agents,
-        operator_cpu_pct=cpu_percent(s0, s1),
-        operator_rss=s1.rss_bytes,
-        sim_cpu_pct=cpu_percent(q0, q1),
-        sim_rss=q1.rss_bytes,
-        machine_busy_pct=machine_busy_percent(c0, c1),
-        messages=delta("opamp_messages_received_total"),
-        kube_writes=delta("opamp_kube_writes_total"),
-        transitions=delta("opamp_agent_phase_transitions_total"),
-        db_rows=delta("opamp_db_writes_total"),
-        pg=PgCounters(
-            p1.statements - p0.statements,
-            p1.control - p0.control,
-            p1.transactions - p0.transactions,
-            p1.rows - p0.rows,
-        ),
-        gc=gcwatch.between(gc0, gc1),
-    )
-
-
-def _gc(op: OperatorProcess) -> dict[str, Any] | None:
-    path = gc_stats_path(op)
-    return None if path is None else gcwatch.read(path)
 
 
 class FleetScenario:
@@ -187,7 +160,7 @@ class FleetScenario:
         )
         assert bed.endpoints is not None
         self.watch = CrWatch(bed.endpoints, self.namespace)
-        self.main: Simulator | None = None
+        self.main: SimulatorGroup | None = None
         self._all_connected = 0.0  # monotonic
 
     def say(self, text: str) -> None:
@@ -202,6 +175,8 @@ class FleetScenario:
             await self._ramp()
             await self._steady()
             await self._rest()
+            if self.plan.churn is not None:
+                await self._churn(self.plan.churn)
             await self._offline()
             if self.plan.storm:
                 await self._storm()
@@ -216,7 +191,7 @@ class FleetScenario:
 
     @property
     def main_agents(self) -> int:
-        return self.plan.agents - self.plan.silent
+        return self.plan.main_agents
 
     @property
     def url(self) -> str:
@@ -227,13 +202,17 @@ class FleetScenario:
 
     async def _ramp(self) -> None:
         n = self.main_agents
-        plan = SimPlan(agents=n, duration=MAIN_RUN_LIMIT_S, ramp=self.plan.ramp)
-        self.main = Simulator(plan, self.url, self.workdir, f"sim-{self.plan.label}-main")
+        plan = SimPlan(agents=n, duration=self.plan.main_run_limit, ramp=self.plan.ramp)
+        self.main = SimulatorGroup(
+            plan, self.url, self.workdir, f"sim-{self.plan.label}-main",
+            self.plan.agents_per_simulator,
+        )  # fmt: skip
         rss = PeakRss(operator_pid(self.op))
         rss.start()
         started = time.monotonic()
         await self.main.start()
-        self.say(f"ramping {n} agents at {self.plan.ramp:g}/s")
+        self.result.simulators = len(self.main.pids)
+        self.say(f"ramping {n} agents at {self.plan.ramp:g}/s ({len(self.main.pids)} simulators)")
         connected = await wait_metrics(
             self.op.api_url, lambda m: self.held(m) >= n, n / self.plan.ramp + 120
         )
@@ -241,10 +220,10 @@ class FleetScenario:
         self._all_connected = connected or time.monotonic()
         online = await self.watch.wait_for(
             lambda: self.watch.count(lambda _, v: v.phase == "Online") >= n,
-            self.plan.settle_timeout,
+            self.plan.fleet_timeout,
         )
         self.result.cr_online_seconds = None if online is None else online - started
-        await wait_metrics(self.op.api_url, idle_queues, 120)
+        await wait_metrics(self.op.api_url, idle_queues, self.plan.idle_timeout)
         metrics = await scrape(self.op.api_url)
         self.result.ramp_kube_writes = writes_by_kind(metrics)
         self.result.peak_connections = self.held(metrics)
@@ -265,7 +244,7 @@ class FleetScenario:
         profile = self._profile("steady", seconds) if self.plan.profile else None
         self.result.steady = window = await measure_window(
             self.op, self.bed, self.database.database,
-            sim_pid=self.main.pid, seconds=seconds, agents=self.main_agents,
+            sim_pids=self.main.pids, seconds=seconds, agents=self.main_agents,
         )  # fmt: skip
         self.say(f"steady: {window}")
         if profile is not None:
@@ -275,15 +254,34 @@ class FleetScenario:
         ids = [a for a, v in self.watch.crs.items() if v.phase == "Online"]
         sample_ids = random.Random(1).sample(ids, min(len(ids), 2000))
         paths = [f"/api/v1/agents/{agent_id}/status" for agent_id in sample_ids]
-        before, gc0 = machine_sample(), _gc(self.op)
+        before, gc0 = machine_sample(), gc_totals(self.op)
         self.result.rest = await api_latency._measure(
             self.op.config.api_port, paths, self.plan.rest_requests, self.plan.agents,
             "GET /agents/{id}/status",
         )  # fmt: skip
         self.result.rest_machine_busy_pct = machine_busy_percent(before, machine_sample())
         await asyncio.sleep(1.1)
-        self.result.rest_gc = gcwatch.between(gc0, _gc(self.op))
+        self.result.rest_gc = gcwatch.between(gc0, gc_totals(self.op))
         self.say(f"rest: {self.result.rest}")
+
+    async def _churn(self, plan: ChurnPlan) -> None:
+        sim = Simulator(
+            churn_sim_plan(plan, self.plan.ramp), self.url, self.workdir,
+            f"sim-{self.plan.label}-churn",
+        )  # fmt: skip
+        self.say(
+            f"churn: {plan.agents} agents beside {self.main_agents} for {plan.window:g} s, "
+            f"{plan.rate:g} disconnects/s, back after {plan.delay:g} s"
+        )
+        run = ChurnRun(
+            self.op, plan, sim, self.held,
+            main_agents=self.main_agents, idle_timeout=self.plan.idle_timeout,
+        )  # fmt: skip
+        self.result.churn = churn = await run.run()
+        self.say(
+            f"churn: RSS slope {churn.rss_slope_mib} MiB/10 min over {len(churn.settled)} "
+            f"samples, {churn.disconnects} disconnects, gc {churn.gc}"
+        )
 
     async def _offline(self) -> None:
         k = self.plan.silent
@@ -314,7 +312,7 @@ class FleetScenario:
                 self.result.offline_missed += 1
             else:
                 self.result.offline_delays.append(seen - deadline)
-        await wait_metrics(self.op.api_url, idle_queues, 60)
+        await wait_metrics(self.op.api_url, idle_queues, self.plan.idle_timeout)
 
     async def _storm(self) -> None:
         ids = [a for a, v in self.watch.crs.items() if v.phase == "Online"]
@@ -344,15 +342,15 @@ class FleetScenario:
             )
 
         connected_task = asyncio.create_task(
-            wait_metrics(self.op.api_url, lambda m: self.held(m) >= n, self.plan.storm_timeout)
+            wait_metrics(self.op.api_url, lambda m: self.held(m) >= n, self.plan.fleet_timeout)
         )
-        online = await self.watch.wait_for(reconnected, self.plan.storm_timeout)
+        online = await self.watch.wait_for(reconnected, self.plan.fleet_timeout)
         connected = await connected_task
         metrics = await scrape(self.op.api_url)
         peak = await rss.stop()
         if profile is not None:
             await profile
-        await wait_metrics(self.op.api_url, idle_queues, 120)
+        await wait_metrics(self.op.api_url, idle_queues, self.plan.idle_timeout)
         await asyncio.sleep(3)  # one more flush interval, and then some
         history = await history_check(self.database, ids, spawn_wall)
         self.result.storm = StormResult(
@@ -374,7 +372,7 @@ class FleetScenario:
             self.bed, self.namespace, self.database, self.options,
             lost=self.op, fleet=self.main, watch=self.watch,
             log=self.workdir / f"operator-{self.plan.label}-survivor.log",
-            within=self.plan.adoption_timeout,
+            within=self.plan.fleet_timeout,
         )  # fmt: skip
         self.result.adoption = result = await run.run()
         self.say(

@@ -16,8 +16,9 @@ from typing import Any
 
 from tests.support.goagent import PeerServer
 
-from .procstat import cpu_percent, sample
-from .stack import SimPlan, Simulator, fleet_label, opamp_url
+from .procstat import cpu_percent, sample, sample_sum
+from .simfleet import DEFAULT_PER_SIMULATOR, SimulatorGroup
+from .stack import SimPlan, fleet_label, opamp_url
 
 
 @dataclass
@@ -63,7 +64,13 @@ async def wait_held(peer: PeerServer, n: int, within: float, transport: str) -> 
 
 
 async def peer_fleet(
-    agents: int, ramp: float, window: float, workdir: Path, transport: str = "ws"
+    agents: int,
+    ramp: float,
+    window: float,
+    workdir: Path,
+    transport: str = "ws",
+    *,
+    per_simulator: int = DEFAULT_PER_SIMULATOR,
 ) -> PeerFleetResult:
     plan = SimPlan(agents=agents, duration=agents / ramp + 45 + window, ramp=ramp)
     label = fleet_label(agents, transport)
@@ -71,14 +78,15 @@ async def peer_fleet(
         await peer.start()
         await asyncio.sleep(1)
         baseline = sample(peer.pid).rss_bytes
-        sim = Simulator(plan, opamp_url(peer, transport), workdir, f"sim-{label}-peer")
+        url = opamp_url(peer, transport)
+        sim = SimulatorGroup(plan, url, workdir, f"sim-{label}-peer", per_simulator)
         started = time.monotonic()
         await sim.start()
         try:
             connected_at = await wait_held(peer, agents, agents / ramp + 40, transport)
-            a0, s0, q0 = await peer.agents(), sample(peer.pid), sample(sim.pid)
+            a0, s0, q0 = await peer.agents(), sample(peer.pid), sample_sum(sim.pids)
             await asyncio.sleep(window)
-            a1, s1, q1 = await peer.agents(), sample(peer.pid), sample(sim.pid)
+            a1, s1, q1 = await peer.agents(), sample(peer.pid), sample_sum(sim.pids)
             await sim.wait()
         finally:
             await sim.kill()

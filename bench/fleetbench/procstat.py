@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 _TICKS = os.sysconf("SC_CLK_TCK")
@@ -30,6 +31,16 @@ def sample(pid: int) -> ProcSample:
     # fields[0] is the state (field 3 of stat(5)); utime and stime are fields 14 and 15.
     cpu = (int(fields[11]) + int(fields[12])) / _TICKS
     return ProcSample(time.monotonic(), cpu, resident_pages * _PAGE)
+
+
+def sample_sum(pids: Sequence[int]) -> ProcSample:
+    """Processes read as one (a fleet over several simulators): CPU and RSS summed."""
+    readings = [sample(pid) for pid in pids]
+    return ProcSample(
+        max(r.at for r in readings),
+        sum(r.cpu_seconds for r in readings),
+        sum(r.rss_bytes for r in readings),
+    )
 
 
 def cpu_percent(before: ProcSample, after: ProcSample) -> float:

@@ -29,6 +29,8 @@ from opamp_operator.testbed.controlplane import ControlPlane, ControlPlaneEndpoi
 from opamp_operator.testbed.postgres import PostgresEndpoint, PostgresServer
 from tests.support.operator_process import OperatorConfig, OperatorProcess, kubectl
 
+from . import gcwatch
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -142,6 +144,12 @@ def gc_stats_path(process: OperatorProcess) -> Path | None:
     return config.gc_stats_path if isinstance(config, BenchOperatorConfig) else None
 
 
+def gc_totals(process: OperatorProcess) -> dict[str, Any] | None:
+    """gcwatch's latest totals for the operator (None when not run under it, or not yet)."""
+    path = gc_stats_path(process)
+    return None if path is None else gcwatch.read(path)
+
+
 def operator_pid(process: OperatorProcess) -> int:
     inner = process._process  # the tests' helper keeps it private; the bench needs its pid
     assert inner is not None
@@ -252,6 +260,8 @@ class SimPlan:
     name_prefix: str = "sim"
     groups: int = 10
     seed: int = 1
+    churn: float = 0.0  # disconnects per second across the run's agents (goodbye, back later)
+    churn_delay: float = 2.0  # mean pause before a churned agent reconnects
 
     def argv(self, url: str, report: Path) -> list[str]:
         args = [
@@ -263,6 +273,8 @@ class SimPlan:
         ]  # fmt: skip
         if self.heartbeat is not None:
             args += ["--heartbeat", f"{self.heartbeat:g}"]
+        if self.churn:
+            args += ["--churn", f"{self.churn:g}", "--churn-delay", f"{self.churn_delay:g}"]
         if self.silent:
             args += ["--silent", str(self.silent)]
             if self.silent_after is not None:
@@ -285,6 +297,11 @@ class Simulator:
     def pid(self) -> int:
         assert self._process is not None
         return self._process.pid
+
+    @property
+    def pids(self) -> list[int]:
+        """As `SimulatorGroup.pids` (simfleet.py): one process here."""
+        return [self.pid]
 
     async def start(self) -> None:
         with self.log_path.open("ab") as log:

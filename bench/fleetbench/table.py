@@ -5,11 +5,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from . import profiling
+from .churn import ChurnResult
 from .operator_runs import FleetResult
 from .peer_runs import PeerFleetResult
 from .saturation import SaturationResult
@@ -61,7 +62,7 @@ def fleet_table(results: Sequence[FleetResult], peers: dict[str, PeerFleetResult
         "Kubernetes writes to bring the fleet up (per agent)",
         lambda r: (
             f"{sum(r.ramp_kube_writes.values()):,.0f} "
-            f"({sum(r.ramp_kube_writes.values()) / (r.plan.agents - r.plan.silent):.1f})"
+            f"({sum(r.ramp_kube_writes.values()) / r.plan.main_agents:.1f})"
         ),
     )
     add("operator CPU, steady (% of one core)", lambda r: f"{r.steady.operator_cpu_pct:.1f} %")
@@ -79,9 +80,14 @@ def fleet_table(results: Sequence[FleetResult], peers: dict[str, PeerFleetResult
         lambda r: f"{(r.steady.operator_rss - r.baseline_rss) / r.steady.agents / 1024:.1f} KiB",
     )
     add(
-        "simulator CPU / RSS, steady",
-        lambda r: f"{r.steady.sim_cpu_pct:.1f} % / {r.steady.sim_rss / MIB:.0f} MiB",
+        "simulator CPU / RSS, steady (all its processes)",
+        lambda r: (
+            f"{r.steady.sim_cpu_pct:.1f} % / {r.steady.sim_rss / MIB:.0f} MiB "
+            f"({r.simulators} process{'es' if r.simulators > 1 else ''})"
+        ),
     )
+    add("kube-apiserver CPU / RSS, steady", _apiserver)
+    add("etcd CPU / RSS, steady; its database size and keys", _etcd)
     add(
         "heartbeats handled, steady",
         lambda r: f"{r.steady.messages / r.steady.seconds:,.0f}/s",
@@ -118,6 +124,8 @@ def fleet_table(results: Sequence[FleetResult], peers: dict[str, PeerFleetResult
         "operator GC during the REST requests",
         lambda r: r.rest_gc.describe() if r.rest_gc else "-",
     )
+    if any(r.churn for r in results):
+        churn_rows(add)
     add("offline detection after the deadline p50 / p99 / max", _offline)
     add(
         "storm: SIGTERM to exit / restart to ready",
@@ -153,6 +161,75 @@ def fleet_table(results: Sequence[FleetResult], peers: dict[str, PeerFleetResult
         add("peer (opamp-go): CPU, steady", lambda r: _peer_cpu(peers, r))
         add("operator / peer: memory per connection", lambda r: _memory_ratio(peers, r))
     return "\n".join(lines)
+
+
+def _apiserver(r: FleetResult) -> str:
+    k = r.steady.plane if r.steady else None
+    return "-" if k is None else f"{k.apiserver_cpu_pct:.1f} % / {k.apiserver_rss / MIB:.0f} MiB"
+
+
+def _etcd(r: FleetResult) -> str:
+    k = r.steady.plane if r.steady else None
+    if k is None:
+        return "-"
+    return (
+        f"{k.etcd_cpu_pct:.1f} % / {k.etcd_rss / MIB:.0f} MiB; "
+        f"{k.etcd_db_bytes / MIB:.0f} MiB, {k.etcd_keys:,.0f} keys"
+    )
+
+
+def churn_rows(add: Callable[[str, Callable[[FleetResult], str]], None]) -> None:
+    """The churn phase's rows (churn.py): "-" in a column without one."""
+
+    def each(cell: Callable[[ChurnResult], str]) -> Callable[[FleetResult], str]:
+        return lambda r: "-" if r.churn is None else cell(r.churn)
+
+    add("churn: fleet while churning (main fleet reduced by the churning agents)",
+        each(_churn_fleet))  # fmt: skip
+    add("churn: operator RSS after warm-up: start / end; min / max", each(_churn_rss))
+    add("churn: RSS slope after warm-up (least squares)", each(_churn_slope))
+    add("churn: sessions opened / ended in the window", each(_churn_sessions))
+    add("churn: collector policy freezes / thaws in the window", each(_churn_policy))
+    add("churn: collector pauses: longest; ≥ 50 ms; total GC time", each(_churn_gc))
+
+
+def _churn_fleet(c: ChurnResult) -> str:
+    p = c.plan
+    connected = _s(c.connected_seconds)
+    return (
+        f"{c.main_agents:,} main + {p.agents:,} churning ({p.rate:g} goodbyes/s, back after "
+        f"~{p.delay:g} s; all connected after {connected}), silent agents after; window "
+        f"{c.window_seconds:.0f} s, warm-up {c.warmup:.0f} s, {len(c.samples)} samples, "
+        f"{c.disconnects:,} disconnects"
+    )
+
+
+def _churn_sessions(c: ChurnResult) -> str:
+    return f"{c.delta('sessions_opened'):,.0f} / {c.delta('sessions_ended'):,.0f}"
+
+
+def _churn_policy(c: ChurnResult) -> str:
+    return f"{c.delta('freezes'):.0f} / {c.delta('thaws'):.0f}"
+
+
+def _churn_rss(c: ChurnResult) -> str:
+    rss = [s.rss / MIB for s in c.settled]
+    if not rss:
+        return "no samples after the warm-up"
+    return f"{rss[0]:.0f} / {rss[-1]:.0f} MiB; {min(rss):.0f} / {max(rss):.0f} MiB"
+
+
+def _churn_slope(c: ChurnResult) -> str:
+    slope = c.rss_slope_mib
+    n = len(c.settled)
+    return "-" if slope is None else f"{slope:+.1f} MiB per 10 minutes (n={n})"
+
+
+def _churn_gc(c: ChurnResult) -> str:
+    if c.gc is None:
+        return "- (operator not under gcwatch)"
+    longest = "< 10 ms" if c.gc.longest is None else f"{c.gc.longest * 1000:.0f} ms"
+    return f"{longest}; {c.gc.long}; {c.gc.seconds:.2f} s ({c.gc.collections:,} collections)"
 
 
 def _offline(r: FleetResult) -> str:

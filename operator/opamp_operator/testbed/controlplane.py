@@ -33,12 +33,13 @@ class ControlPlane:
         self._apiserver: ManagedProcess | None = None
         self._apiserver_argv: list[str] = []
         self.endpoints: ControlPlaneEndpoints | None = None
+        self.etcd_url: str | None = None  # its /metrics: the benchmark reads the store's size
 
     def start(self) -> ControlPlaneEndpoints:
         binaries = self._binaries or ensure_binaries()
         self.workdir.mkdir(parents=True, exist_ok=True)
         certs = make_certs(self.workdir / "pki")
-        etcd_url = self._start_etcd(binaries.etcd)
+        self.etcd_url = etcd_url = self._start_etcd(binaries.etcd)
         port = free_port()
         server_url = f"https://127.0.0.1:{port}"
         self._apiserver_argv = self._apiserver_args(binaries.kube_apiserver, certs, etcd_url, port)
@@ -61,6 +62,11 @@ class ControlPlane:
             STARTUP_TIMEOUT_SECONDS,
             self._apiserver,
         )
+
+    def pids(self) -> dict[str, int]:
+        """The running servers' process ids by name (the benchmark samples their CPU)."""
+        running = [p for p in (self._etcd, self._apiserver) if p is not None and p.running()]
+        return {p.name: p.pid for p in running}
 
     def stop_apiserver(self) -> None:
         if self._apiserver is not None:
