@@ -180,7 +180,8 @@ class OperatorApp:
         fleet = self.fleet
 
         def read() -> Reading:
-            return Reading(time.monotonic(), fleet.sessions_opened, len(fleet), read_blocks())
+            opened, closed = fleet.sessions_opened, fleet.sessions_closed
+            return Reading(time.monotonic(), opened, closed, len(fleet), read_blocks())
 
         policy = GcPolicy(self.settings.gc, read())
         interval = self.settings.gc.check_interval_seconds

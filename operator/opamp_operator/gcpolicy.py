@@ -19,7 +19,8 @@ How (each step measured, docs/benchmarks.md, "collector policy"):
 - thaw (unfreeze, one full collection) after bounded churn: the cycles of agents that left
   (a closed connection's protocol, tasks, futures) are garbage the frozen heap keeps, and
   so is any cyclic garbage that outlived the young generations before a freeze. Bounded by
-  sessions opened since the freeze (`thaw_churn` of the fleet, at least
+  sessions ended since the freeze (new agents only grow the heap: refreezing takes them;
+  counting them thawed at once when 1,000 agents joined a frozen fleet) (`thaw_churn` of the fleet, at least
   `min_thaw_sessions`) and by the memory in use growing by a quarter since it (CPython's
   own trigger for a full collection is the long-lived heap growing by a quarter). The
   thaw's full collection is the one long pause left, once per that much churn.
@@ -67,7 +68,8 @@ class Reading:
     """What the policy looks at, read every check."""
 
     now: float
-    sessions: int  # opened since start
+    opened: int  # sessions opened since start
+    closed: int  # sessions ended since start
     agents: int  # known now
     blocks: int = 0  # memory blocks in use now (sys.getallocatedblocks); 0: no memory bound
 
@@ -77,7 +79,8 @@ class GcPolicy:
 
     - thawed: when fewer sessions opened over the last `freeze_settle_seconds` than the thaw
       budget (below), and there are agents, FREEZE;
-    - frozen: THAW once the sessions opened since the freeze reach the budget,
+    - frozen: THAW once the sessions ended since the freeze (agents that left or
+      reconnected: what they leave is the garbage a frozen heap keeps) reach the budget,
       `max(thaw_churn * agents at the freeze, min_thaw_sessions)`, or the blocks in use
       grew by THAW_GROWTH since the freeze; else REFREEZE.
     A thaw starts a new settle window: under steady churn the heap is frozen again one window
@@ -98,7 +101,7 @@ class GcPolicy:
         settle = self.settings.freeze_settle_seconds
         if settle is None or reading.now - self._window.now < settle:
             return Action.NONE
-        opened = reading.sessions - self._window.sessions
+        opened = reading.opened - self._window.opened
         budget = self._thaw_budget(reading.agents)
         if opened >= budget or reading.agents == 0:
             self._window = reading  # still ramping (or nothing to freeze): a new window
@@ -108,8 +111,9 @@ class GcPolicy:
 
     def _frozen(self, reading: Reading) -> Action:
         at_freeze = self._window
-        if reading.sessions - at_freeze.sessions >= self._budget:
-            self.reason = f"{reading.sessions - at_freeze.sessions} sessions since the freeze"
+        ended = reading.closed - at_freeze.closed
+        if ended >= self._budget:
+            self.reason = f"{ended} sessions ended since the freeze"
         elif at_freeze.blocks and reading.blocks > at_freeze.blocks * (1 + THAW_GROWTH):
             grown = reading.blocks / at_freeze.blocks - 1
             self.reason = f"memory in use {grown:+.0%} since the freeze"

@@ -161,6 +161,7 @@ def test_agent_disconnect_gives_reason_and_no_reply(fleet: Fleet) -> None:
     assert fleet.handle_message(FakeChannel(), message(UID, 2, disconnect=True)) is None
     snapshot = fleet.get(AGENT_ID)
     assert snapshot is not None and snapshot.phase_reason == Reason.AGENT_DISCONNECT
+    assert (fleet.sessions_opened, fleet.sessions_closed) == (1, 1)  # the collector's churn
 
 
 def test_sequence_gap_asks_for_full_state(fleet: Fleet) -> None:

@@ -23,8 +23,8 @@ from opamp_operator.gcpolicy import (
 SETTINGS = CollectorSettings(freeze_settle_seconds=60.0, thaw_churn=0.1, min_thaw_sessions=100)
 
 
-def at(now: float, sessions: int, agents: int, blocks: int = 0) -> Reading:
-    return Reading(now, sessions, agents, blocks)
+def at(now: float, opened: int, agents: int, blocks: int = 0, closed: int = 0) -> Reading:
+    return Reading(now, opened, closed, agents, blocks)
 
 
 def test_freezes_once_a_settle_window_opened_fewer_sessions_than_would_thaw() -> None:
@@ -48,12 +48,19 @@ def test_frozen_it_refreezes_every_check_without_waiting_for_a_full_collection()
 def test_thaws_after_a_tenth_of_the_fleet_churned_then_freezes_again_a_window_later() -> None:
     policy = GcPolicy(SETTINGS, at(0.0, 10_000, 10_000))
     assert policy.decide(at(60.0, 10_000, 10_000)) is Action.FREEZE
-    assert policy.decide(at(70.0, 10_999, 10_000)) is Action.REFREEZE
-    assert policy.decide(at(75.0, 11_000, 10_000)) is Action.THAW
-    assert not policy.frozen and "1000 sessions" in policy.reason
-    assert policy.decide(at(130.0, 11_500, 10_000)) is Action.NONE  # the window is 60 s
+    assert policy.decide(at(70.0, 10_999, 10_000, closed=999)) is Action.REFREEZE
+    assert policy.decide(at(75.0, 11_000, 10_000, closed=1000)) is Action.THAW
+    assert not policy.frozen and "1000 sessions ended" in policy.reason
+    assert policy.decide(at(130.0, 11_500, 10_000, closed=1500)) is Action.NONE  # 60 s window
     # steady churn (500 a minute, below the 1,000 that thaw): frozen again
-    assert policy.decide(at(135.0, 11_500, 10_000)) is Action.FREEZE
+    assert policy.decide(at(135.0, 11_500, 10_000, closed=1500)) is Action.FREEZE
+
+
+def test_new_agents_joining_a_frozen_fleet_are_refrozen_not_a_reason_to_thaw() -> None:
+    policy = GcPolicy(SETTINGS, at(0.0, 8800, 8800))
+    assert policy.decide(at(60.0, 8800, 8800)) is Action.FREEZE
+    assert policy.decide(at(65.0, 9800, 9800)) is Action.REFREEZE  # 1,000 joined, none left
+    assert policy.frozen
 
 
 def test_a_reconnect_storm_holds_the_freeze_off_until_it_is_over() -> None:
@@ -78,8 +85,8 @@ def test_small_fleets_thaw_after_the_minimum_and_empty_ones_never_freeze() -> No
     policy = GcPolicy(SETTINGS, at(0.0, 0, 0))
     assert policy.decide(at(100.0, 0, 0)) is Action.NONE
     assert policy.decide(at(160.0, 10, 10)) is Action.FREEZE
-    assert policy.decide(at(170.0, 109, 10)) is Action.REFREEZE
-    assert policy.decide(at(171.0, 110, 10)) is Action.THAW
+    assert policy.decide(at(170.0, 109, 10, closed=99)) is Action.REFREEZE
+    assert policy.decide(at(171.0, 110, 10, closed=100)) is Action.THAW
 
 
 def test_off_never_freezes() -> None:
@@ -102,10 +109,10 @@ def action_count(action: str) -> float:
 async def test_runner_freezes_then_refreezes_survivors_without_a_full_collection() -> None:
     quick = CollectorSettings(freeze_settle_seconds=0.0)
     clock = iter(float(i) for i in range(10_000))
-    policy = GcPolicy(quick, Reading(next(clock), 1, 1, read_blocks()))
+    policy = GcPolicy(quick, Reading(next(clock), 1, 0, 1, read_blocks()))
 
     def reading() -> Reading:
-        return Reading(next(clock), 1, 1, read_blocks())
+        return Reading(next(clock), 1, 0, 1, read_blocks())
 
     async def next_refreeze() -> None:
         before = action_count("refreeze")

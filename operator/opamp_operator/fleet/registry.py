@@ -113,6 +113,7 @@ class Fleet:
         # Sessions opened since start: a transport compares it around `handle_message` to
         # learn that a message opened a session (see fleet/ledger.py).
         self.sessions_opened = 0
+        self.sessions_closed = 0  # ended since start (the collector policy counts churn by it)
         self.rejected_registrations = 0
 
     # -- reading -----------------------------------------------------------------
@@ -720,6 +721,7 @@ class Fleet:
         session = record.session
         if session is not None:
             record.session = None
+            self.sessions_closed += 1
             self._by_channel.pop(session.channel, None)
             now = self.clock.now()
             record.last_disconnected_at = now
