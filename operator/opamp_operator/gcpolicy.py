@@ -19,11 +19,11 @@ How (each step measured, docs/benchmarks.md, "collector policy"):
 - thaw (unfreeze, one full collection) after bounded churn: the cycles of agents that left
   (a closed connection's protocol, tasks, futures) are garbage the frozen heap keeps, and
   so is any cyclic garbage that outlived the young generations before a freeze. Bounded by
-  sessions ended since the freeze (new agents only grow the heap: refreezing takes them;
-  counting them thawed at once when 1,000 agents joined a frozen fleet) (`thaw_churn` of the fleet, at least
-  `min_thaw_sessions`) and by the memory in use growing by a quarter since it (CPython's
-  own trigger for a full collection is the long-lived heap growing by a quarter). The
-  thaw's full collection is the one long pause left, once per that much churn.
+  sessions ended since the freeze (`thaw_churn` of the fleet, at least `min_thaw_sessions`;
+  new agents only grow the heap and refreezing takes them: counting them thawed at once
+  when 1,000 agents joined a frozen fleet) and by the memory in use growing by a quarter
+  since it (CPython's own trigger for a full collection is the long-lived heap growing by a
+  quarter). The thaw's full collection is the one long pause left, once per that much churn.
 
 Memory in use is pymalloc's count of allocated blocks (`sys.getallocatedblocks()`: it walks
 the pools, 9 ms for 5 million blocks here), not RSS: RSS seldom shrinks after a collection,

@@ -161,6 +161,12 @@ def test_agent_disconnect_gives_reason_and_no_reply(fleet: Fleet) -> None:
     assert fleet.handle_message(FakeChannel(), message(UID, 2, disconnect=True)) is None
     snapshot = fleet.get(AGENT_ID)
     assert snapshot is not None and snapshot.phase_reason == Reason.AGENT_DISCONNECT
+
+
+def test_sessions_opened_and_ended_are_counted(fleet: Fleet) -> None:
+    channel = FakeChannel()  # one connection: a hello, a heartbeat, a goodbye
+    for sequence, goodbye in ((1, False), (2, False), (3, True)):
+        fleet.handle_message(channel, message(UID, sequence, service="a", disconnect=goodbye))
     assert (fleet.sessions_opened, fleet.sessions_closed) == (1, 1)  # the collector's churn
 
 
