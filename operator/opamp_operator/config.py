@@ -285,7 +285,7 @@ class CollectorSettings:
 
     #: freeze once fewer sessions opened over this long than would thaw (None: never)
     freeze_settle_seconds: float | None = 60.0
-    thaw_churn: float = 0.1  # sessions opened since the freeze, as a fraction of the fleet
+    thaw_churn: float = 0.1  # sessions ended since the freeze, as a fraction of the fleet
     min_thaw_sessions: int = 1000  # ... but at least this many (small fleets churn freely)
     check_interval_seconds: float = 5.0
 

@@ -156,7 +156,7 @@ OPTIONS: tuple[Option, ...] = (
            "would thaw), freeze the heap out of garbage collection, then what survives young "
            "collections every few seconds: no full collection walks it (seconds; off: never)"),
     Option("--gc-thaw-churn", "OPAMP_GC_THAW_CHURN", "gc", "thaw_churn", float,
-           "after this many new sessions since the freeze, as a fraction of the agents then "
+           "after this many sessions ended since the freeze, as a fraction of the agents then "
            "(at least 1,000), or memory in use grown by a quarter, unfreeze and collect once: "
            "frees departed agents' cycles"),
 )  # fmt: skip
