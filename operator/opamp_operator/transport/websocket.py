@@ -64,12 +64,12 @@ class _RedactCredentials(logging.Filter):
 
 protocol_log.addFilter(_RedactCredentials())
 
-_MESSAGES: Final = metrics.MessageMetrics(Transport.WEBSOCKET.value)
+MESSAGES: Final = metrics.MessageMetrics(Transport.WEBSOCKET.value)
 _MAX_QUEUE: Final = 4  # unread messages buffered per connection before reading pauses
 _CLOSE_REASON_BYTES: Final = 123  # the most a close frame's reason may hold
 _TIMER_SLACK: Final = 0.001  # a timer may fire this early: the ping is due then
 # Close codes websockets sends itself when a peer breaks the protocol, as metric reasons.
-_FAILURE_REASONS: Final[Mapping[int, str]] = {
+FAILURE_REASONS: Final[Mapping[int, str]] = {
     CloseCode.PROTOCOL_ERROR: "websocket_protocol_error",
     CloseCode.INVALID_DATA: "invalid_utf8",
     CloseCode.MESSAGE_TOO_BIG: "message_too_big",
@@ -441,7 +441,7 @@ class WebSocketEndpoint:
             log.exception("handling a message from %s failed", channel.remote_addr)
             channel.close(CloseCode.INTERNAL_ERROR, "internal error", Reason.CONNECTION_CLOSED)
             return False
-        _MESSAGES.received(message_kind(message))
+        MESSAGES.received(message_kind(message))
         connection = channel.connection
         connection.heard_at = connection.loop.time()
         stated = message.capabilities
@@ -458,7 +458,7 @@ class WebSocketEndpoint:
                 allowed.add(bytes(reply.agent_identification.new_instance_uid))
             await channel.send(reply)
         elapsed = time.perf_counter() - started
-        _MESSAGES.handled(elapsed)
+        MESSAGES.handled(elapsed)
         return True
 
     async def _check_binding(
@@ -484,10 +484,10 @@ class WebSocketEndpoint:
         """Count protocol violations that websockets itself closed the connection for."""
         sent = closed.sent
         we_failed = sent is not None and (closed.rcvd is None or closed.rcvd_then_sent is False)
-        if sent is not None and we_failed and sent.code in _FAILURE_REASONS:
+        if sent is not None and we_failed and sent.code in FAILURE_REASONS:
             if channel.close_reason == Reason.CONNECTION_CLOSED:
                 channel.close_reason = Reason.PROTOCOL_ERROR
-            self._count_bad_input(_FAILURE_REASONS[sent.code], channel.connection, sent.reason)
+            self._count_bad_input(FAILURE_REASONS[sent.code], channel.connection, sent.reason)
 
     def _count_refused_handshake(self, connection: ServerConnection) -> None:
         response = connection.response
