@@ -109,9 +109,9 @@ class OpAMPListener:
         self.port = int(self._ws_server.sockets[0].getsockname()[1])
         scheme = "wss/https" if ssl_context else "ws/http"
         log.info(
-            "OpAMP listener on %s:%d%s (%s, auth %s)",
+            "OpAMP listener on %s:%d%s (%s, auth %s, WebSocket framing %s)",
             self.settings.host, self.port, self.settings.path, scheme,
-            "on" if self._auth.enabled else "off",
+            "on" if self._auth.enabled else "off", self.settings.websocket_framing,
         )  # fmt: skip
 
     async def stop(

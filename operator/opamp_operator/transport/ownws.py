@@ -334,6 +334,10 @@ class OwnChannel(asyncio.Protocol):
             except ws.Failure as failure:
                 self._fail(failure)
                 return
+            except Exception:
+                log.exception("handling a WebSocket frame from %s failed", self._remote_addr)
+                self.close(ws.INTERNAL_ERROR, "internal error", Reason.CONNECTION_CLOSED)
+                return
 
     def _on_close(self, payload: bytes) -> None:
         ws.parse_close(payload)  # raises for an invalid code or reason
