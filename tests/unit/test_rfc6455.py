@@ -17,9 +17,17 @@ MAX = 1000
 
 
 def client_frame(opcode: int, payload: bytes, *, fin: bool = True, rsv1: bool = False) -> bytes:
-    """What a client sends: masked (websockets' serializer, the reference)."""
-    frame = Frame(Opcode(opcode), payload, fin=fin, rsv1=rsv1)
-    return frame.serialize(mask=True, extensions=[])
+    """What a client sends: masked; written out by hand, so that it may break the rules."""
+    first = (0x80 if fin else 0) | (0x40 if rsv1 else 0) | opcode
+    length = len(payload)
+    if length < 126:
+        head = bytes((first, 0x80 | length))
+    elif length < 1 << 16:
+        head = bytes((first, 0x80 | 126)) + length.to_bytes(2, "big")
+    else:
+        head = bytes((first, 0x80 | 127)) + length.to_bytes(8, "big")
+    key = os.urandom(4)
+    return head + key + bytes(byte ^ key[i % 4] for i, byte in enumerate(payload))
 
 
 def unmasked(opcode: int, payload: bytes) -> bytes:
