@@ -23,16 +23,17 @@ from opamp_operator.config import ListenerSettings
 from opamp_operator.fleet.ledger import NO_LEDGER, SessionLedger
 from opamp_operator.fleet.model import Reason, Transport
 from opamp_operator.fleet.registry import Fleet
-from opamp_operator.opamp.errors import FrameError, MalformedMessage
-from opamp_operator.opamp.frames import decode_ws_frame, encode_ws_frame
-from opamp_operator.opamp.messages import ServerToAgent, parse_agent_to_server
+from opamp_operator.opamp.frames import encode_ws_frame
+from opamp_operator.opamp.messages import ServerToAgent
 
 from . import rfc6455 as ws
 from .auth import AgentAuth, PodBinding, Refused, note_refusal
 from .describe import message_kind, remote_addr
 from .front import Refusal, render_response
-from .instanceuid import MISMATCH, describe, mismatch_detail
+from .instanceuid import describe
+from .keepalive import ping_due
 from .websocket import FAILURE_REASONS, MESSAGES
+from .wsmessage import Rejection, read_message
 
 log = logging.getLogger(__name__)
 
@@ -386,19 +387,10 @@ class OwnChannel(asyncio.Protocol):
         if self._first_timer is not None:
             self._first_timer.cancel()
             self._first_timer = None
-        try:
-            message = parse_agent_to_server(decode_ws_frame(data))
-        except FrameError as error:
-            self._reject(error.reason, ws.PROTOCOL_ERROR, str(error))
-            return
-        except MalformedMessage:
-            self._reject("malformed_message", ws.INVALID_DATA, "AgentToServer does not decode")
-            return
-        uid = bytes(message.instance_uid)
         allowed = self.allowed_uids
-        if allowed is not None and uid not in allowed:
-            assert self.header_uid is not None
-            self._reject(MISMATCH, ws.POLICY_VIOLATION, mismatch_detail(self.header_uid, uid))
+        message = read_message(data, self.header_uid, allowed)
+        if isinstance(message, Rejection):
+            self._reject(*message)
             return
         fleet = self._endpoint.fleet
         binding = self.binding
@@ -466,9 +458,8 @@ class OwnChannel(asyncio.Protocol):
         self._arm_keepalive()
 
     def _ping_due(self) -> float:
-        quiet = self.quiet_seconds
-        since = self.pinged_at if quiet is None else max(self.pinged_at, self.heard_at)
-        return since + (quiet or self._endpoint.settings.ping_interval_seconds)
+        interval = self._endpoint.settings.ping_interval_seconds
+        return ping_due(self.pinged_at, self.heard_at, self.quiet_seconds, interval)
 
     def _arm_keepalive(self) -> None:
         loop = asyncio.get_running_loop()
