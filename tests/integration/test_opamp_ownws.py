@@ -16,8 +16,13 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import Close
 
+from opamp_operator.config import FleetSettings, ListenerSettings
+from opamp_operator.fleet.clock import SystemClock
+from opamp_operator.fleet.events import EventBus
+from opamp_operator.fleet.registry import Fleet
 from opamp_operator.opamp.frames import decode_ws_frame, encode_ws_frame
 from opamp_operator.opamp.messages import AgentToServer, parse_server_to_agent
+from opamp_operator.transport import OpAMPListener
 from tests.support import fake_agents
 from tests.support.opamp_clients import OpAMPServer, metric, opamp_server
 from tests.support.polling import eventually
@@ -248,3 +253,48 @@ async def test_a_reader_that_stops_reading_stops_being_read(server: OpAMPServer)
     await eventually("reading paused", paused, within=20)
     assert channel._reader.buffered < 1_000_000  # type: ignore[attr-defined]
     client.writer.transport.abort()
+
+
+class HeldLedger:
+    """A session ledger whose commit waits until the test lets it go."""
+
+    def __init__(self) -> None:
+        self.released = asyncio.Event()
+        self.waiting = 0
+
+    async def recorded(self) -> None:
+        self.waiting += 1
+        await self.released.wait()
+
+
+async def test_frames_behind_a_new_sessions_await_wait_and_keep_their_order() -> None:
+    """The reply acknowledging a session waits for its ledger row; the heartbeats sent
+    right behind it are handled after it, in order, not before it and not lost."""
+    fleet = Fleet(FleetSettings(1.0, 30.0), SystemClock(), EventBus())
+    ledger = HeldLedger()
+    settings = ListenerSettings(host="127.0.0.1", port=0, websocket_framing="own")
+    listener = OpAMPListener(settings, fleet, ledger)
+    await listener.start()
+    server = OpAMPServer(listener, fleet)
+    try:
+        client, _ = await RawClient.upgrade(server)
+        uid = uuid.uuid4()
+        client.send(2, encode_ws_frame(fake_agents.hello(str(uid)).SerializeToString()))
+        for number in (1, 2, 3):
+            client.send(2, beat(uid, number))
+        await eventually("the ledger awaited", lambda: ledger.waiting == 1)
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.3):
+                await client.frame()  # nothing answered while the row is not written
+        snapshot = server.agent(uid)
+        assert snapshot is not None and snapshot.sequence_num == 0
+        ledger.released.set()
+        for _ in range(4):
+            opcode, payload = await client.frame()
+            assert opcode == 2
+            assert parse_server_to_agent(decode_ws_frame(payload)).instance_uid == uid.bytes
+        later = server.agent(uid)
+        assert later is not None and later.sequence_num == 3
+        client.writer.close()
+    finally:
+        await listener.stop()
