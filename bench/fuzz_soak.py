@@ -35,7 +35,7 @@ import aiohttp
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
-from opamp_operator.config import FleetSettings, ListenerSettings
+from opamp_operator.config import WEBSOCKET_FRAMINGS, FleetSettings, ListenerSettings
 from opamp_operator.fleet.clock import SystemClock
 from opamp_operator.fleet.events import EventBus
 from opamp_operator.fleet.registry import Fleet
@@ -221,13 +221,14 @@ class Wire:
             assert reply.instance_uid == uid, reply
 
 
-async def soak_wire(deadline: float, rng: random.Random) -> bool:
+async def soak_wire(deadline: float, rng: random.Random, framing: str = "websockets") -> bool:
     errors = ErrorCounter()
     logging.getLogger().addHandler(errors)
     fleet = Fleet(FleetSettings(1, 3, max_agents=100_000, registrations_per_second=10_000,
                                 registration_burst=10_000), SystemClock(), EventBus())  # fmt: skip
     settings = ListenerSettings(host="127.0.0.1", port=0, max_message_bytes=MAX_MESSAGE,
-                                handshake_timeout_seconds=2, close_timeout_seconds=1)  # fmt: skip
+                                handshake_timeout_seconds=2, close_timeout_seconds=1,
+                                websocket_framing=framing)  # fmt: skip
     listener = OpAMPListener(settings, fleet)
     await listener.start()
     ticker = asyncio.create_task(run_deadline_ticker(fleet))
@@ -271,15 +272,16 @@ def main() -> int:
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--examples", type=int, default=2000, help="hypothesis examples per round")
+    parser.add_argument("--websocket-framing", choices=WEBSOCKET_FRAMINGS, default="websockets")
     args = parser.parse_args()
     seed = args.seed if args.seed is not None else random.randrange(2**32)
-    print(f"fuzz soak: {args.minutes:g} minutes, seed {seed}")
+    print(f"fuzz soak: {args.minutes:g} minutes, seed {seed}, {args.websocket_framing} framing")
     rng = random.Random(seed)
     logging.basicConfig(level=logging.ERROR)  # the refusals' warnings are expected noise
     started = time.monotonic()
     half = started + args.minutes * 30
     properties_ok = soak_properties(half, args.examples, rng)
-    wire_ok = asyncio.run(soak_wire(started + args.minutes * 60, rng))
+    wire_ok = asyncio.run(soak_wire(started + args.minutes * 60, rng, args.websocket_framing))
     print(f"fuzz soak: {'PASSED' if properties_ok and wire_ok else 'FAILED'} "
           f"after {time.monotonic() - started:.0f}s (seed {seed})")  # fmt: skip
     return 0 if properties_ok and wire_ok else 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Final
 
 
 class ConfigError(ValueError):
@@ -62,6 +63,10 @@ class FleetSettings:
         return found
 
 
+#: `ListenerSettings.websocket_framing` choices; the first is the default.
+WEBSOCKET_FRAMINGS: Final = ("websockets", "own")
+
+
 @dataclass(frozen=True)
 class ListenerSettings:
     """The OpAMP listener: one port for WebSocket and plain HTTP on `path`."""
@@ -98,8 +103,16 @@ class ListenerSettings:
     agent_token_audience: str = "opamp-operator"
     #: How long a TokenReview of an agent's token is reused (seconds; 0: every time).
     agent_token_cache_seconds: float = 60.0
+    #: Who frames WebSocket messages: the websockets library, or our own RFC 6455 server
+    #: (transport/ownws.py; opt-in, measured in docs/framing.md).
+    websocket_framing: str = "websockets"
 
     def __post_init__(self) -> None:
+        if self.websocket_framing not in WEBSOCKET_FRAMINGS:
+            choices = ", ".join(WEBSOCKET_FRAMINGS)
+            raise ConfigError(
+                f"websocket framing must be one of {choices}: {self.websocket_framing!r}"
+            )
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"listener port must be 0..65535 (0: any free port), got {self.port}")
         if not self.path.startswith("/"):

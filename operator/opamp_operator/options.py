@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError, Settings
+from .config import WEBSOCKET_FRAMINGS, ConfigError, Settings
 from .eventloop import parse_loop
 
 
@@ -32,6 +32,13 @@ def _tokens_file(text: str) -> frozenset[str]:
     # Tokens come from a file (a mounted Secret), never from argv, where `ps` would show them.
     lines = Path(text).read_text().splitlines()
     return frozenset(line.strip() for line in lines if line.strip() and not line.startswith("#"))
+
+
+def _framing(text: str) -> str:
+    name = text.strip().lower()
+    if name not in WEBSOCKET_FRAMINGS:
+        raise ValueError(f"websocket framing must be one of {', '.join(WEBSOCKET_FRAMINGS)}")
+    return name
 
 
 def _optional_float(text: str) -> float | None:
@@ -62,6 +69,9 @@ OPTIONS: tuple[Option, ...] = (
            "claiming ReportsHeartbeat are pinged only once quiet for the heartbeat timeout"),
     Option("--ping-timeout", "OPAMP_PING_TIMEOUT", "listener", "ping_timeout_seconds", float,
            "WebSocket pong deadline; a silent peer is dropped after it (seconds)"),
+    Option("--websocket-framing", "OPAMP_WEBSOCKET_FRAMING", "listener", "websocket_framing",
+           _framing, "websockets, or own: our RFC 6455 framing (opt-in, measured in "
+           "docs/framing.md)"),
     Option("--tls-cert-file", "OPAMP_TLS_CERT_FILE", "listener", "tls_cert_file", Path,
            "serve OpAMP over TLS with this certificate (PEM)"),
     Option("--tls-key-file", "OPAMP_TLS_KEY_FILE", "listener", "tls_key_file", Path,

@@ -18,6 +18,7 @@ from opamp_operator.fleet.model import AgentPhase, AgentSnapshot
 from opamp_operator.opamp.frames import decode_ws_frame, encode_ws_frame
 from opamp_operator.opamp.messages import AgentToServer, parse_server_to_agent
 from opamp_operator.testbed.certs import make_certs
+from opamp_operator.transport import WebSocketChannel
 from tests.support import fake_agents
 from tests.support.goagent import GoAgent
 from tests.support.opamp_clients import metric, opamp_server
@@ -106,15 +107,23 @@ async def test_keepalive_ping_timeout_drops_a_frozen_websocket_judged_by_its_con
 async def test_an_agent_judged_by_its_heartbeats_is_not_pinged() -> None:
     """Its messages prove it alive as pongs would: no ping while it heartbeats (before, every
     WebSocket was pinged each ping interval: at 10,000 agents more pings than heartbeats).
-    Scripted client (from the spec) heartbeating every 50 ms, faster than opamp-go allows."""
+    Scripted client (from the spec) heartbeating every 50 ms, faster than opamp-go allows.
+    websockets only, whatever OPAMP_WEBSOCKET_FRAMING says: it counts pings by wrapping
+    websockets' Connection.ping (test_opamp_ownws.py watches the own framing's wire)."""
     agent_id = str(uuid.uuid4())
     async with (
-        opamp_server(heartbeat=1.0, heartbeat_timeout=30.0, ping_interval_seconds=0.3) as server,
+        opamp_server(
+            heartbeat=1.0,
+            heartbeat_timeout=30.0,
+            ping_interval_seconds=0.3,
+            websocket_framing="websockets",
+        ) as server,
         connect(server.ws_url, ping_interval=None) as ws,
     ):
         await ws.send(encode_ws_frame(fake_agents.hello(agent_id).SerializeToString()))
         await ws.recv()
         (channel,) = server.listener.websocket_channels
+        assert isinstance(channel, WebSocketChannel)
         connection = channel.connection
         pings = 0
         ping = connection.ping

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import signal
 import sys
 import threading
@@ -159,7 +160,10 @@ async def opamp_server(
 
     fleet_settings = FleetSettings(heartbeat, heartbeat_timeout, **(fleet_options or {}))
     fleet = Fleet(fleet_settings, SystemClock(), EventBus())
-    settings = ListenerSettings(**{"host": "127.0.0.1", "port": 0, **listener})
+    # OPAMP_WEBSOCKET_FRAMING=own runs a test file against our own framing (transport/ownws).
+    framing = os.environ.get("OPAMP_WEBSOCKET_FRAMING", "websockets")
+    defaults = {"host": "127.0.0.1", "port": 0, "websocket_framing": framing}
+    settings = ListenerSettings(**{**defaults, **listener})
     server = OpAMPListener(settings, fleet)
     await server.start()
     ticker = asyncio.create_task(run_deadline_ticker(fleet))

@@ -2,8 +2,10 @@
 
 `listener.OpAMPListener` owns the socket. Each connection starts in `front.FrontProtocol`,
 which reads the request head (`head`), refuses what it can refuse cheaply (size, path,
-bearer token, see `auth`) and hands the connection to websockets (`websocket`) or to
-aiohttp's low-level server (`http`). The fleet only ever sees messages and channels.
+bearer token, see `auth`) and hands the connection to websockets (`websocket`), to our
+own RFC 6455 framing (`ownws` over `rfc6455`, with `--websocket-framing own`) or to
+aiohttp's low-level server (`http`). The fleet only ever sees messages and channels; the
+listener holds WebSockets of either framing as `wschannel.WsChannel`.
 """
 
 from .http import HttpChannel

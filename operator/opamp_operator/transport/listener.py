@@ -24,7 +24,10 @@ from .front import FrontProtocol, Refusal
 from .head import RequestHead
 from .http import HttpEndpoint
 from .instanceuid import HEADER, BadUidHeader, header_uid
-from .websocket import WebSocketChannel, WebSocketEndpoint, protocol_log
+from .ownws import OwnEndpoint
+from .rfc6455 import BadUpgrade, check_upgrade
+from .websocket import WebSocketEndpoint, protocol_log
+from .wschannel import WsChannel
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +60,7 @@ class OpAMPListener:
         self._fleet = fleet
         self._auth = _agent_auth(settings, review, fleet.settings.max_agents)
         self._websockets = WebSocketEndpoint(settings, fleet, ledger, self._auth)
+        self._own = OwnEndpoint(settings, fleet, ledger, self._auth)  # --websocket-framing own
         self._http = HttpEndpoint(settings, fleet, self._auth, ledger)
         self._pending: set[FrontProtocol] = set()  # connections whose head is not read yet
         self._full = CapacityRefusals(settings.max_connections)
@@ -71,9 +75,9 @@ class OpAMPListener:
         return server is not None and not self._stopping and server.is_serving()
 
     @property
-    def websocket_channels(self) -> tuple[WebSocketChannel, ...]:
+    def websocket_channels(self) -> tuple[WsChannel, ...]:
         """The open WebSocket channels (each can `send` and `request_close`)."""
-        return tuple(self._websockets.channels)
+        return (*self._websockets.channels, *self._own.channels)
 
     async def start(self) -> None:
         """Bind and start accepting; `.port` is then the port actually bound."""
@@ -105,9 +109,9 @@ class OpAMPListener:
         self.port = int(self._ws_server.sockets[0].getsockname()[1])
         scheme = "wss/https" if ssl_context else "ws/http"
         log.info(
-            "OpAMP listener on %s:%d%s (%s, auth %s)",
+            "OpAMP listener on %s:%d%s (%s, auth %s, WebSocket framing %s)",
             self.settings.host, self.port, self.settings.path, scheme,
-            "on" if self._auth.enabled else "off",
+            "on" if self._auth.enabled else "off", self.settings.websocket_framing,
         )  # fmt: skip
 
     async def stop(
@@ -126,9 +130,10 @@ class OpAMPListener:
         # loop 2 s, and the wait after it ran over its share of the shutdown budget by that.
         deadline = asyncio.get_running_loop().time() + timeout
         server.server.close()  # stop accepting; handshakes under way now get 503
+        self._own.serving = False
         for front in list(self._pending):
             front.close()
-        channels = list(self._websockets.channels)
+        channels = self.websocket_channels
         for channel in channels:
             channel.close(CloseCode.GOING_AWAY, reason, reason)
         tasks = [t for t in server.handler_tasks if t is not asyncio.current_task()]
@@ -142,6 +147,8 @@ class OpAMPListener:
             waits.append(asyncio.ensure_future(http.shutdown(left)))
         if tasks:
             waits.append(asyncio.ensure_future(asyncio.wait(tasks)))
+        if self._own.connections:
+            waits.append(asyncio.ensure_future(self._own.wait_closed(left)))
         if waits:
             _, late = await asyncio.wait(waits, timeout=left)
             for future in late:
@@ -149,6 +156,8 @@ class OpAMPListener:
         for task in server.handler_tasks:
             if not task.done():
                 task.cancel()  # its connection did not close in time
+        for connection in list(self._own.connections):
+            connection.abort()  # likewise
         log.info("OpAMP listener stopped (%d WebSockets closed: %s)", len(channels), reason)
         self._auth.close()
 
@@ -160,7 +169,7 @@ class OpAMPListener:
         if cap is None:
             return False
         http = self._http.server
-        open_now = len(self._websockets.channels) + len(self._pending)
+        open_now = len(self._websockets.channels) + len(self._own.channels) + len(self._pending)
         return open_now + (len(http.connections) if http is not None else 0) >= cap
 
     def _new_front(self) -> FrontProtocol:
@@ -202,9 +211,24 @@ class OpAMPListener:
             return Refusal(HTTPStatus.BAD_REQUEST, str(error))
         if self._stopping:
             return Refusal(HTTPStatus.SERVICE_UNAVAILABLE, "shutting down")
+        if self.settings.websocket_framing == "own":
+            return self._own_upgrade(head, peer, accepted_at, uid, admission.token)
         connection = self._websockets.new_connection(server, accepted_at, uid)
         connection.pending_token = admission.token  # reviewed before the upgrade
         return connection
+
+    def _own_upgrade(
+        self, head: RequestHead, peer: str, accepted_at: float, uid: bytes | None, token: str | None
+    ) -> asyncio.Protocol | Refusal:
+        """Our framing: the upgrade checked here; a bad one answered and counted as
+        websockets' are (`WebSocketEndpoint._count_refused_handshake`)."""
+        try:
+            accept = check_upgrade(head)
+        except BadUpgrade as bad:
+            detail = f"upgrade refused with {bad.status}"
+            self._own.count_bad_input("bad_handshake", peer, uid, detail)
+            return Refusal(bad.status, bad.detail, bad.headers)
+        return self._own.new_connection(accept, accepted_at, uid, token)
 
 
 def _agent_auth(

@@ -35,14 +35,15 @@ from opamp_operator.config import ListenerSettings
 from opamp_operator.fleet.ledger import NO_LEDGER, SessionLedger
 from opamp_operator.fleet.model import Reason, Transport
 from opamp_operator.fleet.registry import Fleet
-from opamp_operator.opamp.errors import FrameError, MalformedMessage
-from opamp_operator.opamp.frames import decode_ws_frame, encode_ws_frame
-from opamp_operator.opamp.messages import AgentToServer, ServerToAgent, parse_agent_to_server
+from opamp_operator.opamp.frames import encode_ws_frame
+from opamp_operator.opamp.messages import AgentToServer, ServerToAgent
 
 from .auth import AgentAuth, PodBinding, Refused, note_refusal
 from .describe import message_kind, remote_addr
-from .instanceuid import MISMATCH, describe, mismatch_detail
+from .instanceuid import describe
+from .keepalive import ping_due
 from .slim import slim
+from .wsmessage import Rejection, read_message
 
 log = logging.getLogger(__name__)
 # websockets' own per-connection logs ("connection open" at INFO...), kept apart so that a
@@ -64,12 +65,12 @@ class _RedactCredentials(logging.Filter):
 
 protocol_log.addFilter(_RedactCredentials())
 
-_MESSAGES: Final = metrics.MessageMetrics(Transport.WEBSOCKET.value)
+MESSAGES: Final = metrics.MessageMetrics(Transport.WEBSOCKET.value)
 _MAX_QUEUE: Final = 4  # unread messages buffered per connection before reading pauses
 _CLOSE_REASON_BYTES: Final = 123  # the most a close frame's reason may hold
 _TIMER_SLACK: Final = 0.001  # a timer may fire this early: the ping is due then
 # Close codes websockets sends itself when a peer breaks the protocol, as metric reasons.
-_FAILURE_REASONS: Final[Mapping[int, str]] = {
+FAILURE_REASONS: Final[Mapping[int, str]] = {
     CloseCode.PROTOCOL_ERROR: "websocket_protocol_error",
     CloseCode.INVALID_DATA: "invalid_utf8",
     CloseCode.MESSAGE_TOO_BIG: "message_too_big",
@@ -140,9 +141,7 @@ class OpAMPConnection(ServerConnection):
 
     def _ping_due(self) -> float:
         assert self.ping_interval is not None
-        quiet = self.quiet_seconds
-        since = self.pinged_at if quiet is None else max(self.pinged_at, self.heard_at)
-        return since + (quiet or self.ping_interval)
+        return ping_due(self.pinged_at, self.heard_at, self.quiet_seconds, self.ping_interval)
 
     def _arm_keepalive(self) -> None:
         self._ping_timer = self.loop.call_at(self._ping_due(), self._keepalive_due)
@@ -412,22 +411,10 @@ class WebSocketEndpoint:
             detail = "OpAMP messages are binary; got a text message"
             self._reject(channel, "text_message", CloseCode.UNSUPPORTED_DATA, detail)
             return False
-        try:
-            message = parse_agent_to_server(decode_ws_frame(data))
-        except FrameError as error:
-            self._reject(channel, error.reason, CloseCode.PROTOCOL_ERROR, str(error))
-            return False
-        except MalformedMessage:
-            detail = "AgentToServer does not decode"
-            self._reject(channel, "malformed_message", CloseCode.INVALID_DATA, detail)
-            return False
-        uid = bytes(message.instance_uid)
         allowed = channel.allowed_uids
-        if allowed is not None and uid not in allowed:
-            header = channel.connection.header_uid
-            assert header is not None
-            detail = mismatch_detail(header, uid)
-            self._reject(channel, MISMATCH, CloseCode.POLICY_VIOLATION, detail)
+        message = read_message(data, channel.connection.header_uid, allowed)
+        if isinstance(message, Rejection):
+            self._reject(channel, *message)
             return False
         binding = channel.connection.binding
         if binding is not None:
@@ -441,7 +428,7 @@ class WebSocketEndpoint:
             log.exception("handling a message from %s failed", channel.remote_addr)
             channel.close(CloseCode.INTERNAL_ERROR, "internal error", Reason.CONNECTION_CLOSED)
             return False
-        _MESSAGES.received(message_kind(message))
+        MESSAGES.received(message_kind(message))
         connection = channel.connection
         connection.heard_at = connection.loop.time()
         stated = message.capabilities
@@ -458,7 +445,7 @@ class WebSocketEndpoint:
                 allowed.add(bytes(reply.agent_identification.new_instance_uid))
             await channel.send(reply)
         elapsed = time.perf_counter() - started
-        _MESSAGES.handled(elapsed)
+        MESSAGES.handled(elapsed)
         return True
 
     async def _check_binding(
@@ -484,10 +471,10 @@ class WebSocketEndpoint:
         """Count protocol violations that websockets itself closed the connection for."""
         sent = closed.sent
         we_failed = sent is not None and (closed.rcvd is None or closed.rcvd_then_sent is False)
-        if sent is not None and we_failed and sent.code in _FAILURE_REASONS:
+        if sent is not None and we_failed and sent.code in FAILURE_REASONS:
             if channel.close_reason == Reason.CONNECTION_CLOSED:
                 channel.close_reason = Reason.PROTOCOL_ERROR
-            self._count_bad_input(_FAILURE_REASONS[sent.code], channel.connection, sent.reason)
+            self._count_bad_input(FAILURE_REASONS[sent.code], channel.connection, sent.reason)
 
     def _count_refused_handshake(self, connection: ServerConnection) -> None:
         response = connection.response
