@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
 from typing import Final, cast
 
 from opamp_operator.transport.head import HeadError, RequestHead, find_head_end, parse_head
+from opamp_operator.transport.rfc6455 import accept_key, accept_response, encode_frame
 
 from .answer import answer_ws
 from .running import MAX_MESSAGE_BYTES, PATH, Running, asyncio_running
@@ -23,7 +23,6 @@ try:  # websockets' C helper (what websockets itself uses), else its pure-Python
 except ImportError:  # pragma: no cover - the wheel ships it for this platform
     from websockets.utils import apply_mask
 
-_GUID: Final = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 _MAX_HEAD_BYTES: Final = 16 * 1024
 _CONT, _TEXT, _BINARY, _CLOSE, _PING, _PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 _PROTOCOL_ERROR, _UNSUPPORTED, _TOO_BIG = 1002, 1003, 1009
@@ -35,11 +34,6 @@ class _Failure(Exception):
     def __init__(self, code: int) -> None:
         super().__init__(code)
         self.code = code
-
-
-def accept_key(key: str) -> str:
-    """Sec-WebSocket-Accept for a Sec-WebSocket-Key (RFC 6455 section 4.2.2)."""
-    return base64.b64encode(hashlib.sha1(key.encode() + _GUID).digest()).decode()
 
 
 def handshake_response(head: RequestHead) -> bytes | None:
@@ -54,22 +48,7 @@ def handshake_response(head: RequestHead) -> bytes | None:
     )
     if not valid or key is None or len(base64.b64decode(key, validate=True)) != 16:
         return None
-    return (
-        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        f"Sec-WebSocket-Accept: {accept_key(key)}\r\n\r\n"
-    ).encode()
-
-
-def frame(opcode: int, payload: bytes) -> bytes:
-    """One unmasked, final server frame."""
-    length = len(payload)
-    if length < 126:
-        head = bytes((0x80 | opcode, length))
-    elif length < 1 << 16:
-        head = bytes((0x80 | opcode, 126)) + length.to_bytes(2, "big")
-    else:
-        head = bytes((0x80 | opcode, 127)) + length.to_bytes(8, "big")
-    return head + payload
+    return accept_response(accept_key(key))
 
 
 class WebSocketProtocol(asyncio.Protocol):
@@ -167,7 +146,7 @@ class WebSocketProtocol(asyncio.Protocol):
     def _on_control(self, opcode: int, payload: bytes) -> None:
         assert self._transport is not None
         if opcode == _PING:
-            self._transport.write(frame(_PONG, payload))
+            self._transport.write(encode_frame(_PONG, payload))
         elif opcode == _CLOSE:
             code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1000
             self._close(code)  # echo the code; the server closes TCP first (section 7.1.1)
@@ -181,13 +160,13 @@ class WebSocketProtocol(asyncio.Protocol):
         except Exception:  # a bad OpAMP header or protobuf: the operator closes with 1007
             self._close(1007)
             return
-        self._transport.write(frame(_BINARY, reply))
+        self._transport.write(encode_frame(_BINARY, reply))
 
     def _close(self, code: int) -> None:
         assert self._transport is not None
         if not self._closing:
             self._closing = True
-            self._transport.write(frame(_CLOSE, code.to_bytes(2, "big")))
+            self._transport.write(encode_frame(_CLOSE, code.to_bytes(2, "big")))
             self._transport.close()  # flushes what was written first
 
 
