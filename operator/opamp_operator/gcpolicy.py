@@ -58,7 +58,7 @@ THAW_GROWTH = 0.25  # memory in use grown by this much since the freeze: thaw
 
 class Action(enum.Enum):
     NONE = "none"
-    FREEZE = "freeze"  # the first after a settle: young collection, freeze, count the frozen
+    FREEZE = "freeze"  # the first after a settle: young collection, then freeze
     REFREEZE = "refreeze"  # frozen already: young collection, freeze the survivors
     THAW = "thaw"  # unfreeze and collect everything
 
