@@ -3,6 +3,13 @@
 
 from __future__ import annotations
 
+from opamp_operator.config import FleetSettings, ListenerSettings
+
+
+def quiet_before_ping(fleet: FleetSettings, listener: ListenerSettings) -> float:
+    """How long an agent judged by its heartbeats may be quiet before it is pinged."""
+    return max(fleet.heartbeat_timeout_seconds, listener.ping_interval_seconds)
+
 
 def ping_due(
     pinged_at: float, heard_at: float, quiet_seconds: float | None, interval: float

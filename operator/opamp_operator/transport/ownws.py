@@ -31,7 +31,7 @@ from .auth import AgentAuth, PodBinding, Refused, note_refusal
 from .describe import message_kind, remote_addr
 from .front import Refusal, render_response
 from .instanceuid import describe
-from .keepalive import ping_due
+from .keepalive import ping_due, quiet_before_ping
 from .websocket import FAILURE_REASONS, MESSAGES
 from .wsmessage import Rejection, read_message
 
@@ -63,10 +63,7 @@ class OwnEndpoint:
         self.connections: set[OwnChannel] = set()  # until their TCP connection is gone
         self.serving = True  # False once the listener stops: upgrades under review get 503
         self.gauge = metrics.connections_open.labels(Transport.WEBSOCKET.value)
-        # How long an agent judged by its heartbeats may be quiet before it is pinged.
-        self.heartbeat_timeout = max(
-            fleet.settings.heartbeat_timeout_seconds, settings.ping_interval_seconds
-        )
+        self.heartbeat_timeout = quiet_before_ping(fleet.settings, settings)
 
     def new_connection(
         self, accept: str, accepted_at: float, header_uid: bytes | None, token: str | None

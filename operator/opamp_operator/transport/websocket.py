@@ -41,7 +41,7 @@ from opamp_operator.opamp.messages import AgentToServer, ServerToAgent
 from .auth import AgentAuth, PodBinding, Refused, note_refusal
 from .describe import message_kind, remote_addr
 from .instanceuid import describe
-from .keepalive import ping_due
+from .keepalive import ping_due, quiet_before_ping
 from .slim import slim
 from .wsmessage import Rejection, read_message
 
@@ -289,10 +289,7 @@ class WebSocketEndpoint:
         self._ledger = ledger
         self._auth = auth
         self.channels: set[WebSocketChannel] = set()
-        # How long an agent judged by its heartbeats may be quiet before it is pinged.
-        self._heartbeat_timeout = max(
-            fleet.settings.heartbeat_timeout_seconds, settings.ping_interval_seconds
-        )
+        self._heartbeat_timeout = quiet_before_ping(fleet.settings, settings)
 
     def new_connection(
         self, server: Server, accepted_at: float, header_uid: bytes | None = None
