@@ -57,7 +57,7 @@ from .kube.api.leases import LeaseApi
 from .kube.api.resources import KubeApi
 from .kube.gitops.controller import GitOpsController
 from .kube.gitops.outcomes import ConfigOutcomes
-from .kube.leases.keeper import LeaseKeeper
+from .kube.leases.keeper import LeaseKeeper, renewal_timeout
 from .kube.liveness.adoption import Adopter
 from .kube.mirror.statuswriter import StatusWriter
 from .kube.pods.linker import PodLinker
@@ -256,6 +256,7 @@ class OperatorApp:
         else:
             log.warning("Lease %s left to expire: a surviving replica adopts the CRs this "
                         "process could not write", lease.replica_id)  # fmt: skip
+        await lease.api.close()
 
     def _on_duplicate(self, found: DuplicateUid) -> None:
         count_duplicate(found)
@@ -342,7 +343,10 @@ class OperatorApp:
     async def _start_lease(self, api: KubeApi, gate: WriteGate, pool: asyncpg.Pool) -> None:
         """Our Lease before any agent connects; adoption of lost replicas on every replica."""
         settings = self.settings.kube
-        keeper = LeaseKeeper(LeaseApi(api.session, settings.namespace), settings, self.clock)
+        lease_api = LeaseApi.own_connection(
+            api.session.credentials, settings.namespace, renewal_timeout(settings)
+        )
+        keeper = LeaseKeeper(lease_api, settings, self.clock)
         await keeper.start()
         self.running.lease = keeper
         self._on_stop("lease", self._release_lease, keeper)

@@ -204,6 +204,12 @@ replica_lease_renewals = Counter(
     ["outcome"],
     registry=REGISTRY,
 )
+replica_lease_renewal_seconds = Histogram(
+    "opamp_replica_lease_renewal_seconds",
+    "How long a successful renewal of this replica's Lease took, first request to answer.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20),
+    registry=REGISTRY,
+)
 replica_adoptions = Counter(
     "opamp_replica_adoptions_total",
     "Lost replicas adopted by this one (their CRs Offline replica_lost, their rows closed).",

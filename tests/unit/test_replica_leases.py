@@ -4,12 +4,17 @@ and the CR judge deferring to a replica that has a Lease."""
 from __future__ import annotations
 
 import asyncio
+import copy
+import logging
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
+
 from opamp_operator.config import KubeSettings
 from opamp_operator.fleet.clock import FakeClock
+from opamp_operator.kube.api import Conflict, Unavailable
 from opamp_operator.kube.leases.keeper import LeaseKeeper
 from opamp_operator.kube.liveness.adoption import disrupted, lost_leases
 from opamp_operator.kube.liveness.judge import Thresholds, due_at, judge
@@ -139,3 +144,97 @@ async def test_the_adopter_looks_right_after_each_listing_not_on_its_own_timer()
     started = time.monotonic()
     await keeper.next_listing(within=0.05)
     assert 0.04 <= time.monotonic() - started < 1
+
+
+class FlakyLeaseApi:
+    """Lease requests in memory: `fail` makes the next replaces time out, `landed` makes the
+    next replace apply on the "server" yet fail for the client (its answer never came)."""
+
+    def __init__(self) -> None:
+        self.stored: dict[str, Any] | None = None
+        self.version = 0
+        self.fail = 0
+        self.landed = False
+        self.requests: list[str] = []
+
+    def _store(self, body: dict[str, Any]) -> dict[str, Any]:
+        self.version += 1
+        stored = {**body, "metadata": {**body["metadata"], "resourceVersion": str(self.version)}}
+        self.stored = stored
+        return copy.deepcopy(stored)
+
+    async def create(self, body: dict[str, Any]) -> dict[str, Any]:
+        self.requests.append("create")
+        if self.stored is not None:
+            raise Conflict(409, "already exists")
+        return self._store(body)
+
+    async def get(self, name: str) -> dict[str, Any] | None:
+        self.requests.append("get")
+        return copy.deepcopy(self.stored)
+
+    async def replace(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        self.requests.append("replace")
+        if self.fail:
+            self.fail -= 1
+            raise Unavailable(0, "no response from the API server: timeout")
+        assert self.stored is not None
+        if body["metadata"]["resourceVersion"] != self.stored["metadata"]["resourceVersion"]:
+            raise Conflict(409, "the object has been modified")
+        stored = self._store(body)
+        if self.landed:
+            self.landed = False
+            raise Unavailable(0, "no response from the API server: timeout")
+        return stored
+
+    async def list(self, label_selector: str) -> list[dict[str, Any]]:
+        return [self.stored] if self.stored else []
+
+
+def flaky_keeper() -> tuple[LeaseKeeper, FlakyLeaseApi]:
+    api = FlakyLeaseApi()
+    settings = KubeSettings(replica_id="me", lease_renew_interval_seconds=10.0)
+    return LeaseKeeper(api, settings, FakeClock(T0)), api  # type: ignore[arg-type]
+
+
+async def test_a_failed_renewal_is_retried_within_seconds_backing_off_to_the_interval() -> None:
+    keeper, api = flaky_keeper()
+    await keeper.start()
+    assert keeper.current and keeper.next_delay() == 10.0
+    api.fail = 10
+    delays = []
+    for _ in range(7):
+        await keeper.tick()
+        delays.append(keeper.next_delay())
+    # 0.25-0.5 s after the first failure (not a whole renew interval), doubling, capped at
+    # the interval: [ceiling / 2, ceiling] for ceilings 0.5, 1, 2, 4, 8, 10, 10.
+    ceilings = [0.5, 1, 2, 4, 8, 10, 10]
+    assert all(c / 2 <= d <= c for c, d in zip(ceilings, delays, strict=True)), delays
+    api.fail = 0
+    await keeper.tick()
+    assert keeper.next_delay() == 10.0
+
+
+async def test_a_renewal_that_landed_after_its_timeout_is_taken_up_without_a_takeover(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    keeper, api = flaky_keeper()
+    await keeper.start()
+    api.landed = True
+    await keeper.tick()  # applied on the server, the client saw a timeout
+    assert keeper.next_delay() < 1
+    api.requests.clear()
+    with caplog.at_level(logging.WARNING):
+        await keeper.tick()  # stale version: Conflict, then the Lease as it is now
+    assert api.requests == ["replace", "get", "replace"]
+    assert keeper.own_body() == api.stored and keeper.next_delay() == 10.0
+    assert not [r for r in caplog.records if "taken for lost" in r.getMessage()]
+    # Claimed by another replica: the same path, and now it says so.
+    assert api.stored is not None
+    api.stored["spec"] = {**api.stored["spec"], "holderIdentity": "other"}
+    api.version += 1
+    api.stored["metadata"]["resourceVersion"] = str(api.version)
+    with caplog.at_level(logging.WARNING):
+        await keeper.tick()
+    assert [r for r in caplog.records if "claimed by other" in r.getMessage()]
+    assert api.stored["spec"]["holderIdentity"] == "me"

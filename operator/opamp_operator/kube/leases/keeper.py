@@ -7,6 +7,14 @@ no periodic lastSeenAt writes. A replica whose Lease was not renewed for
 
 The Lease is current when a renewal succeeded within the last duration, measured on the
 monotonic clock (a renewal in flight when the server went away does not count).
+
+A renewal must not wait behind the replica's own CR writes, on either side of the wire: the
+Lease has a connection of its own (`LeaseApi.own_connection`, requests bounded by
+`renewal_timeout`), a failed renewal is retried within seconds (a jittered backoff capped at
+the renew interval, as the kubelet retries its node Lease) rather than one interval later,
+and in a cluster the manifests give this ServiceAccount's Lease requests an API Priority
+and Fairness level of their own (`manifests/flowcontrol.yaml`), since APF queues the
+requests of one user in one flow, writes and renewals alike.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ from datetime import datetime
 from typing import Any
 
 from opamp_operator import metrics
+from opamp_operator.backoff import EQUAL_JITTER, Backoff
 from opamp_operator.config import KubeSettings
 from opamp_operator.fleet.clock import Clock
 from opamp_operator.kube.api import Conflict, KubeApiError, NotFound
@@ -32,6 +41,20 @@ from opamp_operator.kube.shapes.lease import (
 )
 
 log = logging.getLogger(__name__)
+
+FIRST_RETRY_SECONDS = 0.5
+
+
+def renewal_timeout(settings: KubeSettings) -> float:
+    """A Lease request gives up after at most one renew interval: with the duration at
+    least two intervals, a slow answer still leaves time for a retry before it expires."""
+    return min(settings.request_timeout_seconds, settings.lease_renew_interval_seconds)
+
+
+def retry_backoff(settings: KubeSettings) -> Backoff:
+    """After a failed renewal: 0.25-0.5 s, doubling, up to the renew interval."""
+    every = settings.lease_renew_interval_seconds
+    return Backoff.up_to(every, initial=FIRST_RETRY_SECONDS, jitter=EQUAL_JITTER)
 
 
 class LeaseKeeper:
@@ -48,7 +71,8 @@ class LeaseKeeper:
         self.peers_listed_wall: datetime | None = None  # the same moment, on the clock
         self._body: dict[str, Any] | None = None  # ours, as last written
         self._renewed_at: float | None = None  # monotonic, last successful renewal
-        self._failing = False
+        self._failures = 0  # renewals failed in a row
+        self._retry = retry_backoff(settings)
         self._listed = asyncio.Event()  # set by each listing; the adopter waits for it
         metrics.replica_lease_current.set_function(lambda: 1.0 if self.current else 0.0)
 
@@ -89,15 +113,20 @@ class LeaseKeeper:
         """Take our Lease and read the others'; failures are logged and retried by `run`."""
         await self.tick()
 
+    def next_delay(self) -> float:
+        """Until the next renewal: the renew interval, or a backoff after failures."""
+        if self._failures == 0:
+            return self.settings.lease_renew_interval_seconds
+        return self._retry.delay(self._failures)
+
     async def run(self) -> None:
         while True:
-            await asyncio.sleep(self.settings.lease_renew_interval_seconds)
+            await asyncio.sleep(self.next_delay())
             try:
                 await self.tick()
             except Exception:
-                log.exception(
-                    "Lease %s renewal failed; trying again next interval", self.replica_id
-                )
+                self._failures += 1
+                log.exception("Lease %s renewal failed; trying again", self.replica_id)
             metrics.loop_passes.labels("lease").inc()
 
     async def tick(self) -> None:
@@ -106,17 +135,20 @@ class LeaseKeeper:
             await self._list()
         except KubeApiError as error:
             metrics.replica_lease_renewals.labels(error.outcome).inc()
-            if not self._failing:
-                every = self.settings.lease_renew_interval_seconds
+            if self._failures == 0:
                 log.warning(
-                    "cannot renew Lease %s (retrying every %gs): %s", self.replica_id, every, error
-                )
-            self._failing = True
+                    "cannot renew Lease %s (retrying in %.1fs, then backing off up to %gs): %s",
+                    self.replica_id, self._retry.ceiling(1), self._retry.maximum, error,
+                )  # fmt: skip
+            self._failures += 1
         else:
             metrics.replica_lease_renewals.labels("ok").inc()
-            if self._failing:
-                log.info("Lease %s renewed again", self.replica_id)
-            self._failing = False
+            if self._failures:
+                log.info(
+                    "Lease %s renewed again after %d failed attempts",
+                    self.replica_id, self._failures,
+                )  # fmt: skip
+            self._failures = 0
 
     async def release(self) -> None:
         """Delete our Lease (graceful exit: nothing of ours is left to adopt)."""
@@ -137,22 +169,24 @@ class LeaseKeeper:
         attempt = time.monotonic()
         now = self.clock.now()
         body = self._body
-        if body is None:
-            body = await self._acquire(now)
-        else:
-            try:
+        try:
+            if body is None:
+                body = await self._acquire(now)
+            else:
                 body = await self.api.replace(
                     self.replica_id, renewed(body, self.replica_id, self.duration_seconds, now)
                 )
-            except (Conflict, NotFound) as error:
-                # Only an adopter writes or deletes another replica's Lease: we were taken
-                # for lost (cut off longer than the duration). Take it back; see
-                # docs/reliability.md (known limits) for what the adoption did meanwhile.
-                log.warning(
-                    "Lease %s was claimed or deleted by another replica (this one was taken "
-                    "for lost): taking it back (%s)", self.replica_id, error.status,
-                )  # fmt: skip
-                body = await self._acquire(now)
+        except NotFound:
+            # Only an adopter deletes another replica's Lease: we were taken for lost (cut
+            # off longer than the duration). See docs/reliability.md (known limits) for what
+            # the adoption did meanwhile.
+            log.warning("Lease %s was deleted by another replica (this one was taken for "
+                        "lost): creating it again", self.replica_id)  # fmt: skip
+            body = await self._acquire(now)
+        except Conflict:
+            # Claimed by an adopter, or our previous renewal landed after we gave up on it.
+            body = await self._take_back(now)
+        metrics.replica_lease_renewal_seconds.observe(time.monotonic() - attempt)
         self._body, self._renewed_at = body, attempt
 
     async def _acquire(self, now: datetime) -> dict[str, Any]:
@@ -162,13 +196,17 @@ class LeaseKeeper:
                 lease_body(self.replica_id, self.replica_id, self.duration_seconds, now)
             )
         except Conflict:
-            pass
+            return await self._take_back(now)
+
+    async def _take_back(self, now: datetime) -> dict[str, Any]:
+        """Renew the Lease as it is now on the server, whoever wrote it last."""
         found = await self.api.get(self.replica_id)
         if found is None:
             raise KubeApiError(404, f"Lease {self.replica_id} vanished right after a conflict")
         holder = (found.get("spec") or {}).get("holderIdentity")
         if holder != self.replica_id:
-            log.warning("Lease %s was held by %s; taking it back", self.replica_id, holder)
+            log.warning("Lease %s was claimed by %s (this one was taken for lost): taking it "
+                        "back", self.replica_id, holder)  # fmt: skip
         return await self.api.replace(
             self.replica_id, renewed(found, self.replica_id, self.duration_seconds, now)
         )
