@@ -34,6 +34,7 @@ from tests.support.fake_agents import hello
 from tests.support.gitops import get_object, install_crd, kubectl_apply, yaml_file
 from tests.support.manifests import (
     apply_base,
+    cluster_scoped,
     kubectl,
     one,
     token_for,
@@ -287,5 +288,5 @@ async def test_the_manifests_rbac_is_enough_to_read_the_secret(
         assert " 403" not in log and "Forbidden" not in log, "the operator was refused something"
     finally:
         for obj in objects:
-            if obj["kind"].startswith("Cluster"):
+            if cluster_scoped(obj):
                 kubectl(kubeconfig, "delete", obj["kind"], obj["metadata"]["name"], check=False)

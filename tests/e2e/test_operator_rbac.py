@@ -20,6 +20,7 @@ from tests.e2e.helpers import get_agent_cr
 from tests.support.goagent import GoAgent
 from tests.support.manifests import (
     apply_base,
+    cluster_scoped,
     kubectl,
     one,
     server_apply,
@@ -110,5 +111,5 @@ async def test_operator_does_its_whole_job_on_the_manifests_service_account(
         assert " 403" not in log and "Forbidden" not in log, "the operator was refused something"
     finally:
         for obj in objects:
-            if obj["kind"].startswith("Cluster"):
+            if cluster_scoped(obj):
                 kubectl(kubeconfig, "delete", obj["kind"], obj["metadata"]["name"], check=False)

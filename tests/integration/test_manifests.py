@@ -30,6 +30,7 @@ import urllib.request
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from email.message import Message
 from pathlib import Path
 
 import pytest
@@ -44,6 +45,7 @@ from opamp_operator.options import OPTIONS
 from tests.support.manifests import (
     Obj,
     assert_restricted_admission,
+    cluster_scoped,
     kubectl,
     leave_kopf_peering,
     one,
@@ -141,13 +143,19 @@ def test_base_holds_the_operator_and_no_secret(base: list[Obj]) -> None:
         ("Deployment", "opamp-operator"),
         ("Service", "opamp-operator"),
         ("PodDisruptionBudget", "opamp-operator"),
+        ("FlowSchema", "opamp-operator-leases"),
+        ("PriorityLevelConfiguration", "opamp-operator-leases"),
     ]:
         assert expected in kinds
     assert not [o for o in base if o["kind"] == "Secret"], "a Secret in the base would be in git"
-    cluster_scoped = {"Namespace", "CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding"}
     for obj in base:
-        if obj["kind"] not in cluster_scoped:
+        if obj["kind"] not in {"Namespace", "CustomResourceDefinition"} and not cluster_scoped(obj):
             assert obj["metadata"].get("namespace") == NAMESPACE, obj["metadata"]["name"]
+    # The FlowSchema names the ServiceAccount and namespace by hand (kustomize cannot).
+    (rule,) = one(base, "FlowSchema")["spec"]["rules"]
+    (subject,) = rule["subjects"]
+    assert subject["serviceAccount"] == {"name": "opamp-operator", "namespace": NAMESPACE}
+    assert [r["namespaces"] for r in rule["resourceRules"]] == [[NAMESPACE]]
 
 
 def test_deployment_matches_the_operators_options(base: list[Obj]) -> None:
@@ -340,7 +348,13 @@ class TokenClient:
                 return status, answer
             time.sleep(float(answer.get("details", {}).get("retryAfterSeconds", 1)))
 
-    def _once(self, method: str, path: str, body: Obj | None) -> tuple[int, Obj]:
+    def priority_level(self, path: str) -> str:
+        """The UID of the API Priority and Fairness level the server ran a GET of `path` at
+        (it says so in a header, whatever the answer)."""
+        _, _, headers = self._send("GET", path, None)
+        return str(headers.get("X-Kubernetes-PF-PriorityLevel-UID", ""))
+
+    def _send(self, method: str, path: str, body: Obj | None) -> tuple[int, bytes, Message]:
         content_type = "application/merge-patch+json" if method == "PATCH" else "application/json"
         request = urllib.request.Request(
             self.server + path,
@@ -350,10 +364,12 @@ class TokenClient:
         )
         try:
             with urllib.request.urlopen(request, context=self.context, timeout=30) as response:
-                raw = response.read()
-                status = int(response.status)
+                return int(response.status), response.read(), response.headers
         except urllib.error.HTTPError as error:
-            raw, status = error.read(), error.code
+            return error.code, error.read(), error.headers
+
+    def _once(self, method: str, path: str, body: Obj | None) -> tuple[int, Obj]:
+        status, raw, _ = self._send(method, path, body)
         text = raw.decode()
         # A watch answers with a stream of events, one JSON object per line.
         first = text.splitlines()[0] if text.strip() else "{}"
@@ -463,7 +479,7 @@ def tokens(
         yield granted
     finally:
         for obj in objects:
-            if obj["kind"].startswith("Cluster"):
+            if cluster_scoped(obj):
                 kubectl(kubeconfig, "delete", obj["kind"], obj["metadata"]["name"], check=False)
 
 
@@ -620,6 +636,31 @@ def test_operator_token_does_what_the_operator_does(
     operator.expect(200, "GET", pods)
     operator.expect(200, "GET", f"{pods}?watch=1&timeoutSeconds=1")
     operator.expect(404, "GET", f"{pods}/collector-0")  # allowed; there is no such Pod
+
+
+def test_lease_requests_run_at_a_priority_level_of_their_own(
+    tokens: Tokens, kube_api: k8s.ApiClient
+) -> None:
+    """manifests/flowcontrol.yaml: the operator's Lease requests, and nothing else of it or
+    of anyone else, at their own APF level (so its CR writes cannot queue them)."""
+    name = f"opamp-operator-leases-{tokens.namespace}"
+    level = k8s.FlowcontrolApiserverV1Api(kube_api).read_priority_level_configuration(name)
+    leases = f"/apis/coordination.k8s.io/v1/namespaces/{tokens.namespace}/leases"
+
+    def level_of(client: TokenClient, path: str) -> str:
+        found = client.priority_level(path)
+        assert found, f"no priority level header for GET {path}"
+        return found
+
+    # The server reads new FlowSchemas through its informers: a moment, not instantly.
+    eventually_sync(
+        "Lease requests classified at the operator's level",
+        lambda: level_of(tokens.operator, leases) == level.metadata.uid,
+        within=RBAC_PROPAGATION_SECONDS, every=0.2,
+    )  # fmt: skip
+    assert level_of(tokens.operator, f"{leases}/some-replica") == level.metadata.uid
+    assert level_of(tokens.operator, tokens.agents) != level.metadata.uid  # CR traffic
+    assert level_of(tokens.bystander, leases) != level.metadata.uid  # someone else's
 
 
 def test_operator_token_is_refused_everything_else(tokens: Tokens, kube_api: k8s.ApiClient) -> None:

@@ -114,25 +114,32 @@ def apply_base(kubeconfig: Path, namespace: str) -> list[Obj]:
     return objects
 
 
+CLUSTER_SCOPED = {
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "FlowSchema",
+    "PriorityLevelConfiguration",
+}
+
+
+def cluster_scoped(obj: Obj) -> bool:
+    """Of the kinds `retarget` moves, those that belong to no namespace (delete them)."""
+    return obj["kind"] in CLUSTER_SCOPED
+
+
 def retarget(objects: list[Obj], namespace: str) -> list[Obj]:
-    """The base's RBAC objects, moved to `namespace`.
+    """The base's RBAC and API Priority and Fairness objects, moved to `namespace`.
 
     Cluster-scoped names get the namespace as a suffix, so tests never share them.
     """
-    wanted = {
-        "ServiceAccount",
-        "Role",
-        "RoleBinding",
-        "ClusterRole",
-        "ClusterRoleBinding",
-    }
+    wanted = {"ServiceAccount", "Role", "RoleBinding", *CLUSTER_SCOPED}
     moved = []
     for original in objects:
         if original["kind"] not in wanted:
             continue
         obj = copy.deepcopy(original)
         meta = obj["metadata"]
-        if obj["kind"].startswith("Cluster"):
+        if cluster_scoped(obj):
             meta["name"] = f"{meta['name']}-{namespace}"
         else:
             meta["namespace"] = namespace
@@ -140,8 +147,20 @@ def retarget(objects: list[Obj], namespace: str) -> list[Obj]:
             obj["roleRef"]["name"] = f"{obj['roleRef']['name']}-{namespace}"
         for subject in obj.get("subjects", []):
             subject["namespace"] = namespace
+        if obj["kind"] == "FlowSchema":
+            _retarget_flow_schema(obj["spec"], namespace)
         moved.append(obj)
     return moved
+
+
+def _retarget_flow_schema(spec: Obj, namespace: str) -> None:
+    level = spec["priorityLevelConfiguration"]
+    level["name"] = f"{level['name']}-{namespace}"
+    for rule in spec["rules"]:
+        for subject in rule["subjects"]:
+            subject["serviceAccount"]["namespace"] = namespace
+        for resources in rule.get("resourceRules", []):
+            resources["namespaces"] = [namespace]
 
 
 def token_for(kube_api: k8s.ApiClient, namespace: str, account: str) -> str:
@@ -182,7 +201,7 @@ def base_account(
         yield token_kubeconfig(kube_api, token_for(kube_api, namespace, account), path)
     finally:
         for obj in objects:
-            if obj["kind"].startswith("Cluster"):
+            if cluster_scoped(obj):
                 kubectl(kubeconfig, "delete", obj["kind"], obj["metadata"]["name"], check=False)
 
 
