@@ -41,6 +41,7 @@ from .pgstats import HistoryCheck, history_check
 from .procstat import PeakRss, machine_busy_percent, machine_sample, sample
 from .simfleet import DEFAULT_PER_SIMULATOR, SimulatorGroup
 from .stack import (
+    LeaseFigures,
     Metrics,
     OperatorOptions,
     SimPlan,
@@ -50,6 +51,7 @@ from .stack import (
     fleet_label,
     gc_totals,
     idle_queues,
+    lease_figures,
     opamp_url,
     operator_pid,
     operator_process,
@@ -132,6 +134,8 @@ class FleetResult:
     ramp_kube_writes: dict[str, float] = field(default_factory=dict)
     peak_connections: float = 0.0
     ramp_peak_rss: int = 0
+    ramp_lease: LeaseFigures | None = None
+    lease: LeaseFigures | None = None  # from the start to the end of the offline phase
     steady: Window | None = None
     rest: Any = None  # api_latency.Result
     rest_machine_busy_pct: float = 0.0
@@ -178,6 +182,7 @@ class FleetScenario:
             if self.plan.churn is not None:
                 await self._churn(self.plan.churn)
             await self._offline()
+            self.result.lease = lease_figures(await scrape(self.op.api_url))
             if self.plan.storm:
                 await self._storm()
             if self.plan.adoption:
@@ -226,6 +231,7 @@ class FleetScenario:
         await wait_metrics(self.op.api_url, idle_queues, self.plan.idle_timeout)
         metrics = await scrape(self.op.api_url)
         self.result.ramp_kube_writes = writes_by_kind(metrics)
+        self.result.ramp_lease = lease_figures(metrics)
         self.result.peak_connections = self.held(metrics)
         self.result.ramp_peak_rss = await rss.stop()
         self.say(

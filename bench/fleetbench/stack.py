@@ -246,6 +246,38 @@ def writes_by_kind(metrics: Metrics) -> dict[str, float]:
     return found
 
 
+@dataclass(frozen=True)
+class LeaseFigures:
+    """How the operator's Lease renewals fared up to a scrape (issue 19, run I)."""
+
+    renewed: float
+    failed: float
+    longest_gap_seconds: float  # between two successful renewals
+    slowest_seconds: float  # upper bound of the bucket of the slowest successful renewal
+
+    def describe(self) -> str:
+        return (
+            f"{self.renewed:,.0f} / {self.failed:,.0f}; longest gap "
+            f"{self.longest_gap_seconds:.1f} s; slowest <= {self.slowest_seconds:g} s"
+        )
+
+
+def lease_figures(metrics: Metrics) -> LeaseFigures:
+    total = metrics.value("opamp_replica_lease_renewals_total")
+    renewed = metrics.value("opamp_replica_lease_renewals_total", outcome="ok")
+    buckets = sorted(
+        (float(labels["le"]), value)
+        for name, labels, value in metrics.samples
+        if name == "opamp_replica_lease_renewal_seconds_bucket"
+    )
+    count = buckets[-1][1] if buckets else 0.0
+    slowest = next((le for le, value in buckets if value >= count), 0.0) if count else 0.0
+    return LeaseFigures(
+        renewed, total - renewed,
+        metrics.value("opamp_replica_lease_longest_gap_seconds"), slowest,
+    )  # fmt: skip
+
+
 # -- the simulator ----------------------------------------------------------------------
 
 

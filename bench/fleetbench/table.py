@@ -127,6 +127,10 @@ def fleet_table(results: Sequence[FleetResult], peers: dict[str, PeerFleetResult
     if any(r.churn for r in results):
         churn_rows(add)
     add("offline detection after the deadline p50 / p99 / max", _offline)
+    add("Lease renewals ok / failed; longest gap; slowest: ramp",
+        lambda r: r.ramp_lease.describe() if r.ramp_lease else "-")  # fmt: skip
+    add("Lease renewals ok / failed; longest gap; slowest: up to the storm",
+        lambda r: r.lease.describe() if r.lease else "-")  # fmt: skip
     add(
         "storm: SIGTERM to exit / restart to ready",
         lambda r: (

@@ -210,6 +210,12 @@ replica_lease_renewal_seconds = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20),
     registry=REGISTRY,
 )
+replica_lease_longest_gap = Gauge(
+    "opamp_replica_lease_longest_gap_seconds",
+    "The longest this replica's Lease went between two successful renewals since the start "
+    "(a replica is taken for lost past the Lease duration).",
+    registry=REGISTRY,
+)
 replica_adoptions = Counter(
     "opamp_replica_adoptions_total",
     "Lost replicas adopted by this one (their CRs Offline replica_lost, their rows closed).",

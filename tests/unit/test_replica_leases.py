@@ -210,9 +210,11 @@ async def test_a_failed_renewal_is_retried_within_seconds_backing_off_to_the_int
     # the interval: [ceiling / 2, ceiling] for ceilings 0.5, 1, 2, 4, 8, 10, 10.
     ceilings = [0.5, 1, 2, 4, 8, 10, 10]
     assert all(c / 2 <= d <= c for c, d in zip(ceilings, delays, strict=True)), delays
+    await asyncio.sleep(0.05)
     api.fail = 0
     await keeper.tick()
     assert keeper.next_delay() == 10.0
+    assert keeper.longest_gap >= 0.05  # from the last renewal before the failures
 
 
 async def test_a_renewal_that_landed_after_its_timeout_is_taken_up_without_a_takeover(

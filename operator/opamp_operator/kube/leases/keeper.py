@@ -72,9 +72,11 @@ class LeaseKeeper:
         self._body: dict[str, Any] | None = None  # ours, as last written
         self._renewed_at: float | None = None  # monotonic, last successful renewal
         self._failures = 0  # renewals failed in a row
+        self.longest_gap = 0.0  # seconds between two successful renewals, at most
         self._retry = retry_backoff(settings)
         self._listed = asyncio.Event()  # set by each listing; the adopter waits for it
         metrics.replica_lease_current.set_function(lambda: 1.0 if self.current else 0.0)
+        metrics.replica_lease_longest_gap.set_function(lambda: self.longest_gap)
 
     @property
     def current(self) -> bool:
@@ -187,6 +189,8 @@ class LeaseKeeper:
             # Claimed by an adopter, or our previous renewal landed after we gave up on it.
             body = await self._take_back(now)
         metrics.replica_lease_renewal_seconds.observe(time.monotonic() - attempt)
+        if self._renewed_at is not None:
+            self.longest_gap = max(self.longest_gap, attempt - self._renewed_at)
         self._body, self._renewed_at = body, attempt
 
     async def _acquire(self, now: datetime) -> dict[str, Any]:
