@@ -16,7 +16,7 @@ from opamp_operator.config import KubeSettings
 from opamp_operator.fleet.clock import FakeClock
 from opamp_operator.kube.api import Conflict, Unavailable
 from opamp_operator.kube.leases.keeper import LeaseKeeper
-from opamp_operator.kube.liveness.adoption import disrupted, lost_leases
+from opamp_operator.kube.liveness.adoption import Adopter, disrupted, lost_leases
 from opamp_operator.kube.liveness.judge import Thresholds, due_at, judge
 from opamp_operator.kube.shapes.lease import (
     LOST_RENEWAL_ANNOTATION,
@@ -240,3 +240,24 @@ async def test_a_renewal_that_landed_after_its_timeout_is_taken_up_without_a_tak
         await keeper.tick()
     assert [r for r in caplog.records if "claimed by other" in r.getMessage()]
     assert api.stored["spec"]["holderIdentity"] == "me"
+
+
+async def test_between_a_renewal_and_its_listing_the_adopter_waits_quietly(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Our Lease current, the listing older than the renewal (the keeper is mid-tick): no
+    "not current" warning, and the next fresh listing is judged at once (no hold)."""
+    keeper, _ = flaky_keeper()
+    await keeper.start()
+    adopter = Adopter(
+        keeper, None, keeper.settings, None,  # type: ignore[arg-type]
+        clock=FakeClock(T0), gate=None, close_rows=None,  # type: ignore[arg-type]
+    )  # fmt: skip
+    await keeper._renew()  # renewed, not yet listed
+    assert keeper.current and not keeper.peers_fresh
+    with caplog.at_level(logging.WARNING):
+        assert await adopter.adopt_due() == []
+    assert not [r for r in caplog.records if "not current" in r.getMessage()]
+    await keeper._list()
+    assert keeper.peers_fresh
+    assert time.monotonic() >= adopter._hold_until  # not held back by the stale look
