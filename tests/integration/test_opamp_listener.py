@@ -143,18 +143,29 @@ async def test_an_agent_judged_by_its_heartbeats_is_not_pinged() -> None:
         assert pings == 0
 
 
-async def test_websocket_and_https_over_tls(tmp_path: Path) -> None:
+@pytest.mark.parametrize("framing", ["websockets", "own"])
+async def test_websocket_and_https_over_tls(tmp_path: Path, framing: str) -> None:
+    """Both framings under asyncio's TLS transport: a small message, then one of ~300 KiB in
+    three fragments (many TLS records, read across several `data_received` calls)."""
     certs = make_certs(tmp_path / "certs")
     client_tls = ssl.create_default_context(cafile=certs.ca_cert)
     uid = uuid.uuid4()
+    large = fake_agents.hello(str(uid))
+    large.agent_description.identifying_attributes.add(key="big").value.string_value = "x" * 300_000
+    data = encode_ws_frame(large.SerializeToString())
     async with opamp_server(
-        tls_cert_file=certs.serving_cert, tls_key_file=certs.serving_key
-    ) as server:
+        tls_cert_file=certs.serving_cert, tls_key_file=certs.serving_key,
+        websocket_framing=framing,
+    ) as server:  # fmt: skip
         assert server.ws_url.startswith("wss://")
-        async with connect(server.ws_url, ssl=client_tls) as ws:
+        async with connect(server.ws_url, ssl=client_tls, max_size=None) as ws:
             await ws.send(encode_ws_frame(hello(uid)))
             reply = parse_server_to_agent(decode_ws_frame(await ws.recv(decode=False)))
             assert reply.instance_uid == uid.bytes
+            await ws.send([data[:10], data[10:100_000], data[100_000:]])
+            reply = parse_server_to_agent(decode_ws_frame(await ws.recv(decode=False)))
+            assert reply.instance_uid == uid.bytes
+        assert ws.close_code == 1000
         headers = {"Content-Type": "application/x-protobuf"}
         async with (
             aiohttp.ClientSession() as session,
