@@ -66,7 +66,7 @@ bad_input = Counter(
 )
 connections_open = Gauge(
     "opamp_connections_open",
-    "Open OpAMP connections (WebSockets; HTTP requests in flight).",
+    "Open OpAMP connections (WebSockets; keep-alive HTTP connections).",
     ["transport"],
     registry=REGISTRY,
 )

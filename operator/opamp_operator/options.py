@@ -63,7 +63,8 @@ OPTIONS: tuple[Option, ...] = (
            "largest accepted AgentToServer (WebSocket frame or decompressed HTTP body)"),
     Option("--handshake-timeout", "OPAMP_HANDSHAKE_TIMEOUT", "listener",
            "handshake_timeout_seconds", float,
-           "seconds a new connection may take to send its first message"),
+           "seconds a new connection may take to send its first message (and an HTTP "
+           "request its head and body)"),
     Option("--ping-interval", "OPAMP_PING_INTERVAL", "listener", "ping_interval_seconds", float,
            "WebSocket ping interval for agents judged by their connection (seconds); agents "
            "claiming ReportsHeartbeat are pinged only once quiet for the heartbeat timeout"),

@@ -1,30 +1,20 @@
-"""OpAMP over plain HTTP: each POST carries one AgentToServer, its response one ServerToAgent.
+"""OpAMP over plain HTTP: what each POST is answered with (one AgentToServer in, one
+ServerToAgent out).
 
-Served by aiohttp's low-level server (`aiohttp.web.Server`): the front protocol hands it
-the connection, and it keeps the connection for any later keep-alive requests, so every
-check (path, method, token) runs here per request. What aiohttp's HTTP parser refuses
-(conflicting or broken body framing, a bad request line or header, an oversized head on a
-keep-alive request) is answered here too, as other bad input: 400, one log line, a count.
+The endpoint decides; `httpconn.HttpConnection` carries the bytes (one per keep-alive
+connection, handed over by the front protocol). A request is checked in two steps: its head
+(path, method, token, content type and encoding) before the body is read or `100 Continue`
+sent, then the body (gzip, protobuf, the OpAMP-Instance-UID header, the Pod binding) before
+the fleet sees it. Every refusal is bad input: a status, one log line, a count.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Final
-
-from aiohttp import HttpVersion11, hdrs, web
-from aiohttp.http_exceptions import (
-    BadStatusLine,
-    HttpProcessingError,
-    InvalidHeader,
-    InvalidURLError,
-    LineTooLong,
-)
-from aiohttp.web_request import BaseRequest
 
 from opamp_operator import metrics
 from opamp_operator.config import ListenerSettings
@@ -40,31 +30,41 @@ from opamp_operator.opamp.messages import (
     parse_agent_to_server,
 )
 
-from .auth import Admission, AgentAuth, PodBinding, PodIdentity, Refused, note_refusal
+from .auth import ADMITTED, Admission, AgentAuth, PodBinding, PodIdentity, Refused, note_refusal
 from .body import (
     BadGzip,
     BodyTooLarge,
     accepts_gzip,
     gunzip_capped,
     gzip_compress,
-    read_capped,
     salvage_instance_uid,
 )
-from .describe import message_kind, remote_addr
+from .describe import message_kind
+from .head import RequestHead
 from .instanceuid import HEADER, MISMATCH, BadUidHeader, describe, header_uid, mismatch_detail
 
 log = logging.getLogger(__name__)
 
 CONTENT_TYPE: Final = "application/x-protobuf"
-_LINGER_SECONDS: Final = 2.0  # how long aiohttp drains an unread body after an early answer
+TEXT: Final = "text/plain; charset=utf-8"
 _HTTP: Final = Transport.HTTP.value
-_MESSAGES: Final = metrics.MessageMetrics(_HTTP)
-_IN_FLIGHT: Final = metrics.connections_open.labels(_HTTP)  # a look-up per request was 2 %
+MESSAGES: Final = metrics.MessageMetrics(_HTTP)
 # Replies shorter than this go out uncompressed whatever the agent accepts: a heartbeat's
 # reply is ~20 bytes, which gzip makes longer (18 bytes of header and trailer), and below
 # one packet compression saves nothing on the wire. Compressing them took 5 % of the
 # operator's CPU at 10,000 HTTP agents (docs/benchmarks.md). Go's gziphandler uses 1,400.
 _GZIP_MIN_BYTES: Final = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """One response; `close`: end the connection after it (the stream may be unread)."""
+
+    status: int
+    body: bytes
+    content_type: str = CONTENT_TYPE
+    headers: tuple[tuple[str, str], ...] = ()
+    close: bool = False
 
 
 @dataclass(frozen=True, eq=False, slots=True)
@@ -82,7 +82,19 @@ class HttpChannel:
         """Nothing to close: the fleet tells HTTP agents in its next reply instead."""
 
 
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """The reply to a message the fleet handled; `recorded_first`: it opened a session,
+    so wait for the session's row (`ledger.recorded()`) before sending it."""
+
+    reply: Reply
+    recorded_first: bool
+    started: float  # perf_counter when the body was complete (message handling time)
+
+
 class HttpEndpoint:
+    """The OpAMP HTTP endpoint's rules, shared by every connection."""
+
     def __init__(
         self,
         settings: ListenerSettings,
@@ -90,274 +102,192 @@ class HttpEndpoint:
         auth: AgentAuth,
         ledger: SessionLedger = NO_LEDGER,
     ) -> None:
-        self._settings = settings
-        self._fleet = fleet
-        self._ledger = ledger
-        self._auth = auth
-        self.server: web.Server | None = None
+        self.settings = settings
+        self.fleet = fleet
+        self.ledger = ledger
+        self.auth = auth
 
-    def create_server(self) -> web.Server:
-        """The aiohttp server the connections belong to (needs a loop); see `new_connection`."""
-        self.server = web.Server(self.handle)
-        return self.server
+    # -- the head ----------------------------------------------------------------------------
 
-    def new_connection(self) -> web.RequestHandler:
-        """The protocol that takes over one connection (what `web.Server()` would make)."""
-        assert self.server is not None
-        settings = self._settings
-        return _RequestHandler(
-            self.server,
-            loop=asyncio.get_running_loop(),
-            auto_decompress=False,  # we gunzip ourselves, with a cap on the inflated size
-            access_log=None,  # type: ignore[arg-type]  # None turns access logging off
-            keepalive_timeout=settings.http_keepalive_seconds,
-            lingering_time=_LINGER_SECONDS,
-            # Keep-alive requests skip the front protocol: the same bound on their heads.
-            max_line_size=settings.max_head_bytes,
-            max_field_size=settings.max_head_bytes,
-        )
-
-    async def handle(self, request: BaseRequest) -> web.StreamResponse:
-        """aiohttp's request handler: answer one POST; never raises."""
-        _IN_FLIGHT.inc()
-        try:
-            return await self._handle(request)
-        except Exception:
-            log.exception("OpAMP HTTP request from %s failed", _peer(request))
-            return _plain(HTTPStatus.INTERNAL_SERVER_ERROR, "internal error")
-        finally:
-            _IN_FLIGHT.dec()
-
-    async def _handle(self, request: BaseRequest) -> web.StreamResponse:
-        admitted = self._check_head(request)
+    def check_head(self, head: RequestHead, peer: str) -> Reply | Admission:
+        """Everything that can be refused before reading the body."""
+        if head.path != self.settings.path:
+            return self.bad(peer, "not_found", HTTPStatus.NOT_FOUND, "not found", head)
+        if head.method != "POST":
+            refusal = self.bad(peer, "method_not_allowed", HTTPStatus.METHOD_NOT_ALLOWED,
+                               "use POST", head)  # fmt: skip
+            return _with_headers(refusal, ("Allow", "POST"))
+        admitted = self._admit(head, peer)
         if not isinstance(admitted, Admission):
             return admitted
-        identity: PodIdentity | None = None
-        if admitted.token is not None:
-            outcome = await self._auth.identify(admitted.token, _HTTP, _peer(request))
-            if isinstance(outcome, Refused):
-                return _refused(outcome)
-            identity = outcome
-        settings = self._settings
-        try:
-            async with asyncio.timeout(settings.handshake_timeout_seconds):
-                await _continue_if_expected(request)
-                raw = await read_capped(request.content, settings.max_message_bytes)
-        except TimeoutError:
-            detail = f"body not received within {settings.handshake_timeout_seconds:g}s"
-            return self._bad(request, "body_timeout", HTTPStatus.REQUEST_TIMEOUT, detail)
-        except BodyTooLarge as error:
-            return self._bad(request, "too_large", HTTPStatus.REQUEST_ENTITY_TOO_LARGE, str(error))
+        content_type = (head.get("content-type") or "").split(";", 1)[0].strip().lower()
+        if content_type != CONTENT_TYPE:
+            detail = f"Content-Type must be {CONTENT_TYPE}"
+            return self.bad(peer, "bad_content_type", HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
+                            detail, head)  # fmt: skip
+        if content_encoding(head) not in ("identity", "gzip"):
+            detail = "Content-Encoding must be gzip or absent"
+            return self.bad(peer, "bad_encoding", HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
+                            detail, head)  # fmt: skip
+        return admitted
+
+    def _admit(self, head: RequestHead, peer: str) -> Reply | Admission:
+        auth = self.auth
+        if not auth.enabled:
+            return ADMITTED
+        admitted = auth.admit([value.encode("latin-1") for value in head.values("authorization")])
+        if admitted is not None:
+            return admitted
+        metrics.auth_failures.labels(_HTTP).inc()
+        log.warning("refused an OpAMP HTTP request from %s: bad token", peer)
+        return Reply(HTTPStatus.UNAUTHORIZED, b"missing or wrong bearer token\n", TEXT,
+                     (("WWW-Authenticate", "Bearer"),), close=True)  # fmt: skip
+
+    async def identify(self, token: str, peer: str) -> PodIdentity | Reply:
+        """Review a ServiceAccount token (cached); a refusal is answered and closes."""
+        outcome = await self.auth.identify(token, _HTTP, peer)
+        if isinstance(outcome, Refused):
+            body = (outcome.detail + "\n").encode()
+            return Reply(outcome.status, body, TEXT, outcome.headers, close=True)
+        return outcome
+
+    # -- the body ----------------------------------------------------------------------------
+
+    def answer(
+        self, head: RequestHead, body: bytes, peer: str, identity: PodIdentity | None
+    ) -> Answer | Reply:
+        """The fleet's reply to the message in `body`, or the refusal of it."""
         started = time.perf_counter()
-        data = raw
-        if _content_encoding(request) == "gzip":
-            try:
-                data = gunzip_capped(raw, settings.max_message_bytes)
-            except BodyTooLarge as error:
-                status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
-                return self._bad(request, "too_large", status, str(error))
-            except BadGzip as error:
-                return self._bad(request, "bad_gzip", HTTPStatus.BAD_REQUEST, str(error))
-        try:
-            message = parse_agent_to_server(data)
-        except MalformedMessage:
-            return self._malformed(request, data)
-        refusal = self._check_uid_header(request, message) or self._check_binding(
-            request, identity, message
+        message = self._decode(head, body, peer)
+        if not isinstance(message, AgentToServer):
+            return message
+        refusal = self._check_uid_header(head, message, peer) or self._check_binding(
+            head, identity, message, peer
         )
         if refusal is not None:
             return refusal
+        fleet = self.fleet
         account = None if identity is None else identity.service_account
-        opened = self._fleet.sessions_opened
-        reply = self._fleet.handle_message(HttpChannel(_peer(request), account), message)
-        _MESSAGES.received(message_kind(message))
-        if self._fleet.sessions_opened != opened:
-            await self._ledger.recorded()  # its row first: the reply acknowledges the session
-        response = self._reply(request, message, reply)
-        _MESSAGES.handled(time.perf_counter() - started)
-        return response
+        opened = fleet.sessions_opened
+        reply = fleet.handle_message(HttpChannel(peer, account), message)
+        MESSAGES.received(message_kind(message))
+        return Answer(self._reply(head, message, reply), fleet.sessions_opened != opened, started)
 
-    def _check_head(self, request: BaseRequest) -> web.StreamResponse | Admission:
-        """Everything that can be refused before reading the body."""
-        if request.path != self._settings.path:
-            return self._bad(request, "not_found", HTTPStatus.NOT_FOUND, "not found")
-        if request.method != hdrs.METH_POST:
-            response = self._bad(
-                request, "method_not_allowed", HTTPStatus.METHOD_NOT_ALLOWED, "use POST"
-            )
-            response.headers[hdrs.ALLOW] = hdrs.METH_POST
-            return response
-        authorization = [v for k, v in request.raw_headers if k.lower() == b"authorization"]
-        admitted = self._auth.admit(authorization)
-        if admitted is None:
-            metrics.auth_failures.labels(_HTTP).inc()
-            log.warning("refused an OpAMP HTTP request from %s: bad token", _peer(request))
-            response = _plain(HTTPStatus.UNAUTHORIZED, "missing or wrong bearer token")
-            response.headers[hdrs.WWW_AUTHENTICATE] = "Bearer"
-            return response
-        if request.content_type != CONTENT_TYPE:
-            detail = f"Content-Type must be {CONTENT_TYPE}"
-            return self._bad(request, "bad_content_type", HTTPStatus.UNSUPPORTED_MEDIA_TYPE, detail)
-        if _content_encoding(request) not in ("identity", "gzip"):
-            detail = "Content-Encoding must be gzip or absent"
-            return self._bad(request, "bad_encoding", HTTPStatus.UNSUPPORTED_MEDIA_TYPE, detail)
-        length = request.content_length
-        if length is not None and length > self._settings.max_message_bytes:
-            detail = f"body exceeds {self._settings.max_message_bytes} bytes"
-            return self._bad(request, "too_large", HTTPStatus.REQUEST_ENTITY_TOO_LARGE, detail)
-        return admitted
+    def _decode(self, head: RequestHead, body: bytes, peer: str) -> AgentToServer | Reply:
+        limit = self.settings.max_message_bytes
+        data = body
+        if content_encoding(head) == "gzip":
+            try:
+                data = gunzip_capped(body, limit)
+            except BodyTooLarge as error:
+                return self.bad(peer, "too_large", HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                                str(error), head)  # fmt: skip
+            except BadGzip as error:
+                return self.bad(peer, "bad_gzip", HTTPStatus.BAD_REQUEST, str(error), head)
+        try:
+            return parse_agent_to_server(data)
+        except MalformedMessage:
+            return self._malformed(data, peer)
 
     def _check_binding(
-        self, request: BaseRequest, identity: PodIdentity | None, message: AgentToServer
-    ) -> web.StreamResponse | None:
+        self,
+        head: RequestHead,
+        identity: PodIdentity | None,
+        message: AgentToServer,
+        peer: str,
+    ) -> Reply | None:
         """Refuse a message for another Pod's agent (403); ask for the full state if unsure."""
         if identity is None:
             return None
-        checked = PodBinding(identity).check(message, self._fleet.description)
+        checked = PodBinding(identity).check(message, self.fleet.description)
         if checked is None:
             return None
         if not isinstance(checked, Refused):
-            return self._reply(request, message, checked)
-        note_refusal(checked, _HTTP, _peer(request), identity.describe())
-        uid = bytes(message.instance_uid)
-        body = error_response(uid, opamp_pb2.ServerErrorResponseType_BadRequest, checked.detail)
-        return web.Response(
-            status=checked.status, body=body.SerializeToString(), content_type=CONTENT_TYPE
-        )
+            return self._reply(head, message, checked)
+        note_refusal(checked, _HTTP, peer, identity.describe())
+        return _error_reply(checked.status, bytes(message.instance_uid), checked.detail)
 
     def _check_uid_header(
-        self, request: BaseRequest, message: AgentToServer
-    ) -> web.StreamResponse | None:
+        self, head: RequestHead, message: AgentToServer, peer: str
+    ) -> Reply | None:
         """Refuse a request whose OpAMP-Instance-UID header is bad or names another agent."""
         uid = bytes(message.instance_uid)
-        try:
-            header = header_uid(request.headers.getall(HEADER, []))
-        except BadUidHeader as error:
-            return self._bad_request(request, error.reason, str(error), uid)
-        if header is None or header == uid:
+        values = head.values(HEADER)
+        if not values:
             return None
-        return self._bad_request(request, MISMATCH, mismatch_detail(header, uid), uid)
+        try:
+            claimed = header_uid(values)
+        except BadUidHeader as error:
+            return self._bad_request(peer, error.reason, str(error), uid)
+        if claimed == uid:
+            return None
+        assert claimed is not None
+        return self._bad_request(peer, MISMATCH, mismatch_detail(claimed, uid), uid)
 
-    def _bad_request(
-        self, request: BaseRequest, reason: str, detail: str, uid: bytes
-    ) -> web.StreamResponse:
+    def _bad_request(self, peer: str, reason: str, detail: str, uid: bytes) -> Reply:
         """400 with a BAD_REQUEST ServerErrorResponse, as for a malformed message."""
         metrics.bad_input.labels(_HTTP, reason).inc()
-        log.warning("refused an OpAMP HTTP request from %s: %s", _peer(request), detail)
-        body = error_response(uid, opamp_pb2.ServerErrorResponseType_BadRequest, detail)
-        return web.Response(
-            status=HTTPStatus.BAD_REQUEST, body=body.SerializeToString(), content_type=CONTENT_TYPE
-        )
+        log.warning("refused an OpAMP HTTP request from %s: %s", peer, detail)
+        return _error_reply(HTTPStatus.BAD_REQUEST, uid, detail)
 
-    def _malformed(self, request: BaseRequest, data: bytes) -> web.StreamResponse:
+    def _malformed(self, data: bytes, peer: str) -> Reply:
         metrics.bad_input.labels(_HTTP, "malformed_message").inc()
-        log.warning("refused an OpAMP HTTP request from %s: malformed message", _peer(request))
+        log.warning("refused an OpAMP HTTP request from %s: malformed message", peer)
         uid = salvage_instance_uid(data)
+        detail = "AgentToServer does not decode"
         if uid is None:
-            return _plain(HTTPStatus.BAD_REQUEST, "AgentToServer does not decode")
-        body = error_response(
-            uid, opamp_pb2.ServerErrorResponseType_BadRequest, "AgentToServer does not decode"
-        ).SerializeToString()
-        return web.Response(status=HTTPStatus.BAD_REQUEST, body=body, content_type=CONTENT_TYPE)
+            return Reply(HTTPStatus.BAD_REQUEST, (detail + "\n").encode(), TEXT)
+        return _error_reply(HTTPStatus.BAD_REQUEST, uid, detail)
 
     def _reply(
-        self, request: BaseRequest, message: AgentToServer, reply: ServerToAgent | None
-    ) -> web.Response:
+        self, head: RequestHead, message: AgentToServer, reply: ServerToAgent | None
+    ) -> Reply:
         if reply is None:  # after an AgentDisconnect: HTTP still needs a body
             reply = ServerToAgent(instance_uid=message.instance_uid)
         body = reply.SerializeToString()
-        response = web.Response(body=body, content_type=CONTENT_TYPE)
-        if len(body) >= _GZIP_MIN_BYTES and accepts_gzip(request.headers.get(hdrs.ACCEPT_ENCODING)):
-            response.body = gzip_compress(body)
-            response.headers[hdrs.CONTENT_ENCODING] = "gzip"
-        return response
+        accepted = ", ".join(head.values("accept-encoding"))
+        if len(body) >= _GZIP_MIN_BYTES and accepts_gzip(accepted):
+            return Reply(200, gzip_compress(body), headers=(("Content-Encoding", "gzip"),))
+        return Reply(200, body)
 
-    def _bad(
-        self, request: BaseRequest, reason: str, status: HTTPStatus, detail: str
-    ) -> web.Response:
-        metrics.bad_input.labels(_HTTP, reason).inc()
-        agent = describe(_claimed_uid(request))
-        log.warning("refused an OpAMP HTTP request from %s%s: %s", _peer(request), agent, detail)
-        response = _plain(status, detail)
-        if status >= HTTPStatus.REQUEST_TIMEOUT:
-            response.force_close()  # the body may be unread or half-sent: do not reuse
-        return response
+    # -- refusals ----------------------------------------------------------------------------
 
-
-class _RequestHandler(web.RequestHandler):
-    """aiohttp's connection protocol, with what its parser refuses answered as bad input.
-
-    aiohttp would log those at ERROR with a traceback (`Error handling request`) and count
-    nothing: a client can fill the log at will.
-    """
-
-    def handle_error(
+    def bad(
         self,
-        request: BaseRequest,
-        status: int = 500,
-        exc: BaseException | None = None,
-        message: str | None = None,
-    ) -> web.StreamResponse:
-        if not isinstance(exc, HttpProcessingError):
-            return super().handle_error(request, status, exc, message)
-        reason = _parser_reason(exc)
-        detail = " ".join(str(exc.message).split())[:200] or "malformed request"
+        peer: str,
+        reason: str,
+        status: int,
+        detail: str,
+        head: RequestHead | None = None,
+    ) -> Reply:
+        """A plain-text refusal, counted and logged (with the agent the head names)."""
         metrics.bad_input.labels(_HTTP, reason).inc()
-        log.warning(
-            "refused an HTTP request from %s: %s (%s)", _peer(request), detail, reason,
-            exc_info=exc if log.isEnabledFor(logging.DEBUG) else None,
-        )  # fmt: skip
-        response = _plain(HTTPStatus.BAD_REQUEST, detail)
-        response.force_close()  # the parser lost its place in the stream
-        return response
+        agent = describe(_claimed_uid(head)) if head is not None else ""
+        log.warning("refused an OpAMP HTTP request from %s%s: %s", peer, agent, detail)
+        # From 408 on, the body may be unread or half-sent: the connection is not reused.
+        close = status >= HTTPStatus.REQUEST_TIMEOUT
+        return Reply(status, (detail + "\n").encode(), TEXT, close=close)
 
 
-def _parser_reason(error: HttpProcessingError) -> str:
-    """The `opamp_bad_input_total` reason, named as the front protocol names the same faults."""
-    if isinstance(error, LineTooLong):
-        return "head_too_large"
-    if isinstance(error, BadStatusLine | InvalidURLError):
-        return "bad_request_line"
-    if isinstance(error, InvalidHeader):
-        return "bad_header"
-    return "bad_request"  # body framing: Content-Length with chunked, bad length or chunk size
+def content_encoding(head: RequestHead) -> str:
+    """The body's coding, lowercased ("identity" without one); repeats joined, so refused."""
+    value = ", ".join(head.values("content-encoding"))
+    return value.strip().lower() or "identity"
 
 
-async def _continue_if_expected(request: BaseRequest) -> None:
-    """Answer `Expect: 100-continue` (curl sends it for larger bodies) once the head passed.
-
-    aiohttp's low-level server leaves this to the handler; as in its default expect handler
-    (web_urldispatcher), the interim response is written straight to the stream.
-    """
-    expect = request.headers.get(hdrs.EXPECT, "")
-    if request.version == HttpVersion11 and expect.lower() == "100-continue":
-        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        request.writer.output_size = 0  # the interim response is not part of the body
+def _with_headers(reply: Reply, *headers: tuple[str, str]) -> Reply:
+    return Reply(reply.status, reply.body, reply.content_type, (*reply.headers, *headers),
+                 reply.close)  # fmt: skip
 
 
-def _claimed_uid(request: BaseRequest) -> bytes | None:
+def _error_reply(status: int, uid: bytes, detail: str) -> Reply:
+    body = error_response(uid, opamp_pb2.ServerErrorResponseType_BadRequest, detail)
+    return Reply(status, body.SerializeToString())
+
+
+def _claimed_uid(head: RequestHead) -> bytes | None:
     """The uid the OpAMP-Instance-UID header names, for log lines (None if absent or bad)."""
     try:
-        return header_uid(request.headers.getall(HEADER, []))
+        return header_uid(head.values(HEADER))
     except BadUidHeader:
         return None
-
-
-def _refused(refusal: Refused) -> web.Response:
-    response = _plain(HTTPStatus(refusal.status), refusal.detail)
-    for name, value in refusal.headers:
-        response.headers[name] = value
-    return response
-
-
-def _plain(status: HTTPStatus, detail: str) -> web.Response:
-    return web.Response(status=status, text=detail + "\n")
-
-
-def _content_encoding(request: BaseRequest) -> str:
-    return request.headers.get(hdrs.CONTENT_ENCODING, "identity").strip().lower() or "identity"
-
-
-def _peer(request: BaseRequest) -> str:
-    transport = request.transport
-    return remote_addr(transport.get_extra_info("peername") if transport else None)

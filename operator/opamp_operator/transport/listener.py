@@ -23,6 +23,7 @@ from .auth import AgentAuth, ReviewToken
 from .front import FrontProtocol, Refusal
 from .head import RequestHead
 from .http import HttpEndpoint
+from .httpconn import HttpServer
 from .instanceuid import HEADER, BadUidHeader, header_uid
 from .ownws import OwnEndpoint
 from .rfc6455 import BadUpgrade, check_upgrade
@@ -61,7 +62,7 @@ class OpAMPListener:
         self._auth = _agent_auth(settings, review, fleet.settings.max_agents)
         self._websockets = WebSocketEndpoint(settings, fleet, ledger, self._auth)
         self._own = OwnEndpoint(settings, fleet, ledger, self._auth)  # --websocket-framing own
-        self._http = HttpEndpoint(settings, fleet, self._auth, ledger)
+        self._http = HttpServer(HttpEndpoint(settings, fleet, self._auth, ledger))
         self._pending: set[FrontProtocol] = set()  # connections whose head is not read yet
         self._full = CapacityRefusals(settings.max_connections)
         self._ws_server: Server | None = None
@@ -84,7 +85,6 @@ class OpAMPListener:
         if self._ws_server is not None:
             raise RuntimeError("the OpAMP listener was already started")
         ssl_context = await asyncio.to_thread(server_ssl_context, self.settings)
-        self._http.create_server()
 
         tls = ssl_context is not None
         handshake_timeout = self.settings.handshake_timeout_seconds if tls else None
@@ -137,14 +137,10 @@ class OpAMPListener:
         for channel in channels:
             channel.close(CloseCode.GOING_AWAY, reason, reason)
         tasks = [t for t in server.handler_tasks if t is not asyncio.current_task()]
-        http = self._http.server
         waits: list[asyncio.Future[object]] = []
         left = max(0.0, deadline - asyncio.get_running_loop().time())
-        if http is not None:
-            # As aiohttp's own runner does: pre_shutdown() wakes idle keep-alive connections
-            # so they close now; shutdown() then waits for requests in flight (bounded).
-            http.pre_shutdown()
-            waits.append(asyncio.ensure_future(http.shutdown(left)))
+        # Idle keep-alive connections close now, the others after their response.
+        waits.append(asyncio.ensure_future(self._http.shutdown(left)))
         if tasks:
             waits.append(asyncio.ensure_future(asyncio.wait(tasks)))
         if self._own.connections:
@@ -168,9 +164,8 @@ class OpAMPListener:
         cap = self.settings.max_connections
         if cap is None:
             return False
-        http = self._http.server
         open_now = len(self._websockets.channels) + len(self._own.channels) + len(self._pending)
-        return open_now + (len(http.connections) if http is not None else 0) >= cap
+        return open_now + len(self._http.connections) >= cap
 
     def _new_front(self) -> FrontProtocol:
         return FrontProtocol(
@@ -188,7 +183,7 @@ class OpAMPListener:
         if self._at_capacity():
             return self._full.refuse(peer)
         if not head.wants_websocket:
-            return self._http.new_connection()  # aiohttp; it checks path, method and token
+            return self._http.new_connection()  # it checks path, method and token
         transport = Transport.WEBSOCKET.value
         if head.path != self.settings.path:
             metrics.bad_input.labels(transport, "not_found").inc()
