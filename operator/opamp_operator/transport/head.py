@@ -1,19 +1,25 @@
 """Parse the head (request line and headers) of an HTTP/1.1 request: pure, bounded.
 
-The front protocol only needs the head to route a connection; websockets or aiohttp parse
-it again, fully, after the hand-over. So this parser is strict and small: CRLF line ends,
-no obsolete line folding, and it never looks past `max_bytes`.
+The front protocol reads every connection's first head with it to route the connection, and
+the HTTP connection (httpconn.py) every request's. It is strict and small: CRLF line ends,
+no obsolete line folding, and it never looks past `max_bytes`; each line is matched by one
+regular expression, in C (a loop over characters here was 18 % of a plain-HTTP request).
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
 _TERMINATOR: Final = b"\r\n\r\n"
-_TOKEN_CHARS: Final = frozenset(
-    b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
-)
+_TOKEN_CLASS: Final = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_TOKEN: Final = re.compile(_TOKEN_CLASS)
+_TARGET: Final = re.compile(r"[\x21-\x7e\x80-\xff]+")  # visible, no blanks or controls
+_REQUEST_LINE: Final = re.compile(rf"({_TOKEN_CLASS}) ([\x21-\x7e\x80-\xff]+) (HTTP/\S*)")
+_FIELD_LINE: Final = re.compile(rf"({_TOKEN_CLASS}):[ \t]*(.*?)[ \t]*", re.S)
+_NONE: Final[tuple[str, ...]] = ()
 
 
 class HeadError(Exception):
@@ -30,22 +36,21 @@ class RequestHead:
     method: str
     target: str
     version: str
-    headers: tuple[tuple[str, str], ...]  # names lowercased, in order, repeats kept
+    fields: dict[str, list[str]]  # lowercased name -> its values, in order, repeats kept
 
     @property
     def path(self) -> str:
         """The target without its query string."""
         return self.target.split("?", 1)[0]
 
-    def values(self, name: str) -> list[str]:
+    def values(self, name: str) -> Sequence[str]:
         """Every value of header `name` (case-insensitive), in order."""
-        lowered = name.lower()
-        return [value for key, value in self.headers if key == lowered]
+        return self.fields.get(name.lower(), _NONE)
 
     def get(self, name: str) -> str | None:
         """The header's value; None when absent or repeated (ambiguous)."""
-        values = self.values(name)
-        return values[0] if len(values) == 1 else None
+        values = self.fields.get(name.lower())
+        return values[0] if values is not None and len(values) == 1 else None
 
     def tokens(self, name: str) -> set[str]:
         """Comma-separated tokens of every `name` header, lowercased (e.g. Upgrade)."""
@@ -79,29 +84,43 @@ def find_head_end(buffer: bytes | bytearray, max_bytes: int) -> int | None:
 def parse_head(head: bytes) -> RequestHead:
     """Parse a complete head (as delimited by `find_head_end`)."""
     text = head.decode("latin-1")  # maps every byte: header values are opaque here
-    lines = text.removesuffix("\r\n\r\n").split("\r\n")
+    lines = text[: -len(_TERMINATOR)].split("\r\n")
     method, target, version = _request_line(lines[0])
-    headers = tuple(_header(line) for line in lines[1:])
-    return RequestHead(method, target, version, headers)
+    fields: dict[str, list[str]] = {}
+    for line in lines[1:]:
+        # One match in C per line: a token name, a colon, the value without its
+        # surrounding blanks (a line starting with a blank, obsolete folding, fails).
+        match = _FIELD_LINE.fullmatch(line)
+        if match is None:
+            raise HeadError(400, "bad_header", f"malformed header line {line[:80]!r}")
+        name, value = match.groups()
+        name = name.lower()
+        known = fields.get(name)
+        if known is None:
+            fields[name] = [value]
+        else:
+            known.append(value)
+    return RequestHead(method, target, version, fields)
 
 
 def _request_line(line: str) -> tuple[str, str, str]:
-    parts = line.split(" ")
-    if len(parts) != 3:
-        raise HeadError(400, "bad_request_line", f"malformed request line {line[:80]!r}")
-    method, target, version = parts
-    if not method or not set(method.encode("latin-1")) <= _TOKEN_CHARS:
-        raise HeadError(400, "bad_request_line", f"malformed method {method[:20]!r}")
-    if not target or any(ch.isspace() or ord(ch) < 0x21 for ch in target):
-        raise HeadError(400, "bad_request_line", "malformed request target")
+    match = _REQUEST_LINE.fullmatch(line)
+    if match is None:
+        raise _bad_request_line(line)
+    method, target, version = match.groups()
     if version not in ("HTTP/1.1", "HTTP/1.0"):
         raise HeadError(505, "bad_http_version", f"unsupported version {version[:20]!r}")
     return method, target, version
 
 
-def _header(line: str) -> tuple[str, str]:
-    name, sep, value = line.partition(":")
-    if not sep or not name or not set(name.encode("latin-1")) <= _TOKEN_CHARS:
-        # Also rejects obsolete line folding (a line starting with whitespace).
-        raise HeadError(400, "bad_header", f"malformed header line {line[:80]!r}")
-    return name.lower(), value.strip(" \t")
+def _bad_request_line(line: str) -> HeadError:
+    """What is wrong with a request line that does not match, for the answer."""
+    parts = line.split(" ")
+    if len(parts) != 3:
+        return HeadError(400, "bad_request_line", f"malformed request line {line[:80]!r}")
+    method, target, version = parts
+    if not method or not _TOKEN.fullmatch(method):
+        return HeadError(400, "bad_request_line", f"malformed method {method[:20]!r}")
+    if not target or not _TARGET.fullmatch(target):
+        return HeadError(400, "bad_request_line", "malformed request target")
+    return HeadError(505, "bad_http_version", f"unsupported version {version[:20]!r}")

@@ -11,7 +11,6 @@ the fleet sees it. Every refusal is bad input: a status, one log line, a count.
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Final
@@ -58,13 +57,16 @@ _GZIP_MIN_BYTES: Final = 1024
 
 @dataclass(frozen=True, slots=True)
 class Reply:
-    """One response; `close`: end the connection after it (the stream may be unread)."""
+    """One response. `close`: end the connection after it (the stream may be unread).
+    `recorded_first`: the message opened a session, so the session's row comes first
+    (`ledger.recorded()`): the reply acknowledges it."""
 
     status: int
     body: bytes
     content_type: str = CONTENT_TYPE
     headers: tuple[tuple[str, str], ...] = ()
     close: bool = False
+    recorded_first: bool = False
 
 
 @dataclass(frozen=True, eq=False, slots=True)
@@ -80,16 +82,6 @@ class HttpChannel:
 
     def request_close(self, reason: str) -> None:
         """Nothing to close: the fleet tells HTTP agents in its next reply instead."""
-
-
-@dataclass(frozen=True, slots=True)
-class Answer:
-    """The reply to a message the fleet handled; `recorded_first`: it opened a session,
-    so wait for the session's row (`ledger.recorded()`) before sending it."""
-
-    reply: Reply
-    recorded_first: bool
-    started: float  # perf_counter when the body was complete (message handling time)
 
 
 class HttpEndpoint:
@@ -155,9 +147,8 @@ class HttpEndpoint:
 
     def answer(
         self, head: RequestHead, body: bytes, peer: str, identity: PodIdentity | None
-    ) -> Answer | Reply:
+    ) -> Reply:
         """The fleet's reply to the message in `body`, or the refusal of it."""
-        started = time.perf_counter()
         message = self._decode(head, body, peer)
         if not isinstance(message, AgentToServer):
             return message
@@ -171,7 +162,7 @@ class HttpEndpoint:
         opened = fleet.sessions_opened
         reply = fleet.handle_message(HttpChannel(peer, account), message)
         MESSAGES.received(message_kind(message))
-        return Answer(self._reply(head, message, reply), fleet.sessions_opened != opened, started)
+        return self._reply(head, message, reply, fleet.sessions_opened != opened)
 
     def _decode(self, head: RequestHead, body: bytes, peer: str) -> AgentToServer | Reply:
         limit = self.settings.max_message_bytes
@@ -240,15 +231,19 @@ class HttpEndpoint:
         return _error_reply(HTTPStatus.BAD_REQUEST, uid, detail)
 
     def _reply(
-        self, head: RequestHead, message: AgentToServer, reply: ServerToAgent | None
+        self,
+        head: RequestHead,
+        message: AgentToServer,
+        reply: ServerToAgent | None,
+        recorded_first: bool = False,
     ) -> Reply:
         if reply is None:  # after an AgentDisconnect: HTTP still needs a body
             reply = ServerToAgent(instance_uid=message.instance_uid)
         body = reply.SerializeToString()
-        accepted = ", ".join(head.values("accept-encoding"))
-        if len(body) >= _GZIP_MIN_BYTES and accepts_gzip(accepted):
-            return Reply(200, gzip_compress(body), headers=(("Content-Encoding", "gzip"),))
-        return Reply(200, body)
+        if len(body) >= _GZIP_MIN_BYTES and accepts_gzip(", ".join(head.values("accept-encoding"))):
+            gzipped = (("Content-Encoding", "gzip"),)
+            return Reply(200, gzip_compress(body), headers=gzipped, recorded_first=recorded_first)
+        return Reply(200, body, recorded_first=recorded_first)
 
     # -- refusals ----------------------------------------------------------------------------
 

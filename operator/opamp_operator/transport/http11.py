@@ -16,6 +16,7 @@ reason. After one the stream cannot be trusted: answer, then close.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from email.utils import formatdate
 from http import HTTPStatus
 from typing import Final
@@ -112,14 +113,15 @@ class RequestReader:
         return head
 
     def _start_body(self, head: RequestHead) -> None:
-        codings = head.tokens("transfer-encoding") if head.values("transfer-encoding") else None
-        lengths = head.values("content-length")
+        fields = head.fields
+        codings = fields.get("transfer-encoding")
+        lengths = fields.get("content-length", ())
         if codings is not None:
             if lengths:
                 raise _bad("both Content-Length and Transfer-Encoding")
             if head.version == "HTTP/1.0":
                 raise _bad("Transfer-Encoding in an HTTP/1.0 request")
-            if codings != {"chunked"} or len(head.values("transfer-encoding")) != 1:
+            if len(codings) != 1 or head.tokens("transfer-encoding") != {"chunked"}:
                 raise HttpError(
                     HTTPStatus.NOT_IMPLEMENTED, "bad_request", "only chunked transfer coding"
                 )
@@ -220,7 +222,7 @@ class RequestReader:
         )
 
 
-def _content_length(values: list[str]) -> int:
+def _content_length(values: Sequence[str]) -> int:
     """The body length the Content-Length headers give (0 without one).
 
     Repeats are allowed only with one value (RFC 9110 section 8.6): "5, 5" or two "5"s.
@@ -285,15 +287,13 @@ def render_response(
     keep_alive_1_0: bool = False,
 ) -> bytes:
     """A complete response: status line, headers, body (Content-Length framing)."""
-    lines = [
-        f"HTTP/1.1 {status} {_PHRASES.get(status, 'Status')}",
-        f"Content-Type: {content_type}",
-        f"Content-Length: {len(body)}",
-        f"Date: {_date()}",
-    ]
-    lines.extend(f"{name}: {value}" for name, value in headers)
+    extra = "".join(f"{name}: {value}\r\n" for name, value in headers) if headers else ""
     if close:
-        lines.append("Connection: close")
+        extra += "Connection: close\r\n"
     elif keep_alive_1_0:
-        lines.append("Connection: keep-alive")  # HTTP/1.0 closes unless told otherwise
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+        extra += "Connection: keep-alive\r\n"  # HTTP/1.0 closes unless told otherwise
+    head = (
+        f"HTTP/1.1 {status} {_PHRASES.get(status, 'Status')}\r\nContent-Type: {content_type}"
+        f"\r\nContent-Length: {len(body)}\r\nDate: {_date()}\r\n{extra}\r\n"
+    )
+    return head.encode("latin-1") + body

@@ -28,7 +28,7 @@ from opamp_operator.fleet.model import Transport
 from .auth import Admission, PodIdentity
 from .describe import remote_addr
 from .head import RequestHead
-from .http import MESSAGES, TEXT, Answer, HttpEndpoint, Reply
+from .http import MESSAGES, TEXT, HttpEndpoint, Reply
 from .http11 import (
     CONTINUE,
     HttpError,
@@ -222,19 +222,18 @@ class HttpConnection(asyncio.Protocol):
     def _on_body(self, body: bytes) -> None:
         head = self._head
         assert head is not None
-        answered = self._server.endpoint.answer(head, body, self._peer, self._identity)
-        if isinstance(answered, Reply):
-            self._respond(answered)
-        elif answered.recorded_first:
-            self._run(self._reply_once_recorded(answered))
-        else:
-            self._respond(answered.reply)
-            MESSAGES.handled(time.perf_counter() - answered.started)
+        started = time.perf_counter()
+        reply = self._server.endpoint.answer(head, body, self._peer, self._identity)
+        if reply.recorded_first:
+            self._run(self._reply_once_recorded(reply, started))
+            return
+        self._respond(reply)
+        MESSAGES.handled(time.perf_counter() - started)
 
-    async def _reply_once_recorded(self, answered: Answer) -> None:
+    async def _reply_once_recorded(self, reply: Reply, started: float) -> None:
         await self._server.endpoint.ledger.recorded()  # its row first: the reply acknowledges it
-        self._respond(answered.reply)
-        MESSAGES.handled(time.perf_counter() - answered.started)
+        self._respond(reply)
+        MESSAGES.handled(time.perf_counter() - started)
 
     def _refuse_stream(self, error: HttpError) -> None:
         """What the reader refuses: answered, counted, logged once; the stream is lost."""
