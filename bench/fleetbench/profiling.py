@@ -106,10 +106,12 @@ _CATEGORIES: tuple[tuple[str, str], ...] = (
     ("handle_message", "fleet: handle_message"),
     ("opamp_operator/store/", "store writer (asyncpg)"),
     ("opamp_operator/api/", "REST API and /metrics"),
-    # Plain HTTP (after the API, which runs on aiohttp too; the kube client is caught above).
-    ("opamp_operator/transport/http", "plain HTTP: our endpoint (checks, body, gzip)"),
-    ("aiohttp/", "plain HTTP: aiohttp's request parsing and responses"),
+    # Plain HTTP: our HTTP/1.1 server (http11, httpconn) and the endpoint's checks (http).
+    ("opamp_operator/transport/http", "plain HTTP: parsing, checks, body, responses"),
+    ("aiohttp/", "aiohttp (before the own HTTP/1.1 server: plain HTTP's parsing, responses)"),
     ("websocket", "WebSocket framing and sessions"),
+    ("transport/ownws", "WebSocket framing and sessions"),
+    ("transport/rfc6455", "WebSocket framing and sessions"),
     ("selector_events", "asyncio socket transport"),
 )
 
