@@ -66,6 +66,8 @@ class OwnEndpoint:
         self.serving = True  # False once the listener stops: upgrades under review get 503
         self.gauge = metrics.connections_open.labels(Transport.WEBSOCKET.value)
         self.rules = SessionRules(fleet, quiet_before_ping(fleet.settings, settings))
+        # What may wait unread for a peer before a push closes it (`OwnChannel.offer`).
+        self.push_buffer_limit = 2 * settings.max_message_bytes
 
     def new_connection(
         self, accept: str, accepted_at: float, header_uid: bytes | None, token: str | None
@@ -187,9 +189,16 @@ class OwnChannel(asyncio.Protocol):
         """Send a server-initiated message now (buffered if the peer is slow); never blocks.
 
         False once the connection is closing: the fleet sends it again in the next session.
-        A peer that stops reading stops being read and fails its next ping, so the buffer
-        holds at most what the fleet pushes until then."""
+        A peer that stops reading is closed as a slow consumer once two messages of the
+        largest size wait for it (its ping could take a minute to fail, while the fleet
+        may push a large config to every agent at once), so the buffer stays bounded."""
         if self._state != _OPEN:
+            return False
+        assert self._wire is not None
+        unread = self._wire.get_write_buffer_size()
+        if unread > self._endpoint.push_buffer_limit:
+            detail = f"slow consumer: {unread} bytes unread"
+            self._reject("slow_consumer", ws.POLICY_VIOLATION, detail)
             return False
         self._write_message(message)
         return True
