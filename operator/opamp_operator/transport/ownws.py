@@ -6,7 +6,8 @@ each message is answered inside `data_received`, with no task, future or queue p
 Only a message that needs an await (a new session's ledger row, a send waiting for drain,
 the token review before the upgrade) leaves that path: reading pauses, the await runs in a
 task, and the frames buffered meanwhile are handled in order once it is done. The rules per
-message (uid header, Pod binding, capabilities, metrics) are the websockets path's.
+message (uid header, Pod binding, capabilities, metrics) are the websockets path's, shared:
+`wsmessage.read_message`, then `wssession.SessionRules`.
 """
 
 from __future__ import annotations
@@ -27,13 +28,14 @@ from opamp_operator.opamp.frames import encode_ws_frame
 from opamp_operator.opamp.messages import ServerToAgent
 
 from . import rfc6455 as ws
-from .auth import AgentAuth, PodBinding, Refused, note_refusal
-from .describe import message_kind, remote_addr
+from .auth import AgentAuth, PodBinding, Refused
+from .describe import remote_addr
 from .front import Refusal, render_response
 from .instanceuid import describe
 from .keepalive import ping_due, quiet_before_ping
-from .websocket import FAILURE_REASONS, MESSAGES
+from .websocket import FAILURE_REASONS
 from .wsmessage import Rejection, read_message
+from .wssession import MESSAGES, AskFullState, Opened, SessionRules
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +65,9 @@ class OwnEndpoint:
         self.connections: set[OwnChannel] = set()  # until their TCP connection is gone
         self.serving = True  # False once the listener stops: upgrades under review get 503
         self.gauge = metrics.connections_open.labels(Transport.WEBSOCKET.value)
-        self.heartbeat_timeout = quiet_before_ping(fleet.settings, settings)
+        self.rules = SessionRules(fleet, quiet_before_ping(fleet.settings, settings))
+        # What may wait unread for a peer before a push closes it (`OwnChannel.offer`).
+        self.push_buffer_limit = 2 * settings.max_message_bytes
 
     def new_connection(
         self, accept: str, accepted_at: float, header_uid: bytes | None, token: str | None
@@ -185,9 +189,16 @@ class OwnChannel(asyncio.Protocol):
         """Send a server-initiated message now (buffered if the peer is slow); never blocks.
 
         False once the connection is closing: the fleet sends it again in the next session.
-        A peer that stops reading stops being read and fails its next ping, so the buffer
-        holds at most what the fleet pushes until then."""
+        A peer that stops reading is closed as a slow consumer once two messages of the
+        largest size wait for it (its ping could take a minute to fail, while the fleet
+        may push a large config to every agent at once), so the buffer stays bounded."""
         if self._state != _OPEN:
+            return False
+        assert self._wire is not None
+        unread = self._wire.get_write_buffer_size()
+        if unread > self._endpoint.push_buffer_limit:
+            detail = f"slow consumer: {unread} bytes unread"
+            self._reject("slow_consumer", ws.POLICY_VIOLATION, detail)
             return False
         self._write_message(message)
         return True
@@ -389,43 +400,16 @@ class OwnChannel(asyncio.Protocol):
         if isinstance(message, Rejection):
             self._reject(*message)
             return
-        fleet = self._endpoint.fleet
-        binding = self.binding
-        if binding is not None:
-            checked = binding.check(message, fleet.description)
-            if isinstance(checked, Refused):
-                who = binding.identity.describe()
-                note_refusal(checked, Transport.WEBSOCKET.value, self._remote_addr, who)
-                self.close(ws.POLICY_VIOLATION, checked.detail, Reason.PROTOCOL_ERROR)
-                return
-            if checked is not None:
-                self._write_message(checked)  # nothing tells its Pod yet: its full state first
-                return
-        opened = fleet.sessions_opened
-        try:
-            reply = fleet.handle_message(self, message)
-        except Exception:
-            log.exception("handling a message from %s failed", self._remote_addr)
-            self.close(ws.INTERNAL_ERROR, "internal error", Reason.CONNECTION_CLOSED)
-            return
-        MESSAGES.received(message_kind(message))
-        self.heard_at = asyncio.get_running_loop().time()
-        stated = message.capabilities
-        new_session = fleet.sessions_opened != opened
-        if new_session or (stated and stated != self.capabilities):
-            # A new session, or other capabilities: how this agent is judged may differ (many
-            # agents state them in every message: not a fleet look-up per heartbeat).
-            self.capabilities = stated or self.capabilities
-            by_heartbeat = fleet.judged_by_heartbeat(self)
-            self.quiet_seconds = self._endpoint.heartbeat_timeout if by_heartbeat else None
-        if reply is not None and allowed is not None and reply.HasField("agent_identification"):
-            allowed.add(bytes(reply.agent_identification.new_instance_uid))
-        if new_session:
-            self._run(self._reply_once_recorded(reply, started))
-            return
-        if reply is not None:
-            self._write_message(reply)
-        MESSAGES.handled(time.perf_counter() - started)
+        outcome = self._endpoint.rules.apply(self, self, allowed, message)
+        if outcome is None or isinstance(outcome, ServerToAgent):  # most: tested first
+            if outcome is not None:
+                self._write_message(outcome)
+            MESSAGES.handled(time.perf_counter() - started)
+        elif isinstance(outcome, Opened):
+            self._run(self._reply_once_recorded(outcome.reply, started))
+        elif isinstance(outcome, AskFullState):
+            self._write_message(outcome.request)  # not handled: its full state first
+        # else Closed: the rules closed the channel
 
     async def _reply_once_recorded(self, reply: ServerToAgent | None, started: float) -> None:
         await self._endpoint.ledger.recorded()  # its row first: the reply acknowledges it

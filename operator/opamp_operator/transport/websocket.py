@@ -36,14 +36,15 @@ from opamp_operator.fleet.ledger import NO_LEDGER, SessionLedger
 from opamp_operator.fleet.model import Reason, Transport
 from opamp_operator.fleet.registry import Fleet
 from opamp_operator.opamp.frames import encode_ws_frame
-from opamp_operator.opamp.messages import AgentToServer, ServerToAgent
+from opamp_operator.opamp.messages import ServerToAgent
 
-from .auth import AgentAuth, PodBinding, Refused, note_refusal
-from .describe import message_kind, remote_addr
+from .auth import AgentAuth, PodBinding, Refused
+from .describe import remote_addr
 from .instanceuid import describe
 from .keepalive import ping_due, quiet_before_ping
 from .slim import slim
 from .wsmessage import Rejection, read_message
+from .wssession import MESSAGES, AskFullState, Closed, SessionRules
 
 log = logging.getLogger(__name__)
 # websockets' own per-connection logs ("connection open" at INFO...), kept apart so that a
@@ -65,7 +66,6 @@ class _RedactCredentials(logging.Filter):
 
 protocol_log.addFilter(_RedactCredentials())
 
-MESSAGES: Final = metrics.MessageMetrics(Transport.WEBSOCKET.value)
 _MAX_QUEUE: Final = 4  # unread messages buffered per connection before reading pauses
 _CLOSE_REASON_BYTES: Final = 123  # the most a close frame's reason may hold
 _TIMER_SLACK: Final = 0.001  # a timer may fire this early: the ping is due then
@@ -289,7 +289,7 @@ class WebSocketEndpoint:
         self._ledger = ledger
         self._auth = auth
         self.channels: set[WebSocketChannel] = set()
-        self._heartbeat_timeout = quiet_before_ping(fleet.settings, settings)
+        self._rules = SessionRules(fleet, quiet_before_ping(fleet.settings, settings))
 
     def new_connection(
         self, server: Server, accepted_at: float, header_uid: bytes | None = None
@@ -408,56 +408,23 @@ class WebSocketEndpoint:
             detail = "OpAMP messages are binary; got a text message"
             self._reject(channel, "text_message", CloseCode.UNSUPPORTED_DATA, detail)
             return False
-        allowed = channel.allowed_uids
-        message = read_message(data, channel.connection.header_uid, allowed)
+        connection, allowed = channel.connection, channel.allowed_uids
+        message = read_message(data, connection.header_uid, allowed)
         if isinstance(message, Rejection):
             self._reject(channel, *message)
             return False
-        binding = channel.connection.binding
-        if binding is not None:
-            bound = await self._check_binding(channel, binding, message)
-            if bound is not None:
-                return bound
-        opened = self._fleet.sessions_opened
-        try:
-            reply = self._fleet.handle_message(channel, message)
-        except Exception:
-            log.exception("handling a message from %s failed", channel.remote_addr)
-            channel.close(CloseCode.INTERNAL_ERROR, "internal error", Reason.CONNECTION_CLOSED)
-            return False
-        MESSAGES.received(message_kind(message))
-        connection = channel.connection
-        connection.heard_at = connection.loop.time()
-        stated = message.capabilities
-        if self._fleet.sessions_opened != opened or (stated and stated != connection.capabilities):
-            # A new session, or other capabilities: how this agent is judged may differ (many
-            # agents state them in every message: not a fleet look-up per heartbeat).
-            connection.capabilities = stated or connection.capabilities
-            by_heartbeat = self._fleet.judged_by_heartbeat(channel)
-            connection.quiet_seconds = self._heartbeat_timeout if by_heartbeat else None
-        if self._fleet.sessions_opened != opened:
+        outcome = self._rules.apply(channel, connection, allowed, message)
+        if not (outcome is None or isinstance(outcome, ServerToAgent)):  # most are: not here
+            if isinstance(outcome, Closed):
+                return False
+            if isinstance(outcome, AskFullState):
+                await channel.send(outcome.request)  # not handled: its full state first
+                return True
             await self._ledger.recorded()  # its row first: the reply acknowledges the session
-        if reply is not None:
-            if allowed is not None and reply.HasField("agent_identification"):
-                allowed.add(bytes(reply.agent_identification.new_instance_uid))
-            await channel.send(reply)
-        elapsed = time.perf_counter() - started
-        MESSAGES.handled(elapsed)
-        return True
-
-    async def _check_binding(
-        self, channel: WebSocketChannel, binding: PodBinding, message: AgentToServer
-    ) -> bool | None:
-        """None: the message belongs to the token's Pod; else `_on_message`'s answer."""
-        checked = binding.check(message, self._fleet.description)
-        if checked is None:
-            return None
-        if isinstance(checked, Refused):
-            who = binding.identity.describe()
-            note_refusal(checked, Transport.WEBSOCKET.value, channel.remote_addr, who)
-            channel.close(CloseCode.POLICY_VIOLATION, checked.detail, Reason.PROTOCOL_ERROR)
-            return False
-        await channel.send(checked)  # nothing tells its Pod yet: its full state first
+            outcome = outcome.reply
+        if outcome is not None:
+            await channel.send(outcome)
+        MESSAGES.handled(time.perf_counter() - started)
         return True
 
     def _reject(self, channel: WebSocketChannel, reason: str, code: int, detail: str) -> None:
