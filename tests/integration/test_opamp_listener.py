@@ -15,13 +15,16 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from opamp_operator.fleet.model import AgentPhase, AgentSnapshot
+from opamp_operator.fleet.remoteconfig import ConfigFile, DesiredConfig
 from opamp_operator.opamp.frames import decode_ws_frame, encode_ws_frame
+from opamp_operator.opamp.generated import opamp_pb2
 from opamp_operator.opamp.messages import AgentToServer, parse_server_to_agent
 from opamp_operator.testbed.certs import make_certs
 from opamp_operator.transport import WebSocketChannel
 from tests.support import fake_agents
 from tests.support.goagent import GoAgent
 from tests.support.opamp_clients import metric, opamp_server
+from tests.support.polling import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -141,6 +144,39 @@ async def test_an_agent_judged_by_its_heartbeats_is_not_pinged() -> None:
             await ws.recv()
             await asyncio.sleep(0.05)
         assert pings == 0
+
+
+@pytest.mark.parametrize("framing", ["websockets", "own"])
+async def test_a_peer_that_reads_no_pushes_is_closed_as_a_slow_consumer(framing: str) -> None:
+    """Configs pushed one after another to an agent that reads nothing (websockets' client,
+    its reading paused): once more than two messages of the largest size (2 x 100 kB here)
+    wait in our memory, unsent or unread, the next push closes the connection (1008)
+    instead of queueing behind them, is counted, and is not taken as sent. Before, the
+    websockets framing made a task per push, each holding its frame: 18 MB here."""
+    before = metric("opamp_bad_input_total", transport="websocket", reason="slow_consumer")
+    uid = uuid.uuid4()
+    message = fake_agents.hello(str(uid))
+    message.capabilities |= opamp_pb2.AgentCapabilities_AcceptsRemoteConfig
+    async with (
+        opamp_server(
+            websocket_framing=framing, max_message_bytes=100_000, close_timeout_seconds=0.5
+        ) as server,
+        connect(server.ws_url, ping_interval=None) as ws,
+    ):
+        await ws.send(encode_ws_frame(message.SerializeToString()))
+        await ws.recv()  # the last message it reads
+        ws.transport.pause_reading()
+        for number in range(200):  # 18 MB: far more than the kernel's socket buffers take
+            body = f"# {number}\n".encode() + b"x" * 90_000
+            config = DesiredConfig.of({"collector.yaml": ConfigFile(body, "text/yaml")})
+            server.fleet.set_desired_config(str(uid), config)
+            await asyncio.sleep(0)  # the pushes' tasks (websockets framing) run
+        after = metric("opamp_bad_input_total", transport="websocket", reason="slow_consumer")
+        assert after == before + 1
+        await eventually("closed", lambda: not server.listener.websocket_channels, within=5)
+        snapshot = await server.wait_for_agent(uid, offline, timeout=5)
+        assert snapshot.phase_reason == "protocol_error"
+        ws.transport.abort()
 
 
 @pytest.mark.parametrize("framing", ["websockets", "own"])

@@ -19,14 +19,10 @@ from websockets.frames import Close
 from opamp_operator.config import FleetSettings, ListenerSettings
 from opamp_operator.fleet.clock import SystemClock
 from opamp_operator.fleet.events import EventBus
-from opamp_operator.fleet.model import AgentPhase
 from opamp_operator.fleet.registry import Fleet
-from opamp_operator.fleet.remoteconfig import ConfigFile, DesiredConfig
 from opamp_operator.opamp.frames import decode_ws_frame, encode_ws_frame
-from opamp_operator.opamp.generated import opamp_pb2
 from opamp_operator.opamp.messages import AgentToServer, parse_server_to_agent
 from opamp_operator.transport import OpAMPListener
-from opamp_operator.transport.ownws import OwnChannel
 from tests.support import fake_agents
 from tests.support.opamp_clients import OpAMPServer, metric, opamp_server
 from tests.support.polling import eventually
@@ -256,34 +252,6 @@ async def test_a_reader_that_stops_reading_stops_being_read(server: OpAMPServer)
 
     await eventually("reading paused", paused, within=20)
     assert channel._reader.buffered < 1_000_000  # type: ignore[attr-defined]
-    client.writer.transport.abort()
-
-
-async def test_a_peer_that_reads_no_pushes_is_closed_as_a_slow_consumer(
-    server: OpAMPServer,
-) -> None:
-    """Configs pushed one after another to an agent that reads nothing: once more than two
-    messages of the largest size (2 x 100 kB here) wait unread, the next push closes the
-    connection instead of queueing behind them, and is not counted as sent."""
-    before = metric("opamp_bad_input_total", transport="websocket", reason="slow_consumer")
-    client, _ = await RawClient.upgrade(server)
-    uid = uuid.uuid4()
-    message = fake_agents.hello(str(uid))
-    message.capabilities |= opamp_pb2.AgentCapabilities_AcceptsRemoteConfig
-    client.send(2, encode_ws_frame(message.SerializeToString()))
-    assert (await client.frame())[0] == 2  # the last frame it reads
-    (channel,) = server.listener.websocket_channels
-    assert isinstance(channel, OwnChannel)
-    for number in range(200):  # 18 MB: far more than the kernel's socket buffers take
-        body = f"# {number}\n".encode() + b"x" * 90_000
-        config = DesiredConfig.of({"collector.yaml": ConfigFile(body, "text/yaml")})
-        server.fleet.set_desired_config(str(uid), config)
-    assert not server.listener.websocket_channels  # closed by a push, not buffering on
-    snapshot = server.agent(uid)
-    assert snapshot is not None and snapshot.phase is AgentPhase.OFFLINE
-    after = metric("opamp_bad_input_total", transport="websocket", reason="slow_consumer")
-    assert after == before + 1
-    await eventually("the TCP connection dropped", channel.closed.done, within=5)
     client.writer.transport.abort()
 
 

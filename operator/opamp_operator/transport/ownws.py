@@ -35,7 +35,7 @@ from .instanceuid import describe
 from .keepalive import ping_due, quiet_before_ping
 from .websocket import FAILURE_REASONS
 from .wsmessage import Rejection, read_message
-from .wssession import MESSAGES, AskFullState, Opened, SessionRules
+from .wssession import MESSAGES, AskFullState, Opened, SessionRules, push_buffer_limit
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +66,7 @@ class OwnEndpoint:
         self.serving = True  # False once the listener stops: upgrades under review get 503
         self.gauge = metrics.connections_open.labels(Transport.WEBSOCKET.value)
         self.rules = SessionRules(fleet, quiet_before_ping(fleet.settings, settings))
-        # What may wait unread for a peer before a push closes it (`OwnChannel.offer`).
-        self.push_buffer_limit = 2 * settings.max_message_bytes
+        self.push_buffer_limit = push_buffer_limit(settings)  # `OwnChannel.offer`
 
     def new_connection(
         self, accept: str, accepted_at: float, header_uid: bytes | None, token: str | None
@@ -189,9 +188,8 @@ class OwnChannel(asyncio.Protocol):
         """Send a server-initiated message now (buffered if the peer is slow); never blocks.
 
         False once the connection is closing: the fleet sends it again in the next session.
-        A peer that stops reading is closed as a slow consumer once two messages of the
-        largest size wait for it (its ping could take a minute to fail, while the fleet
-        may push a large config to every agent at once), so the buffer stays bounded."""
+        A peer that stops reading is closed as a slow consumer once more than
+        `push_buffer_limit` bytes wait for it, so the buffer stays bounded."""
         if self._state != _OPEN:
             return False
         assert self._wire is not None

@@ -11,7 +11,8 @@ Relies on these websockets 17 internals (checked against 17.4; re-check on upgra
 - `Connection.connection_lost` cancels `keepalive_task` (ours runs only while a ping is out;
   our override also cancels the timer between pings).
 - `Connection.close(code, reason)` waits for the closing handshake, at most close_timeout,
-  then drops the TCP connection; it never raises ConnectionClosed.
+  then drops the TCP connection; it never raises ConnectionClosed. Before that it waits for
+  the write buffer to drain, without a timeout: `OpAMPConnection.close_within` bounds both.
 - What `slim` (transport/slim.py) drops or makes lazy once a connection is OPEN.
 """
 
@@ -44,7 +45,7 @@ from .instanceuid import describe
 from .keepalive import ping_due, quiet_before_ping
 from .slim import slim
 from .wsmessage import Rejection, read_message
-from .wssession import MESSAGES, AskFullState, Closed, SessionRules
+from .wssession import MESSAGES, AskFullState, Closed, SessionRules, push_buffer_limit
 
 log = logging.getLogger(__name__)
 # websockets' own per-connection logs ("connection open" at INFO...), kept apart so that a
@@ -180,6 +181,15 @@ class OpAMPConnection(ServerConnection):
             self._ping_timer = None
         super().connection_lost(exc)
 
+    async def close_within(self, code: int, reason: str) -> None:
+        """`close`, all of it within close_timeout: websockets' own waits for the write
+        buffer to drain first, for ever if the peer reads nothing (a slow consumer)."""
+        try:
+            async with asyncio.timeout(self.close_timeout or 1.0):
+                await self.close(code, reason)
+        except TimeoutError:
+            self.transport.abort()
+
     async def _fail_keepalive(self) -> None:
         """Close with 1011 as websockets does; drop the TCP connection if even the close
         frame cannot be written within the close timeout (a peer that reads nothing)."""
@@ -194,8 +204,11 @@ class OpAMPConnection(ServerConnection):
 class WebSocketChannel:
     """One agent's WebSocket as the fleet sees it; also sends server-initiated messages."""
 
-    def __init__(self, connection: OpAMPConnection) -> None:
+    _push_bytes: int = 0  # framed bytes of the pushes in flight (set at the first push)
+
+    def __init__(self, connection: OpAMPConnection, endpoint: WebSocketEndpoint) -> None:
         self.connection = connection
+        self._endpoint = endpoint
         self._remote_addr = remote_addr(connection.transport.get_extra_info("peername"))
         self.close_reason: str = Reason.CONNECTION_CLOSED
         self._closing: asyncio.Task[None] | None = None
@@ -228,23 +241,36 @@ class WebSocketChannel:
         """Send a server-initiated message (e.g. a new remote config) from a task; never blocks.
 
         False once the connection is closing: the fleet sends it again in the next session.
+        A peer that stops reading is closed as a slow consumer once more than
+        `push_buffer_limit` bytes wait for it, unsent or unread (as in ownws.OwnChannel):
+        each push is a task holding its frame until the peer drains, so without the bound
+        a fleet-wide config change would queue every one of them in our memory.
         """
         if self._closing is not None:
             return False
-        task = asyncio.get_running_loop().create_task(self._push(message))
+        frame = encode_ws_frame(message.SerializeToString())
+        unread = self.connection.transport.get_write_buffer_size() + self._push_bytes
+        if unread > self._endpoint.push_buffer_limit:
+            detail = f"slow consumer: {unread} bytes unread"
+            self._endpoint.reject(self, "slow_consumer", CloseCode.POLICY_VIOLATION, detail)
+            return False
+        self._push_bytes += len(frame)
+        task = asyncio.get_running_loop().create_task(self._push(frame))
         if self._pushes is None:
             self._pushes = set()
         self._pushes.add(task)
         task.add_done_callback(self._pushes.discard)
         return True
 
-    async def _push(self, message: ServerToAgent) -> None:
+    async def _push(self, frame: bytes) -> None:
         try:
-            await self.send(message)
+            await self.connection.send(frame)
         except ConnectionClosed:
             pass  # the agent reports the old config hash when it reconnects and gets it then
         except Exception:
             log.exception("pushing a message to the agent at %s failed", self._remote_addr)
+        finally:
+            self._push_bytes -= len(frame)
 
     def request_close(self, reason: str) -> None:
         """Start the closing handshake with `reason` (1001 when the operator goes, else 1000)."""
@@ -258,7 +284,9 @@ class WebSocketChannel:
             return
         self.close_reason = reason
         text = text.encode()[:_CLOSE_REASON_BYTES].decode(errors="ignore")
-        self._closing = asyncio.get_running_loop().create_task(self.connection.close(code, text))
+        self._closing = asyncio.get_running_loop().create_task(
+            self.connection.close_within(code, text)
+        )
         self._closing.add_done_callback(_log_close_failure)
 
     async def finish(self) -> None:
@@ -290,6 +318,7 @@ class WebSocketEndpoint:
         self._auth = auth
         self.channels: set[WebSocketChannel] = set()
         self._rules = SessionRules(fleet, quiet_before_ping(fleet.settings, settings))
+        self.push_buffer_limit = push_buffer_limit(settings)  # `WebSocketChannel.offer`
 
     def new_connection(
         self, server: Server, accepted_at: float, header_uid: bytes | None = None
@@ -367,7 +396,7 @@ class WebSocketEndpoint:
         return None
 
     async def _run(self, connection: OpAMPConnection, deadline: float) -> None:
-        channel = WebSocketChannel(connection)
+        channel = WebSocketChannel(connection, self)
         self.channels.add(channel)
         gauge = metrics.connections_open.labels(Transport.WEBSOCKET.value)
         gauge.inc()
@@ -389,7 +418,7 @@ class WebSocketEndpoint:
                     data = await connection.recv()
             except TimeoutError:
                 detail = f"no OpAMP message within {self._settings.handshake_timeout_seconds:g}s"
-                self._reject(channel, "first_message_timeout", CloseCode.POLICY_VIOLATION, detail)
+                self.reject(channel, "first_message_timeout", CloseCode.POLICY_VIOLATION, detail)
                 return
             while await self._on_message(channel, data):
                 data = b""  # not kept while waiting for the next one (quiet for 30 s)
@@ -406,12 +435,12 @@ class WebSocketEndpoint:
         started = time.perf_counter()
         if isinstance(data, str):
             detail = "OpAMP messages are binary; got a text message"
-            self._reject(channel, "text_message", CloseCode.UNSUPPORTED_DATA, detail)
+            self.reject(channel, "text_message", CloseCode.UNSUPPORTED_DATA, detail)
             return False
         connection, allowed = channel.connection, channel.allowed_uids
         message = read_message(data, connection.header_uid, allowed)
         if isinstance(message, Rejection):
-            self._reject(channel, *message)
+            self.reject(channel, *message)
             return False
         outcome = self._rules.apply(channel, connection, allowed, message)
         if not (outcome is None or isinstance(outcome, ServerToAgent)):  # most are: not here
@@ -427,7 +456,7 @@ class WebSocketEndpoint:
         MESSAGES.handled(time.perf_counter() - started)
         return True
 
-    def _reject(self, channel: WebSocketChannel, reason: str, code: int, detail: str) -> None:
+    def reject(self, channel: WebSocketChannel, reason: str, code: int, detail: str) -> None:
         self._count_bad_input(reason, channel.connection, detail)
         channel.close(code, detail, Reason.PROTOCOL_ERROR)
 

@@ -15,6 +15,7 @@ import logging
 from typing import Final, NamedTuple, Protocol
 
 from opamp_operator import metrics
+from opamp_operator.config import ListenerSettings
 from opamp_operator.fleet.model import Reason, Transport
 from opamp_operator.fleet.registry import Fleet
 from opamp_operator.opamp.messages import AgentToServer, ServerToAgent
@@ -27,6 +28,14 @@ from .wschannel import WsChannel
 log = logging.getLogger(__name__)
 
 MESSAGES: Final = metrics.MessageMetrics(Transport.WEBSOCKET.value)
+
+
+def push_buffer_limit(settings: ListenerSettings) -> int:
+    """How many bytes may wait for a peer, unsent or unread, before a server-initiated push
+    closes it as a slow consumer (1008, `slow_consumer`): two messages of the largest size.
+    Its ping could take a minute to fail, while the fleet may push a large config to every
+    agent at once."""
+    return 2 * settings.max_message_bytes
 
 
 class SessionState(Protocol):
