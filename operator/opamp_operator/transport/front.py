@@ -18,6 +18,7 @@ from typing import cast
 
 from opamp_operator import metrics
 
+from .cycles import release
 from .describe import remote_addr
 from .head import HeadError, RequestHead, find_head_end, parse_head
 
@@ -96,6 +97,7 @@ class FrontProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._finish()
+        release(self._transport)
 
     def close(self) -> None:
         """Drop the connection (listener shutdown) if it is still waiting for its head."""

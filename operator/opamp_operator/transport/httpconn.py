@@ -26,6 +26,7 @@ from opamp_operator import metrics
 from opamp_operator.fleet.model import Transport
 
 from .auth import Admission, PodIdentity
+from .cycles import release
 from .describe import remote_addr
 from .head import RequestHead
 from .http import MESSAGES, TEXT, HttpEndpoint, Reply
@@ -155,6 +156,7 @@ class HttpConnection(asyncio.Protocol):
             self._timer = None
         if not self.closed.done():
             self.closed.set_result(None)
+        release(self._wire)
 
     # -- for the server ----------------------------------------------------------------------
 

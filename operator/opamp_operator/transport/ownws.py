@@ -29,6 +29,7 @@ from opamp_operator.opamp.messages import ServerToAgent
 
 from . import rfc6455 as ws
 from .auth import AgentAuth, PodBinding, Refused
+from .cycles import release
 from .describe import remote_addr
 from .front import Refusal, render_response
 from .instanceuid import describe
@@ -279,6 +280,7 @@ class OwnChannel(asyncio.Protocol):
         self._wake_senders()
         if not self.closed.done():
             self.closed.set_result(None)
+        release(self._wire)
 
     # -- the upgrade -------------------------------------------------------------------------
 

@@ -40,6 +40,7 @@ from opamp_operator.opamp.frames import encode_ws_frame
 from opamp_operator.opamp.messages import ServerToAgent
 
 from .auth import AgentAuth, PodBinding, Refused
+from .cycles import release
 from .describe import remote_addr
 from .instanceuid import describe
 from .keepalive import ping_due, quiet_before_ping
@@ -180,6 +181,13 @@ class OpAMPConnection(ServerConnection):
             self._ping_timer.cancel()
             self._ping_timer = None
         super().connection_lost(exc)
+        release(self.transport)
+        # An agent gone without a closing handshake leaves websockets' parser an EOFError
+        # (`protocol.parser_exc`) whose traceback holds the parser's frame, and so the
+        # protocol: a cycle per dropped agent that only a full collection would free.
+        parser_exc = self.protocol.parser_exc
+        if parser_exc is not None:
+            parser_exc.__traceback__ = None
 
     async def close_within(self, code: int, reason: str) -> None:
         """`close`, all of it within close_timeout: websockets' own waits for the write
