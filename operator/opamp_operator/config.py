@@ -298,7 +298,10 @@ class CollectorSettings:
 
     #: freeze once fewer sessions opened over this long than would thaw (None: never)
     freeze_settle_seconds: float | None = 60.0
-    thaw_churn: float = 0.1  # sessions ended since the freeze, as a fraction of the fleet
+    # Sessions ended since the freeze, as a fraction of the fleet. A backstop: an ended
+    # session leaves nothing cyclic (transport/cycles.py); it was 0.1 while each left ~7
+    # objects in cycles, and thawed every 1,000 sessions at 10,000 agents (0.6-1.1 s each).
+    thaw_churn: float = 1.0
     min_thaw_sessions: int = 1000  # ... but at least this many (small fleets churn freely)
     check_interval_seconds: float = 5.0
 

@@ -16,14 +16,16 @@ How (each step measured, docs/benchmarks.md, "collector policy"):
   more than a few seconds of growth. Freezing only after the collector's own full
   collections (the previous policy) left the first one after the settle at full cost: a
   498 ms pause during REST requests at 10,000 agents;
-- thaw (unfreeze, one full collection) after bounded churn: the cycles of agents that left
-  (a closed connection's protocol, tasks, futures) are garbage the frozen heap keeps, and
-  so is any cyclic garbage that outlived the young generations before a freeze. Bounded by
-  sessions ended since the freeze (`thaw_churn` of the fleet, at least `min_thaw_sessions`;
-  new agents only grow the heap and refreezing takes them: counting them thawed at once
-  when 1,000 agents joined a frozen fleet) and by the memory in use growing by a quarter
-  since it (CPython's own trigger for a full collection is the long-lived heap growing by a
-  quarter). The thaw's full collection is the one long pause left, once per that much churn.
+- thaw (unfreeze, one full collection) when the frozen heap may hold enough garbage: any
+  cyclic garbage that outlived the young generations before a freeze stays until then.
+  Bounded by the memory in use growing by a quarter since the freeze (CPython's own trigger
+  for a full collection is the long-lived heap growing by a quarter) and, as a backstop, by
+  sessions ended since it (`thaw_churn` of the fleet, at least `min_thaw_sessions`; new
+  agents only grow the heap and refreezing takes them: counting them thawed at once when
+  1,000 agents joined a frozen fleet). An ended session leaves nothing cyclic
+  (transport/cycles.py); before that each left ~7 objects the frozen heap kept, and the
+  default budget (0.1 of the fleet) thawed every 1,000 sessions at 10,000 agents, a full
+  collection of 0.6-1.1 s each time (run H, docs/benchmarks.md).
 
 Memory in use is pymalloc's count of allocated blocks (`sys.getallocatedblocks()`: it walks
 the pools, 9 ms for 5 million blocks here), not RSS: RSS seldom shrinks after a collection,

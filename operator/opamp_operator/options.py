@@ -169,7 +169,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("--gc-thaw-churn", "OPAMP_GC_THAW_CHURN", "gc", "thaw_churn", float,
            "after this many sessions ended since the freeze, as a fraction of the agents then "
            "(at least 1,000), or memory in use grown by a quarter, unfreeze and collect once: "
-           "frees departed agents' cycles"),
+           "frees what cyclic garbage the frozen heap kept (ended sessions leave none)"),
 )  # fmt: skip
 
 
