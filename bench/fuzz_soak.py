@@ -272,7 +272,7 @@ def main() -> int:
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--examples", type=int, default=2000, help="hypothesis examples per round")
-    parser.add_argument("--websocket-framing", choices=WEBSOCKET_FRAMINGS, default="websockets")
+    parser.add_argument("--websocket-framing", choices=WEBSOCKET_FRAMINGS, default="own")
     args = parser.parse_args()
     seed = args.seed if args.seed is not None else random.randrange(2**32)
     print(f"fuzz soak: {args.minutes:g} minutes, seed {seed}, {args.websocket_framing} framing")

@@ -71,8 +71,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("--ping-timeout", "OPAMP_PING_TIMEOUT", "listener", "ping_timeout_seconds", float,
            "WebSocket pong deadline; a silent peer is dropped after it (seconds)"),
     Option("--websocket-framing", "OPAMP_WEBSOCKET_FRAMING", "listener", "websocket_framing",
-           _framing, "websockets, or own: our RFC 6455 framing (opt-in, measured in "
-           "docs/framing.md)"),
+           _framing, "own: our RFC 6455 framing, or websockets: the websockets library, "
+           "kept as the fallback for a release (measured in docs/framing.md)"),
     Option("--tls-cert-file", "OPAMP_TLS_CERT_FILE", "listener", "tls_cert_file", Path,
            "serve OpAMP over TLS with this certificate (PEM)"),
     Option("--tls-key-file", "OPAMP_TLS_KEY_FILE", "listener", "tls_key_file", Path,

@@ -1,7 +1,7 @@
 """`--websocket-framing own` (transport/ownws.py) as a client sees it: the upgrade, frames,
 keepalive, closing, ordering across an await. The shared WebSocket behaviour is tested by
 test_opamp_listener.py, test_opamp_bad_input.py and test_opamp_goagent.py, which run
-against it under OPAMP_WEBSOCKET_FRAMING=own."""
+against it by default (and against websockets under OPAMP_WEBSOCKET_FRAMING=websockets)."""
 
 from __future__ import annotations
 

@@ -160,8 +160,8 @@ async def opamp_server(
 
     fleet_settings = FleetSettings(heartbeat, heartbeat_timeout, **(fleet_options or {}))
     fleet = Fleet(fleet_settings, SystemClock(), EventBus())
-    # OPAMP_WEBSOCKET_FRAMING=own runs a test file against our own framing (transport/ownws).
-    framing = os.environ.get("OPAMP_WEBSOCKET_FRAMING", "websockets")
+    # OPAMP_WEBSOCKET_FRAMING=websockets runs a test file against the fallback framing.
+    framing = os.environ.get("OPAMP_WEBSOCKET_FRAMING", "own")
     defaults = {"host": "127.0.0.1", "port": 0, "websocket_framing": framing}
     settings = ListenerSettings(**{**defaults, **listener})
     server = OpAMPListener(settings, fleet)

@@ -56,9 +56,9 @@ def test_every_option_maps_to_a_setting_and_the_readme_shows_them_all() -> None:
     assert documented == reference_markdown(), "README out of date: opamp-operator config-reference"
 
 
-def test_websocket_framing_is_websockets_unless_own_is_asked_for() -> None:
-    assert settings_from(parse(), {}).listener.websocket_framing == "websockets"
-    own = settings_from(parse(), {"OPAMP_WEBSOCKET_FRAMING": "Own"})
-    assert own.listener.websocket_framing == "own"
+def test_websocket_framing_is_own_unless_websockets_is_asked_for() -> None:
+    assert settings_from(parse(), {}).listener.websocket_framing == "own"
+    fallback = settings_from(parse(), {"OPAMP_WEBSOCKET_FRAMING": "WebSockets"})
+    assert fallback.listener.websocket_framing == "websockets"
     with pytest.raises(ConfigError, match="OPAMP_WEBSOCKET_FRAMING"):
         settings_from(parse(), {"OPAMP_WEBSOCKET_FRAMING": "aiohttp"})
