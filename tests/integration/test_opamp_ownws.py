@@ -255,6 +255,28 @@ async def test_a_reader_that_stops_reading_stops_being_read(server: OpAMPServer)
     client.writer.transport.abort()
 
 
+async def test_a_burst_in_one_read_is_handled_a_slice_per_loop_turn(server: OpAMPServer) -> None:
+    """1,000 heartbeats in one write (~30 kB: one read of the socket) are handled at most
+    64 per turn of the event loop, not all inside one `data_received`: the loop turns to
+    other agents between slices (before: all 1,000 in one go)."""
+    client, _ = await RawClient.upgrade(server)
+    uid = uuid.uuid4()
+    client.send(2, beat(uid, 0))
+    assert (await client.frame())[0] == 2
+    for number in range(1, 1001):
+        client.send(2, beat(uid, number))  # buffered in the client's transport...
+    labels = {"transport": "websocket", "kind": "heartbeat"}
+    start = metric("opamp_messages_received_total", **labels)
+    largest_slice, seen = 0, start
+    async with asyncio.timeout(10):
+        while seen < start + 1000:  # ...and sent when the loop turns
+            await asyncio.sleep(0)
+            now = metric("opamp_messages_received_total", **labels)
+            largest_slice, seen = max(largest_slice, int(now - seen)), now
+    assert 0 < largest_slice <= 64
+    client.writer.transport.abort()
+
+
 class HeldLedger:
     """A session ledger whose commit waits until the test lets it go."""
 
